@@ -1,0 +1,145 @@
+"""Exact denoisers: ε̂(x_t, t) = E[ε | x_t] in closed form for Gaussian and Gaussian-mixture data.
+
+If x_0 ~ q and x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Weng eq. 3), the L_simple-optimal model is
+ε*(x_t, t) = −√(1−ᾱ_t) ∇ log q_t(x_t) (Weng eq. 21, Tweedie's formula). For Gaussian data
+q_t is Gaussian; for a mixture it is a mixture with the same weights, so the score is known
+exactly. Tests, benchmarks and docs use these to measure samplers free of training error.
+
+All arithmetic is float64; outputs take the dtype of x_t.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .schedules import Schedule
+
+
+@dataclass(frozen=True, eq=False)
+class GaussianMixture:
+    """Isotropic mixture Σ_k π_k N(μ_k, s_k² I) in D dimensions."""
+
+    means: Tensor  # (K, D)
+    stds: Tensor  # (K,)
+    weights: Tensor  # (K,), sums to 1
+
+    def __post_init__(self) -> None:
+        m = torch.as_tensor(self.means, dtype=torch.float64)
+        if m.ndim != 2:
+            raise ValueError("means must have shape (K, D)")
+        s = torch.as_tensor(self.stds, dtype=torch.float64).expand(m.shape[0]).clone()
+        w = torch.as_tensor(self.weights, dtype=torch.float64).expand(m.shape[0]).clone()
+        if (s <= 0).any() or (w <= 0).any():
+            raise ValueError("stds and weights must be positive")
+        object.__setattr__(self, "means", m)
+        object.__setattr__(self, "stds", s)
+        object.__setattr__(self, "weights", w / w.sum())
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_labels: bool = False):
+        """n draws, float32 (n, D); with ``return_labels`` also the component of each (n,)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        x = (self.means[k] + self.stds[k, None] * z).float()
+        return (x, k) if return_labels else x
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q(x), shape (B,)."""
+        return _mixture_logits(x.double(), self.means, self.stds**2, self.weights).logsumexp(-1)
+
+    def at(self, ab: Tensor | float) -> GaussianMixture:
+        """The marginal q_t of x_t when ᾱ_t = ab: Σ π_k N(√ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I)."""
+        ab = float(ab)
+        return GaussianMixture(math.sqrt(ab) * self.means,
+                               (ab * self.stds**2 + 1 - ab).sqrt(), self.weights)
+
+    def posterior(self, x: Tensor) -> Tensor:
+        """Responsibilities p(k | x), shape (B, K)."""
+        return _mixture_logits(x.double(), self.means, self.stds**2, self.weights).softmax(-1)
+
+    def score(self, x: Tensor) -> Tensor:
+        """∇_x log q(x) = Σ_k p(k|x) · (μ_k − x) / s_k², shape (B, D)."""
+        x = x.double()
+        r = self.posterior(x)  # (B, K)
+        per_k = (self.means[None] - x[:, None]) / (self.stds**2)[None, :, None]  # (B, K, D)
+        return (r[..., None] * per_k).sum(1)
+
+
+@dataclass(frozen=True, eq=False)
+class Gaussian:
+    """Full-covariance Gaussian N(μ, Σ) in D dimensions."""
+
+    mean: Tensor  # (D,)
+    cov: Tensor  # (D, D), symmetric positive definite
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mean", torch.as_tensor(self.mean, dtype=torch.float64))
+        object.__setattr__(self, "cov", torch.as_tensor(self.cov, dtype=torch.float64))
+
+    @property
+    def dim(self) -> int:
+        return self.mean.shape[0]
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        L = torch.linalg.cholesky(self.cov)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return (self.mean + z @ L.T).float()
+
+    def at(self, ab: Tensor | float) -> Gaussian:
+        """q_t: N(√ᾱ μ, ᾱ Σ + (1 − ᾱ) I)."""
+        ab = float(ab)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        return Gaussian(math.sqrt(ab) * self.mean, ab * self.cov + (1 - ab) * eye)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        d = torch.distributions.MultivariateNormal(self.mean, covariance_matrix=self.cov)
+        return d.log_prob(x.double())
+
+    def score(self, x: Tensor) -> Tensor:
+        """∇ log N(x; μ, Σ) = −Σ⁻¹ (x − μ), shape (B, D)."""
+        return -torch.linalg.solve(self.cov, (x.double() - self.mean).T).T
+
+
+class ExactDenoiser:
+    """The L_simple-optimal ε-model for data ``dist`` under ``schedule`` (Weng eq. 21).
+
+    ε*(x_t, t) = −√(1−ᾱ_t) ∇ log q_t(x_t). Callable as model(x_t, t) with x_t (B, D), t (B,).
+    """
+
+    def __init__(self, dist: GaussianMixture | Gaussian, schedule: Schedule):
+        self.dist = dist
+        self.schedule = schedule
+
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        t = torch.as_tensor(t).long()
+        out = torch.empty(x_t.shape, dtype=torch.float64)
+        ab_all = self.schedule.alpha_bar_at(t)  # (B,)
+        for tv in t.unique():  # samplers pass one t per batch; training batches may mix
+            idx = (t == tv).nonzero().squeeze(1)
+            ab = ab_all[idx[0]]
+            out[idx] = -(1 - ab).sqrt() * self.dist.at(ab).score(x_t[idx])
+        return out.to(x_t.dtype)
+
+
+def _mixture_logits(x: Tensor, means: Tensor, var: Tensor, weights: Tensor) -> Tensor:
+    """log π_k + log N(x; μ_k, var_k I), shape (B, K)."""
+    D = x.shape[1]
+    sq = torch.cdist(x, means).pow(2)  # (B, K)
+    return weights.log() - 0.5 * sq / var - 0.5 * D * torch.log(2 * math.pi * var)
+
+
+def ring_mixture(k: int = 8, radius: float = 2.0, std: float = 0.1,
+                 weights: Tensor | None = None) -> GaussianMixture:
+    """k isotropic Gaussians on a circle — a standard test target (the 8-Gaussians of the toys)."""
+    ang = torch.arange(k, dtype=torch.float64) * (2 * math.pi / k)
+    means = radius * torch.stack([ang.cos(), ang.sin()], 1)  # (k, 2)
+    w = torch.ones(k, dtype=torch.float64) if weights is None else weights
+    return GaussianMixture(means, torch.full((k,), std, dtype=torch.float64), w)

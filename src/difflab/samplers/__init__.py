@@ -1,0 +1,17 @@
+"""Samplers: plain functions ``(model, schedule, x_T, steps=…, generator=None, …) -> x_0``.
+
+Each sees the model only as an ε-model ``model(x_t, t, **cond)``; wrap x_0-, v- or
+score-predicting networks with :mod:`difflab.parameterization`. Each takes ``progress`` (a tqdm
+bar), ``callback(i, t, x)`` after every step and ``cond`` (keyword arguments for the model).
+"""
+
+from .ancestral import ddpm
+from .ddim import ddim, ddim_invert, slerp
+from .langevin import langevin
+from .ode import euler, heun
+from .timesteps import SPACINGS, timesteps
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "langevin": langevin, "euler": euler, "heun": heun}
+
+__all__ = ["SAMPLERS", "SPACINGS", "ddim", "ddim_invert", "ddpm", "euler", "heun", "langevin",
+           "slerp", "timesteps"]
