@@ -2,8 +2,9 @@
 
 Three spacings, each exact and documented (1-indexed, t ∈ 1..T; S = number of steps, S ≤ T):
 
-- ``"linspace"``  τ = round(linspace(1, T, S)) — starts at T, ends at 1. The evenly strided
-  schedule of Nichol & Dhariwal 2021 (§4, "evenly spaced real numbers between 1 and T").
+- ``"linspace"``  τ = round(linspace(1, T, S)) — starts at T, ends at 1 (S = 1 gives [T]: a
+  single step must start from noise). The evenly strided schedule of Nichol & Dhariwal 2021
+  (§4, "evenly spaced real numbers between 1 and T").
 - ``"leading"``   τ_k = 1 + k·⌊T/S⌋, k = 0..S−1 — ends at 1 and starts at 1 + (S−1)⌊T/S⌋,
   which is below T unless S = T (T = 1000, S = 10: 901, 801, …, 1). DDIM's original choice
   (Song et al. 2020) and diffusers' "leading" with steps_offset = 1.
