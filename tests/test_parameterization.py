@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from difflab import parameterization as P
+from difflab import parameterization as P  # noqa: N812
 from difflab import schedules
 
 ab_values = st.floats(1e-4, 1 - 1e-4)

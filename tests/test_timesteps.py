@@ -36,7 +36,7 @@ def test_every_spacing_is_valid(T, data, spacing):
     ts = timesteps(T, S, spacing)
     assert ts.dtype == torch.int64 and ts.numel() == S
     assert bool((ts[:-1] > ts[1:]).all())
-    assert 1 <= int(ts[-1]) and int(ts[0]) <= T
+    assert int(ts[-1]) >= 1 and int(ts[0]) <= T
     if spacing == "leading" or (spacing == "linspace" and S > 1):
         assert int(ts[-1]) == 1
     if spacing in ("linspace", "trailing"):
