@@ -1,3 +1,13 @@
-"""difflab: diffusion models as Lilian Weng's post "What are Diffusion Models?" explains them."""
+"""difflab: diffusion models as Lilian Weng's post "What are Diffusion Models?" explains them.
+
+The maths lives in small modules, each citing the post's equations:
+``schedules`` (eq 1, 3, 7-12, 22), ``parameterization`` (eq 11, 21, v), ``losses`` (eq 19),
+``samplers`` (eq 4, 17, 27-29, probability-flow ODE), ``oracle`` (exact denoisers),
+``metrics`` (sliced Wasserstein) and ``data``. Training and the CLI are in ``train`` and ``cli``.
+"""
+
+from . import data, losses, metrics, oracle, parameterization, samplers, schedules
 
 __version__ = "0.1.0"
+
+__all__ = ["data", "losses", "metrics", "oracle", "parameterization", "samplers", "schedules"]
