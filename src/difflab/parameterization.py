@@ -87,3 +87,21 @@ class EpsFromScore(_EpsWrapper):
 
     def forward(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
         return eps_from_score(self.net(x_t, t, **cond), self._ab(x_t, t))
+
+
+class LearnedVariance(nn.Module):
+    """A network whose output stacks [ε̂, v_raw] along ``dim`` (channels), presented as a model
+    that returns (ε̂, v) with v = (v_raw + 1)/2 — the mixing vector of Weng eq. (23),
+    Σ_θ = exp(v log β_t + (1 − v) log β̃_t) (Nichol & Dhariwal 2021, §3.1, who map the raw
+    output from [−1, 1] to [0, 1] the same way). ``samplers.ddpm`` uses v; every other sampler
+    uses ε̂ alone.
+    """
+
+    def __init__(self, net: Model, dim: int = 1):
+        super().__init__()
+        self.net = net
+        self.dim = dim
+
+    def forward(self, x_t: Tensor, t: Tensor, **cond) -> tuple[Tensor, Tensor]:
+        eps, v_raw = self.net(x_t, t, **cond).chunk(2, dim=self.dim)
+        return eps, (v_raw + 1) / 2

@@ -19,11 +19,19 @@ def alpha_bar_table(schedule: Schedule) -> list[float]:
     return [1.0] + schedule.alpha_bars.tolist()
 
 
+def model_output(model: Model, x_t: Tensor, t: int, cond: dict | None
+                 ) -> tuple[Tensor, Tensor | None]:
+    """Call the model at one step t. A plain ε-model returns ε̂; a model with a learned variance
+    returns the pair (ε̂, v), v the mixing vector of Weng eq. (23). Returns (ε̂, v or None)."""
+    tb = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)  # (B,)
+    out = model(x_t, tb, **(cond or {}))
+    return (out[0], out[1]) if isinstance(out, tuple) else (out, None)
+
+
 def predict(model: Model, x_t: Tensor, t: int, ab_t: float, cond: dict | None
             ) -> tuple[Tensor, Tensor]:
     """ε̂ = model(x_t, t) and x̂_0 from it (Weng eq. 11). Returns (eps, x0), both like x_t."""
-    tb = torch.full((x_t.shape[0],), t, dtype=torch.long, device=x_t.device)  # (B,)
-    eps = model(x_t, tb, **(cond or {}))
+    eps = model_output(model, x_t, t, cond)[0]
     return eps, x0_from_eps(x_t, eps, torch.tensor(ab_t, dtype=x_t.dtype, device=x_t.device))
 
 
