@@ -37,4 +37,6 @@ def l_simple(
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
     x_t = schedule.q_sample(x0, t, noise)  # (B, …)
-    return (noise - model(x_t, t, **cond)).pow(2).mean()
+    out = model(x_t, t, **cond)
+    eps_hat = out[0] if isinstance(out, tuple) else out  # a learned-variance model gives (ε̂, v)
+    return (noise - eps_hat).pow(2).mean()
