@@ -1,0 +1,165 @@
+"""The blocks of the U-Net in ``unet.py``: residual block with AdaGN, self-attention, resampling.
+
+Every block of the trunk has the same call, ``block(h, c) -> h``, where ``c`` is a
+:class:`Conditioning` — what the network is conditioned on, computed once per forward pass. Blocks
+read what they need from it (the residual block reads ``c.emb``; attention reads nothing yet), so
+a later kind of conditioning adds a field there and a block that reads it, and no signature
+changes. A :class:`Stage` is a list of such blocks; the U-Net is a list of stages.
+
+References: Ho et al. 2020 (DDPM), Appendix B; Nichol & Dhariwal 2021 (improved DDPM);
+Dhariwal & Nichol 2021 (ADM, "Diffusion Models Beat GANs"), §3; Brock et al. 2019 (BigGAN);
+Song et al. 2021 (NCSN++) and Saharia et al. 2022 (Imagen), Appendix F, for the 1/√2 rescaling.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F  # noqa: N812 (the usual name)
+
+SQRT_HALF = 1 / math.sqrt(2)
+
+
+@dataclass
+class Conditioning:
+    """What every block of the trunk may read, built once per forward pass.
+
+    ``emb`` (B, E) is the time embedding; class conditioning adds a label embedding to it.
+    Cross-attention will add its token embeddings and padding mask here as new fields.
+    """
+
+    emb: Tensor  # (B, E)
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Set every parameter of ``module`` to zero: the block starts as the identity (ADM)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
+def resample(x: Tensor, mode: str | None) -> Tensor:
+    """2× average-pool ("down"), 2× nearest-neighbour upsample ("up"), or nothing (None)."""
+    if mode == "down":
+        return F.avg_pool2d(x, 2)  # (B, C, H/2, W/2)
+    if mode == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")  # (B, C, 2H, 2W)
+    return x
+
+
+def residual(x: Tensor, h: Tensor, scale: float) -> Tensor:
+    """x + h, times 1/√2 when rescaling (keeps the sum's variance that of its parts)."""
+    return x + h if scale == 1.0 else (x + h) * scale
+
+
+class ResBlock(nn.Module):
+    """Residual block with the time embedding applied by adaptive group norm (AdaGN).
+
+        h = conv1(resample(SiLU(GN(x))))
+        h = conv2(dropout(SiLU((1 + scale) · GN(h) + shift)))   (scale, shift) = W emb
+        out = (skip(resample(x)) + h) · (1/√2 if rescale)
+
+    AdaGN is Dhariwal & Nichol 2021, §3 ("AdaGN(h, y) = y_s GroupNorm(h) + y_b"; the code uses
+    1 + y_s so that a zero projection is the identity); DDPM (Ho et al. 2020, App. B) adds the
+    embedding instead. ``resample`` = "down" / "up" makes this the BigGAN-style residual
+    down/up-sampling block (Brock et al. 2019; ADM §3), which resamples both paths. ``conv2``
+    starts at zero, so the block starts as its skip path (ADM).
+    """
+
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        emb_dim: int,
+        groups: int,
+        dropout: float = 0.0,
+        resample: str | None = None,
+        rescale: bool = False,
+    ):
+        super().__init__()
+        self.resample = resample
+        self.out_scale = SQRT_HALF if rescale else 1.0
+        self.norm1 = nn.GroupNorm(groups, in_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb_proj = nn.Linear(emb_dim, 2 * out_ch)  # → (scale, shift) of AdaGN
+        self.norm2 = nn.GroupNorm(groups, out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = zero_init(nn.Conv2d(out_ch, out_ch, 3, padding=1))
+        self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
+
+    def forward(self, x: Tensor, c: Conditioning) -> Tensor:  # x: (B, in_ch, H, W)
+        h = F.silu(self.norm1(x))
+        h, x = resample(h, self.resample), resample(x, self.resample)  # (B, in_ch, H', W')
+        h = self.conv1(h)  # (B, out_ch, H', W')
+        scale_shift = self.emb_proj(F.silu(c.emb))[:, :, None, None]  # (B, 2·out_ch, 1, 1)
+        scale, shift = scale_shift.chunk(2, dim=1)  # (B, out_ch, 1, 1) each
+        h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # AdaGN: (1 + scale)·GN(h) + shift
+        h = self.conv2(self.dropout(F.silu(h)))  # (B, out_ch, H', W')
+        return residual(self.skip(x), h, self.out_scale)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over the H·W positions, with a residual connection.
+
+    DDPM uses one head at 16×16 (Ho et al. 2020, App. B); ADM uses several heads at several
+    resolutions, 64 channels a head being best (Dhariwal & Nichol 2021, §3). Positions are tokens
+    of width C; ``scaled_dot_product_attention`` does softmax(QKᵀ/√d)V in one fused kernel. The
+    output projection starts at zero, so the block starts as the identity.
+    """
+
+    def __init__(self, ch: int, heads: int, groups: int, rescale: bool = False):
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"{ch} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.out_scale = SQRT_HALF if rescale else 1.0
+        self.norm = nn.GroupNorm(groups, ch)
+        self.qkv = nn.Linear(ch, 3 * ch)
+        self.proj = zero_init(nn.Linear(ch, ch))
+
+    def forward(self, x: Tensor, c: Conditioning) -> Tensor:  # x: (B, C, H, W)
+        B, C, H, W = x.shape
+        tokens = self.norm(x).flatten(2).transpose(1, 2)  # (B, HW, C); contiguous if channels_last
+        q, k, v = self.qkv(tokens).unflatten(-1, (3, self.heads, C // self.heads)).permute(
+            2, 0, 3, 1, 4
+        )  # each (B, heads, HW, C/heads)
+        h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
+        h = self.proj(h.transpose(1, 2).flatten(2))  # (B, HW, C)
+        h = h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W)
+        return residual(x, h, self.out_scale)
+
+
+class Downsample(nn.Module):
+    """3×3 convolution with stride 2 (DDPM, ADM): (B, C, H, W) → (B, C, H/2, W/2)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+
+    def forward(self, x: Tensor, c: Conditioning) -> Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour 2× then a 3×3 convolution (DDPM, ADM): (B, C, H, W) → (B, C, 2H, 2W)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
+
+    def forward(self, x: Tensor, c: Conditioning) -> Tensor:
+        return self.conv(resample(x, "up"))
+
+
+class Stage(nn.ModuleList):
+    """Blocks applied in order, each as ``block(h, c)``. In the encoder a stage's output is one
+    skip connection; in the decoder a stage starts from [h, skip] concatenated on channels. An
+    empty stage is the identity."""
+
+    def forward(self, h: Tensor, c: Conditioning) -> Tensor:
+        for block in self:
+            h = block(h, c)
+        return h
