@@ -1,0 +1,249 @@
+"""The ``difflab`` command: ``train``, ``sample`` and ``eval``.
+
+Strings live here and only here: the CLI turns names into objects and passes them to the library.
+Every user error — a bad flag, an unknown dataset or sampler, a step count outside 1..T, a
+missing or corrupt run directory, a malformed preset, an existing run directory — ends as ONE
+line ``difflab: error: …`` on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from . import __version__
+from . import checkpoint as ckpt
+from .config import TrainConfig, builtin_presets, load_config
+
+PROG = "difflab"
+EXIT_USAGE = 2
+# flags that may change when a run is resumed (the others would break exact resume)
+RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta", "n_eval",
+             "threads"}
+SAMPLER_NAMES = ("ddpm", "ddim", "langevin", "euler", "heun")
+
+
+class UsageError(Exception):
+    """Bad command-line input; printed as one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print the usage too: keep to one line
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+# --- parser --------------------------------------------------------------------------------------
+_HELP = {
+    "dataset": "2-D dataset: swiss_roll, moons, 8gaussians, checkerboard",
+    "schedule": "noise schedule: linear or cosine",
+    "T": "number of diffusion steps",
+    "steps": "training steps (optimizer updates)",
+    "lr": "peak learning rate (AdamW)",
+    "batch": "batch size",
+    "seed": "seed of initialisation, batches and noise",
+    "hidden": "MLP width",
+    "depth": "number of residual MLP blocks",
+    "out": "run directory (default: runs/<dataset>-<date>-<time>)",
+    "eval_sampler": "sampler for the evaluation after training: " + ", ".join(SAMPLER_NAMES),
+    "eval_steps": "sampler steps for the evaluation after training",
+    "n_eval": "samples (and held-out points) for the evaluation",
+    "threads": "torch threads (0: torch's default)",
+    "n_train": "size of the fixed training set",
+    "t_dim": "width of the sinusoidal time embedding",
+    "lr_schedule": "constant or cosine (decay after warm-up)",
+    "warmup": "linear learning-rate warm-up steps",
+    "lr_min_ratio": "final learning rate of the cosine decay, as a fraction of --lr",
+    "weight_decay": "AdamW weight decay",
+    "grad_clip": "clip the gradient norm to this (0: off)",
+    "ema_decay": "decay of the exponential moving average of the weights",
+    "checkpoint_every": "steps between checkpoints",
+    "eval_eta": "DDIM eta for the evaluation after training",
+}
+
+
+def _flag(name: str) -> str:
+    return "--" + (name if name == "T" else name.replace("_", "-"))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Diffusion models as Lilian Weng's post explains them.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval}")
+
+    defaults = TrainConfig()
+    tr = sub.add_parser("train", help="train a model on 2-D data and evaluate it",
+                        description="Train a diffusion model and write a run directory (its path "
+                        "is the last line of standard output). With no arguments: the default "
+                        "swiss-roll model. Every flag overrides the preset.")
+    tr.add_argument("--preset", metavar="NAME_OR_PATH",
+                    help=f"TOML preset: a built-in name ({', '.join(builtin_presets())}) or a path")
+    for f in fields(TrainConfig):
+        kind = {"int": int, "float": float, "str": str}[str(f.type)]
+        tr.add_argument(_flag(f.name), dest=f.name, type=kind, default=None,
+                        metavar=f.name.upper() if f.name != "T" else "T",
+                        help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} "
+                             f"(default: {getattr(defaults, f.name)!r})")
+    tr.add_argument("--overwrite", action="store_true",
+                    help="replace an existing run directory")
+    tr.add_argument("--resume", metavar="RUN",
+                    help="continue the run in RUN from its last checkpoint")
+    tr.add_argument("--stop-after", type=int, metavar="K",
+                    help="stop after K total steps with a checkpoint (resume later with --resume)")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    for name, what in (("sample", "draw samples from a trained run"),
+                       ("eval", "print SWD and its noise floor for a sampler (JSON)")):
+        p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+        p.add_argument("run", metavar="RUN", help="run directory written by 'difflab train'")
+        p.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} "
+                       "(default: the run's eval_sampler)")
+        p.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's "
+                       "eval_steps)")
+        p.add_argument("--eta", type=float, help="DDIM η >= 0 (default 0: deterministic)")
+        p.add_argument("-n", type=int, help="number of samples (default: 1000 for sample, the "
+                       "run's n_eval for eval)")
+        p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        if name == "sample":
+            p.add_argument("--out", required=True, metavar="FILE",
+                           help="output file: .npy (float32 array (n, 2)) or .png (scatter plot)")
+    return parser
+
+
+# --- commands ------------------------------------------------------------------------------------
+def _progress(args) -> bool:
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def cmd_train(args) -> int:
+    from .train import default_run_dir, read_run_config, train
+
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UsageError("--stop-after must be at least 1")
+    if args.resume:
+        if args.overwrite or args.preset:
+            raise UsageError("--resume continues a run as it was; drop --overwrite and --preset")
+        fixed = sorted(set(given) - RESUMABLE)
+        if fixed:
+            raise UsageError(f"{_flag(fixed[0])} cannot change when resuming (only "
+                             f"{', '.join(_flag(k) for k in sorted(RESUMABLE))} can)")
+        cfg = load_config(None, {**read_run_config(args.resume).to_dict(), **given})
+        run_dir = Path(args.resume)
+    else:
+        try:
+            cfg = load_config(args.preset, overrides)
+        except ValueError as err:  # name the flag rather than the config key when it was a flag
+            msg = str(err)
+            for key in given:
+                msg = msg.replace(f"config key {key!r}", _flag(key))
+            raise UsageError(msg) from None
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    run_dir = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                    progress=_progress(args), max_steps=args.stop_after)
+    metrics_path = run_dir / ckpt.METRICS
+    if args.stop_after is None or args.stop_after >= cfg.steps:
+        m = ckpt.read_json(metrics_path)
+        print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; "
+              f"{m['sampler']} {m['steps']} steps: SWD {m['swd']:.4f}, floor {m['swd_floor']:.4f}"
+              f" (ratio {m['swd_ratio']:.2f})")
+    else:
+        print(f"stopped after step {args.stop_after}; continue with: "
+              f"{PROG} train --resume {run_dir}")
+    print(run_dir)
+    return 0
+
+
+def _sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int]:
+    """Check the sampler flags against the run's config; return (sampler, steps, eta, n)."""
+    sampler = args.sampler or cfg.eval_sampler
+    if sampler not in SAMPLER_NAMES:
+        raise UsageError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_NAMES)}")
+    steps = cfg.eval_steps if args.steps is None else args.steps
+    if not 1 <= steps <= cfg.T:
+        raise UsageError(f"--steps must lie in 1..T (T = {cfg.T} for this run), got {steps}")
+    eta = (cfg.eval_eta if sampler == cfg.eval_sampler else 0.0) if args.eta is None else args.eta
+    if eta < 0 or eta != eta:
+        raise UsageError(f"--eta must be >= 0, got {args.eta}")
+    if sampler != "ddim" and args.eta:
+        raise UsageError(f"--eta applies to --sampler ddim only, not {sampler}")
+    n = n_default if args.n is None else args.n
+    if n < 1:
+        raise UsageError(f"-n must be at least 1, got {n}")
+    return sampler, steps, eta, n
+
+
+def cmd_sample(args) -> int:
+    import numpy as np
+    import torch
+
+    from .samplers import SAMPLERS
+    from .train import load_run, torch_threads
+
+    out = Path(args.out)
+    if out.suffix not in (".npy", ".png"):
+        raise UsageError(f"--out must end in .npy or .png, got {args.out!r}")
+    if not out.parent.is_dir():
+        raise UsageError(f"the directory of --out, {out.parent}, does not exist")
+    cfg, model, schedule = load_run(args.run)
+    sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
+    with torch_threads(cfg.threads), torch.inference_mode():
+        g = torch.Generator().manual_seed(args.seed)
+        x_T = torch.randn(n, 2, generator=g)  # (n, 2)
+        kwargs = {"eta": eta} if sampler == "ddim" else {}
+        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
+                               progress=_progress(args), **kwargs)  # (n, 2)
+    if out.suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, x0.numpy().astype(np.float32))
+        ckpt.atomic_write_bytes(out, buf.getvalue())
+    else:
+        from .plots import plot_points
+
+        plot_points(x0, out, title=f"{cfg.dataset}: {sampler}, {steps} steps (n = {n})")
+    print(out)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from .train import evaluate, load_run, torch_threads
+
+    cfg, model, schedule = load_run(args.run)
+    sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
+    with torch_threads(cfg.threads):
+        result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
+                          n=n, seed=args.seed, data_seed=cfg.seed, progress=_progress(args))
+    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit code."""
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command is None:
+            raise UsageError(f"choose a command: {', '.join(COMMANDS)} (see '{PROG} --help')")
+        return COMMANDS[args.command](args)
+    except (UsageError, ValueError, ckpt.CheckpointError, ckpt.RunExistsError, OSError) as err:
+        print(f"{PROG}: error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except SystemExit as exit_:  # --help and --version
+        return exit_.code if isinstance(exit_.code, int) else 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted (a run continues from its last checkpoint with "
+              f"'{PROG} train --resume RUN')", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.strerror or err}: {err.filename}"
+    return " ".join(str(err).split()) or type(err).__name__

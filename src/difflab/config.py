@@ -1,0 +1,167 @@
+"""Training configuration: one flat dataclass, filled from a TOML preset and then from flags.
+
+Presets are flat TOML tables whose keys are the field names of :class:`TrainConfig`; the built-in
+ones live in ``difflab/presets/*.toml`` (``default`` is the swiss-roll model that
+``difflab train`` trains with no arguments). Unknown keys and values of the wrong type raise a
+``ValueError`` that names the key, so the CLI can print it as one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+SCHEDULES = ("linear", "cosine")
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the tuned swiss-roll model."""
+
+    # data
+    dataset: str = "swiss_roll"
+    n_train: int = 100_000  # fixed training set, drawn from `seed`
+    # diffusion
+    schedule: str = "linear"  # "linear" | "cosine"
+    T: int = 1000
+    # model (difflab.nn.mlp.MLPDenoiser)
+    hidden: int = 64
+    depth: int = 3
+    t_dim: int = 64
+    # optimisation
+    steps: int = 3000
+    batch: int = 1024
+    lr: float = 3e-3
+    lr_schedule: str = "cosine"  # "constant" | "cosine" (to lr_min_ratio · lr after warmup)
+    warmup: int = 100
+    lr_min_ratio: float = 0.05
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ema_decay: float = 0.995  # with the warm-up min(decay, (1 + n) / (10 + n))
+    seed: int = 0
+    threads: int = 1  # torch intra-op threads; 0 leaves torch's default
+    checkpoint_every: int = 1000  # steps between checkpoints (one more at the end)
+    # evaluation after training
+    eval_sampler: str = "heun"  # 50 Heun steps = 99 evaluations, ≈ DDIM 200 in quality here
+    eval_steps: int = 50
+    eval_eta: float = 0.0
+    n_eval: int = 10_000
+    # output: "" → runs/<dataset>-<date>-<time>
+    out: str = ""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], base: TrainConfig | None = None) -> TrainConfig:
+        """``base`` (default: the defaults) with ``values`` applied; checks names and types."""
+        base = base if base is not None else cls()
+        return dataclasses.replace(base, **_typed(values))
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _typed(values: dict[str, Any]) -> dict[str, Any]:
+    """Check that every key is a field and every value has the field's type (int → float ok)."""
+    out = {}
+    for key, value in values.items():
+        if key not in _FIELDS:
+            raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(_FIELDS)}")
+        want = _TYPES[str(_FIELDS[key].type)]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ValueError(
+                f"config key {key!r} must be {want.__name__}, got {type(value).__name__} {value!r}"
+            )
+        out[key] = value
+    return out
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range checks that need no other module; names of datasets and samplers are checked too."""
+    from .data.toy2d import DATASETS
+    from .samplers import SAMPLERS
+
+    def need(ok: bool, key: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"config key {key!r} {what}, got {getattr(cfg, key)!r}")
+
+    _typed(cfg.to_dict())
+    need(cfg.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
+    need(cfg.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
+         f"must be one of {', '.join(LR_SCHEDULES)}")
+    need(cfg.eval_sampler in SAMPLERS, "eval_sampler", f"must be one of {', '.join(SAMPLERS)}")
+    for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    for key in ("depth", "warmup", "seed", "threads"):
+        need(getattr(cfg, key) >= 0, key, "must be at least 0")
+    need(1 <= cfg.eval_steps <= cfg.T, "eval_steps", f"must lie in 1..T (T={cfg.T})")
+    for key in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "eval_eta"):
+        need(math.isfinite(getattr(cfg, key)), key, "must be finite")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(0 <= cfg.lr_min_ratio <= 1, "lr_min_ratio", "must lie in [0, 1]")
+    need(cfg.weight_decay >= 0, "weight_decay", "must be at least 0")
+    need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
+    need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
+    need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")
+
+
+# --- presets -----------------------------------------------------------------------------------
+
+
+def builtin_presets() -> list[str]:
+    root = resources.files("difflab") / "presets"
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """The table of a preset: a path to a .toml file, or the name of a built-in preset."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"preset file {name_or_path!r} does not exist")
+        text, where = path.read_bytes(), str(path)
+    else:
+        res = resources.files("difflab") / "presets" / f"{name_or_path}.toml"
+        if not res.is_file():
+            raise ValueError(
+                f"unknown preset {name_or_path!r}; built-in presets: "
+                f"{', '.join(builtin_presets())} (or give a path to a .toml file)"
+            )
+        text, where = res.read_bytes(), f"built-in preset {name_or_path!r}"
+    try:
+        table = tomllib.loads(text.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"malformed preset {where}: {err}") from None
+    for key, value in table.items():
+        if isinstance(value, dict):
+            raise ValueError(f"malformed preset {where}: [{key}] tables are not supported; "
+                             "use flat keys")
+    return table
+
+
+def load_config(preset: str | None = None, overrides: dict[str, Any] | None = None
+                ) -> TrainConfig:
+    """Defaults ← preset (if given) ← overrides (e.g. command-line flags; None values skipped)."""
+    values = read_preset(preset) if preset else {}
+    cfg = TrainConfig.from_dict(values)
+    extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    return TrainConfig.from_dict(extra, base=cfg)

@@ -1,0 +1,43 @@
+"""Sinusoidal embedding of the integer timestep t (Vaswani et al. 2017, §3.5; Ho et al. 2020, §4).
+
+emb(t)_i = sin(t · ω_i) for i < d/2 and cos(t · ω_{i−d/2}) after, with ω_i = max_period^(−i/(d/2)),
+so that nearby t get nearby vectors and the network sees t at every scale from 1 to T.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal features of t: int or float tensor (B,) → float32 (B, dim).
+
+    The layout is [sin(t ω), cos(t ω)] as in Ho et al.'s implementation; an odd ``dim`` gets one
+    zero column at the end.
+    """
+    if dim < 1:
+        raise ValueError(f"embedding dim must be >= 1, got {dim}")
+    half = dim // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
+    )  # (half,)
+    args = t.to(torch.float32)[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2·half)
+    if dim % 2:
+        emb = torch.nn.functional.pad(emb, (0, 1))
+    return emb
+
+
+class TimestepEmbedding(nn.Module):
+    """t ↦ MLP(sinusoidal(t)): int64 (B,) → (B, out_dim)."""
+
+    def __init__(self, t_dim: int, out_dim: int):
+        super().__init__()
+        self.t_dim = t_dim
+        self.mlp = nn.Sequential(nn.Linear(t_dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+
+    def forward(self, t: Tensor) -> Tensor:
+        return self.mlp(timestep_embedding(t, self.t_dim))  # (B, out_dim)

@@ -1,0 +1,52 @@
+"""A residual MLP that predicts ε for vector data (2-D toys and other low-dimensional x).
+
+    h = W_in x_t + emb(t)                      (B, hidden)
+    h = h + W_2 SiLU(W_1 SiLU(h) + emb_k(t))   × depth residual blocks
+    ε̂ = W_out SiLU(h)                          (B, dim)
+
+Each block gets its own projection of the time embedding, so every layer knows the noise level.
+The output layer starts at zero: an untrained model predicts ε̂ = 0, which keeps the first
+gradient steps calm. No normalisation layers: on a CPU they cost more than they help here.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from .embedding import timestep_embedding
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden, hidden)
+        self.fc2 = nn.Linear(hidden, hidden)
+        self.act = nn.SiLU()
+
+    def forward(self, h: Tensor, temb: Tensor) -> Tensor:  # h, temb: (B, hidden)
+        return h + self.fc2(self.act(self.fc1(self.act(h)) + temb))
+
+
+class MLPDenoiser(nn.Module):
+    """ε_θ(x_t, t) for x_t of shape (B, dim) and integer t of shape (B,) in 1..T."""
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, t_dim: int = 64):
+        super().__init__()
+        if min(dim, hidden, t_dim) < 1 or depth < 0:
+            raise ValueError("dim, hidden and t_dim must be >= 1 and depth >= 0")
+        self.dim, self.hidden, self.depth, self.t_dim = dim, hidden, depth, t_dim
+        self.inp = nn.Linear(dim, hidden)
+        # one projection of the sinusoidal features for the input and every block
+        self.temb = nn.Linear(t_dim, hidden * (depth + 1))
+        self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(depth))
+        self.out = nn.Linear(hidden, dim)
+        self.act = nn.SiLU()
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
+        temb = self.temb(timestep_embedding(t, self.t_dim)).chunk(self.depth + 1, 1)  # (B, hidden)
+        h = self.inp(x_t) + temb[0]  # (B, hidden)
+        for block, e in zip(self.blocks, temb[1:], strict=True):
+            h = block(h, e)
+        return self.out(self.act(h))  # (B, dim)
