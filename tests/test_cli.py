@@ -158,3 +158,15 @@ def test_overwrite_replaces_an_existing_run(tmp_path, capsys):
     code, out, _ = run(capsys, "train", *TINY, "--steps", "6", "--out", run_dir, "--overwrite")
     assert code == 0
     assert json.loads((run_dir / "metrics.json").read_text())["train_steps"] == 6
+
+
+def test_sample_with_each_spacing_and_a_bad_one(trained, tmp_path, capsys):
+    for spacing in ("linspace", "leading", "trailing"):
+        out = tmp_path / f"{spacing}.npy"
+        assert main(["sample", str(trained), "--sampler", "ddim", "--steps", "5",
+                     "--spacing", spacing, "-n", "20", "--out", str(out)]) == 0
+        assert np.load(out).shape == (20, 2)
+    capsys.readouterr()
+    assert main(["sample", str(trained), "--spacing", "uniform", "--out",
+                 str(tmp_path / "x.npy")]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1

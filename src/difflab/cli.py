@@ -25,6 +25,7 @@ EXIT_USAGE = 2
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta", "n_eval",
              "threads"}
 SAMPLER_NAMES = ("ddpm", "ddim", "langevin", "euler", "heun")
+SPACING_NAMES = ("linspace", "leading", "trailing")
 
 
 class UsageError(Exception):
@@ -104,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's "
                        "eval_steps)")
         p.add_argument("--eta", type=float, help="DDIM η >= 0 (default 0: deterministic)")
+        p.add_argument("--spacing", choices=SPACING_NAMES, help="timestep spacing of strided "
+                       "sampling (default: the sampler's own; see difflab.samplers.timesteps)")
         p.add_argument("-n", type=int, help="number of samples (default: 1000 for sample, the "
                        "run's n_eval for eval)")
         p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
@@ -196,6 +199,8 @@ def cmd_sample(args) -> int:
         g = torch.Generator().manual_seed(args.seed)
         x_T = torch.randn(n, 2, generator=g)  # (n, 2)
         kwargs = {"eta": eta} if sampler == "ddim" else {}
+        if args.spacing:
+            kwargs["spacing"] = args.spacing
         x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
                                progress=_progress(args), **kwargs)  # (n, 2)
     if out.suffix == ".npy":
@@ -217,7 +222,8 @@ def cmd_eval(args) -> int:
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
     with torch_threads(cfg.threads):
         result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
-                          n=n, seed=args.seed, data_seed=cfg.seed, progress=_progress(args))
+                          spacing=args.spacing, n=n, seed=args.seed, data_seed=cfg.seed,
+                          progress=_progress(args))
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
 

@@ -151,6 +151,13 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule
     """Cosine schedule — Weng eq. (22); Nichol & Dhariwal 2021, eq. (17).
 
     ᾱ_t = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2), β_t = clip(1 − ᾱ_t/ᾱ_{t−1}, max_beta).
+
+    Caution with ε-prediction: the clip binds at the very end, so ᾱ_T ≈ 2.4e-9 but
+    ᾱ_{T−1} ≈ 2.4e-6 (T = 1000). A sampler step that leaves t ≈ T multiplies the error of a
+    *learned* ε̂ by about √(ᾱ_s/ᾱ_t), hundreds of times: a trained 2-D model sampled with DDIM
+    or Heun on the "linspace" or "trailing" spacings (which start at T) scored SWD 100× its
+    floor, and 0.6-0.9× with ``spacing="leading"`` (which starts at T − ⌊T/S⌋ + 1). Exact
+    denoisers are unaffected. Sample cosine-trained ε-models with ``spacing="leading"``.
     """
     _check_T(T)
     t = torch.arange(T + 1, dtype=torch.float64)

@@ -107,7 +107,8 @@ class Evaluation:
 
 
 def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str = "ddim",
-             steps: int = 50, eta: float = 0.0, n: int = 10_000, seed: int = 0,
+             steps: int = 50, eta: float = 0.0, spacing: str | None = None,
+             n: int = 10_000, seed: int = 0,
              data_seed: int = 0, n_snapshots: int = 6, progress: bool = False) -> Evaluation:
     """Sample ``n`` points and measure SWD to ``n`` held-out points, beside the two-sample floor.
 
@@ -117,6 +118,8 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
     """
     sample_fn = SAMPLERS[sampler]
     kwargs = {"eta": eta} if sampler == "ddim" else {}
+    if spacing is not None:  # None: the sampler's own default
+        kwargs["spacing"] = spacing
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, 2, generator=g)  # (n, 2)
     keep = min(n, 2000)
@@ -137,7 +140,7 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
     value = swd(x0, held_out)
     floor = swd_floor(lambda m, s: toy2d.sample(dataset, m, s), n, repeats=FLOOR_REPEATS)
     metrics = {"swd": value, "swd_floor": floor, "swd_ratio": value / floor, "sampler": sampler,
-               "steps": steps, "eta": eta, "n_eval": n, "sample_seed": seed,
+               "steps": steps, "eta": eta, "spacing": spacing, "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     return Evaluation(metrics, x0, held_out, snapshots)
 
