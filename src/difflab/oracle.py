@@ -76,13 +76,6 @@ class GaussianMixture:
         """Responsibilities p(k | x), shape (B, K)."""
         return _mixture_logits(x.double(), self.means, self.stds**2, self.weights).softmax(-1)
 
-    def score(self, x: Tensor) -> Tensor:
-        """∇_x log q(x) = Σ_k p(k|x) · (μ_k − x) / s_k², shape (B, D)."""
-        x = x.double()
-        r = self.posterior(x)  # (B, K)
-        per_k = (self.means[None] - x[:, None]) / (self.stds**2)[None, :, None]  # (B, K, D)
-        return (r[..., None] * per_k).sum(1)
-
 
 @dataclass(frozen=True, eq=False)
 class Gaussian:
@@ -120,10 +113,6 @@ class Gaussian:
         cov = ab * self.cov + (1 - ab) * torch.eye(self.dim, dtype=torch.float64)  # (B, D, D)
         diff = x_t.double() - ab[:, :, 0].sqrt() * self.mean  # (B, D)
         return -torch.linalg.solve(cov, diff.unsqueeze(-1)).squeeze(-1)
-
-    def score(self, x: Tensor) -> Tensor:
-        """∇ log N(x; μ, Σ) = −Σ⁻¹ (x − μ), shape (B, D)."""
-        return -torch.linalg.solve(self.cov, (x.double() - self.mean).T).T
 
 
 class ExactDenoiser:
