@@ -196,3 +196,17 @@ def test_lr_schedule_warms_up_then_decays():
 def test_run_dir_path_type(tmp_path):
     assert isinstance(train(tiny(steps=2), str(tmp_path / "r"), progress=False,
                             evaluate_after=False), Path)
+
+
+def test_eval_spacing_auto_avoids_the_cosine_terminal_step():
+    from difflab.config import spacing_for
+
+    cos, lin = TrainConfig(schedule="cosine"), TrainConfig(schedule="linear")
+    assert spacing_for(cos, "ddim") == "leading" and spacing_for(cos, "heun") == "leading"
+    assert spacing_for(cos, "langevin") is None  # its σ levels are geometric, not affected
+    assert spacing_for(lin, "ddim") is None  # the sampler's own default
+    assert spacing_for(cos, "ddim", "trailing") == "trailing"  # an explicit choice wins
+    pinned = TrainConfig(eval_spacing="linspace", schedule="cosine")
+    assert spacing_for(pinned, "ddim") == "linspace"
+    with pytest.raises(ValueError, match="eval_spacing"):
+        TrainConfig(eval_spacing="uniform")

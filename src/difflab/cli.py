@@ -17,12 +17,13 @@ from pathlib import Path
 
 from . import __version__
 from . import checkpoint as ckpt
-from .config import TrainConfig, builtin_presets, load_config
+from .config import TrainConfig, builtin_presets, load_config, spacing_for
 
 PROG = "difflab"
 EXIT_USAGE = 2
 # flags that may change when a run is resumed (the others would break exact resume)
-RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta", "n_eval",
+RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
+             "eval_spacing", "n_eval",
              "threads"}
 SAMPLER_NAMES = ("ddpm", "ddim", "langevin", "euler", "heun")
 SPACING_NAMES = ("linspace", "leading", "trailing")
@@ -63,6 +64,8 @@ _HELP = {
     "ema_decay": "decay of the exponential moving average of the weights",
     "checkpoint_every": "steps between checkpoints",
     "eval_eta": "DDIM eta for the evaluation after training",
+    "eval_spacing": "timestep spacing for the evaluation: auto (leading on the cosine schedule), "
+                    "linspace, leading or trailing",
 }
 
 
@@ -106,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "eval_steps)")
         p.add_argument("--eta", type=float, help="DDIM η >= 0 (default 0: deterministic)")
         p.add_argument("--spacing", choices=SPACING_NAMES, help="timestep spacing of strided "
-                       "sampling (default: the sampler's own; see difflab.samplers.timesteps)")
+                       "sampling (default: the run's eval_spacing; see difflab.samplers.timesteps)")
         p.add_argument("-n", type=int, help="number of samples (default: 1000 for sample, the "
                        "run's n_eval for eval)")
         p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
@@ -199,8 +202,9 @@ def cmd_sample(args) -> int:
         g = torch.Generator().manual_seed(args.seed)
         x_T = torch.randn(n, 2, generator=g)  # (n, 2)
         kwargs = {"eta": eta} if sampler == "ddim" else {}
-        if args.spacing:
-            kwargs["spacing"] = args.spacing
+        spacing = spacing_for(cfg, sampler, args.spacing)
+        if spacing is not None:
+            kwargs["spacing"] = spacing
         x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
                                progress=_progress(args), **kwargs)  # (n, 2)
     if out.suffix == ".npy":
@@ -222,7 +226,8 @@ def cmd_eval(args) -> int:
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
     with torch_threads(cfg.threads):
         result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
-                          spacing=args.spacing, n=n, seed=args.seed, data_seed=cfg.seed,
+                          spacing=spacing_for(cfg, sampler, args.spacing), n=n,
+                          seed=args.seed, data_seed=cfg.seed,
                           progress=_progress(args))
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0

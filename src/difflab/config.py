@@ -23,6 +23,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 SCHEDULES = ("linear", "cosine")
 LR_SCHEDULES = ("constant", "cosine")
+EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,10 @@ class TrainConfig:
     eval_sampler: str = "heun"  # 50 Heun steps = 99 evaluations, ≈ DDIM 200 in quality here
     eval_steps: int = 50
     eval_eta: float = 0.0
+    # timestep spacing of the evaluation sampler: "auto" = "leading" on the cosine schedule
+    # (its clipped last step, ᾱ_T ≈ 2e-9, magnifies a learned ε̂'s error; see
+    # schedules.cosine) and the sampler's own default otherwise; or linspace/leading/trailing
+    eval_spacing: str = "auto"
     n_eval: int = 10_000
     # output: "" → runs/<dataset>-<date>-<time>
     out: str = ""
@@ -109,6 +114,8 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
          f"must be one of {', '.join(LR_SCHEDULES)}")
     need(cfg.eval_sampler in SAMPLERS, "eval_sampler", f"must be one of {', '.join(SAMPLERS)}")
+    need(cfg.eval_spacing in EVAL_SPACINGS, "eval_spacing",
+         f"must be one of {', '.join(EVAL_SPACINGS)}")
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
     for key in ("depth", "warmup", "seed", "threads"):
@@ -165,3 +172,13 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
     cfg = TrainConfig.from_dict(values)
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
     return TrainConfig.from_dict(extra, base=cfg)
+
+
+def spacing_for(cfg: TrainConfig, sampler: str, spacing: str | None = None) -> str | None:
+    """The timestep spacing to sample ``cfg``'s run with: ``spacing`` if given, else the run's
+    ``eval_spacing``, where "auto" means "leading" for cosine-schedule runs (except Langevin,
+    whose noise levels are geometric in σ) and the sampler's own default (None) otherwise."""
+    choice = spacing or cfg.eval_spacing
+    if choice != "auto":
+        return choice
+    return "leading" if cfg.schedule == "cosine" and sampler != "langevin" else None

@@ -157,7 +157,8 @@ def cosine(T: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> Schedule
     *learned* ε̂ by about √(ᾱ_s/ᾱ_t), hundreds of times: a trained 2-D model sampled with DDIM
     or Heun on the "linspace" or "trailing" spacings (which start at T) scored SWD 100× its
     floor, and 0.6-0.9× with ``spacing="leading"`` (which starts at T − ⌊T/S⌋ + 1). Exact
-    denoisers are unaffected. Sample cosine-trained ε-models with ``spacing="leading"``.
+    denoisers are unaffected. Sample cosine-trained ε-models with ``spacing="leading"`` (the
+CLI and the evaluation after training do so by default: ``TrainConfig.eval_spacing="auto"``).
     """
     _check_T(T)
     t = torch.arange(T + 1, dtype=torch.float64)

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from . import schedules
-from .config import TrainConfig
+from .config import TrainConfig, spacing_for
 from .data import toy2d
 from .losses import l_simple
 from .metrics import swd, swd_floor
@@ -258,6 +258,7 @@ def train(
             ema.eval()
             result = evaluate(ema, schedule, cfg.dataset, sampler=cfg.eval_sampler,
                               steps=cfg.eval_steps, eta=cfg.eval_eta, n=cfg.n_eval,
+                              spacing=spacing_for(cfg, cfg.eval_sampler),
                               seed=cfg.seed, data_seed=cfg.seed)
             metrics = {**result.metrics, "train_seconds": train_seconds, "train_steps": step,
                        "loss": loss_avg}
