@@ -17,7 +17,7 @@ from pathlib import Path
 
 from . import __version__
 from . import checkpoint as ckpt
-from .config import TrainConfig, builtin_presets, load_config, spacing_for
+from .config import TrainConfig, builtin_presets, is_image, load_config, spacing_for
 
 PROG = "difflab"
 EXIT_USAGE = 2
@@ -40,7 +40,14 @@ class _Parser(argparse.ArgumentParser):
 
 # --- parser --------------------------------------------------------------------------------------
 _HELP = {
-    "dataset": "2-D dataset: swiss_roll, moons, 8gaussians, checkerboard",
+    "dataset": "2-D: swiss_roll, moons, 8gaussians, checkerboard; images: digits, mnist",
+    "image_size": "image side in pixels (digits 8, 16, 32; mnist 28, 32; 0: the dataset's own)",
+    "model": "auto (MLP for 2-D data, U-Net for images), mlp or unet",
+    "model_channels": "U-Net base width",
+    "channel_mult": "U-Net width multipliers, one per resolution level, e.g. 1,2",
+    "num_res_blocks": "U-Net residual blocks per level",
+    "attention": "U-Net self-attention at these downsampling factors, e.g. 2 ('' for none)",
+    "dropout": "U-Net dropout",
     "schedule": "noise schedule: linear or cosine",
     "T": "number of diffusion steps",
     "steps": "training steps (optimizer updates)",
@@ -52,9 +59,9 @@ _HELP = {
     "out": "run directory (default: runs/<dataset>-<date>-<time>)",
     "eval_sampler": "sampler for the evaluation after training: " + ", ".join(SAMPLER_NAMES),
     "eval_steps": "sampler steps for the evaluation after training",
-    "n_eval": "samples (and held-out points) for the evaluation",
+    "n_eval": "samples (and held-out points) for the evaluation (images: FD sample size)",
     "threads": "torch threads (0: torch's default)",
-    "n_train": "size of the fixed training set",
+    "n_train": "size of the fixed 2-D training set (images: the whole train split)",
     "t_dim": "width of the sinusoidal time embedding",
     "lr_schedule": "constant or cosine (decay after warm-up)",
     "warmup": "linear learning-rate warm-up steps",
@@ -79,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval}")
 
     defaults = TrainConfig()
-    tr = sub.add_parser("train", help="train a model on 2-D data and evaluate it",
+    tr = sub.add_parser("train", help="train a model on 2-D data or images and evaluate it",
                         description="Train a diffusion model and write a run directory (its path "
                         "is the last line of standard output). With no arguments: the default "
                         "swiss-roll model. Every flag overrides the preset.")
@@ -100,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     for name, what in (("sample", "draw samples from a trained run"),
-                       ("eval", "print SWD and its noise floor for a sampler (JSON)")):
+                       ("eval", "print SWD (2-D) or FD (images) and its floor for a sampler "
+                                "(JSON)")):
         p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         p.add_argument("run", metavar="RUN", help="run directory written by 'difflab train'")
         p.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} "
@@ -116,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "sample":
             p.add_argument("--out", required=True, metavar="FILE",
-                           help="output file: .npy (float32 array (n, 2)) or .png (scatter plot)")
+                           help="output file: .npy (float32 array (n, 2) or (n, C, H, W)) or "
+                           ".png (scatter plot, or a grid of images)")
     return parser
 
 
@@ -155,6 +164,12 @@ def cmd_train(args) -> int:
     metrics_path = run_dir / ckpt.METRICS
     if args.stop_after is None or args.stop_after >= cfg.steps:
         m = ckpt.read_json(metrics_path)
+        if "fd" in m:
+            print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; "
+                  f"{m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "
+                  f"{m['fd_floor']:.2f} (ratio {m['fd_ratio']:.2f})")
+            print(run_dir)
+            return 0
         print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; "
               f"{m['sampler']} {m['steps']} steps: SWD {m['swd']:.4f}, floor {m['swd_floor']:.4f}"
               f" (ratio {m['swd_ratio']:.2f})")
@@ -188,6 +203,7 @@ def cmd_sample(args) -> int:
     import numpy as np
     import torch
 
+    from .image_eval import image_shape
     from .samplers import SAMPLERS
     from .train import load_run, torch_threads
 
@@ -200,7 +216,8 @@ def cmd_sample(args) -> int:
     sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
     with torch_threads(cfg.threads), torch.inference_mode():
         g = torch.Generator().manual_seed(args.seed)
-        x_T = torch.randn(n, 2, generator=g)  # (n, 2)
+        shape = image_shape(cfg) if is_image(cfg.dataset) else (2,)
+        x_T = torch.randn(n, *shape, generator=g)  # (n, 2) or (n, C, H, W)
         kwargs = {"eta": eta} if sampler == "ddim" else {}
         spacing = spacing_for(cfg, sampler, args.spacing)
         if spacing is not None:
@@ -211,6 +228,10 @@ def cmd_sample(args) -> int:
         buf = io.BytesIO()
         np.save(buf, x0.numpy().astype(np.float32))
         ckpt.atomic_write_bytes(out, buf.getvalue())
+    elif is_image(cfg.dataset):
+        from .plots import save_image_grid
+
+        save_image_grid(x0, out)
     else:
         from .plots import plot_points
 
@@ -224,6 +245,15 @@ def cmd_eval(args) -> int:
 
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
+    if is_image(cfg.dataset):
+        from .image_eval import evaluate_images
+
+        with torch_threads(cfg.threads):
+            metrics = evaluate_images(model, schedule, cfg, sampler=sampler, steps=steps, eta=eta,
+                                      spacing=spacing_for(cfg, sampler, args.spacing), n=n,
+                                      seed=args.seed, progress=_progress(args))[0]
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
     with torch_threads(cfg.threads):
         result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
                           spacing=spacing_for(cfg, sampler, args.spacing), n=n,

@@ -24,6 +24,23 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 SCHEDULES = ("linear", "cosine")
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
+MODELS = ("auto", "mlp", "unet")
+# image datasets and the sizes their committed FD classifiers take (difflab.fd)
+IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
+
+
+def is_image(dataset: str) -> bool:
+    """Whether ``dataset`` names image data (U-Net, FD) rather than 2-D points (MLP, SWD)."""
+    return dataset in IMAGE_SIZES
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,2,2" → (1, 2, 2); "" → (). ValueError on anything else."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers like '1,2', got {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -31,15 +48,24 @@ class TrainConfig:
     """Everything a training run depends on. Defaults are the tuned swiss-roll model."""
 
     # data
-    dataset: str = "swiss_roll"
-    n_train: int = 100_000  # fixed training set, drawn from `seed`
+    dataset: str = "swiss_roll"  # 2-D: see data.toy2d; images: "digits", "mnist"
+    n_train: int = 100_000  # 2-D only: fixed training set, drawn from `seed`
+    image_size: int = 0  # images: 0 → the dataset's own (digits 8, mnist 32)
     # diffusion
     schedule: str = "linear"  # "linear" | "cosine"
     T: int = 1000
-    # model (difflab.nn.mlp.MLPDenoiser)
+    # model: "auto" → the MLP for 2-D data, the U-Net for images
+    model: str = "auto"
+    # the MLP (difflab.nn.mlp.MLPDenoiser)
     hidden: int = 64
     depth: int = 3
     t_dim: int = 64
+    # the U-Net (difflab.nn.unet.UNetConfig)
+    model_channels: int = 32
+    channel_mult: str = "1,2"  # one multiplier per resolution level
+    num_res_blocks: int = 2
+    attention: str = "2"  # downsampling factors with self-attention ("" for none)
+    dropout: float = 0.0
     # optimisation
     steps: int = 3000
     batch: int = 1024
@@ -109,7 +135,11 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"config key {key!r} {what}, got {getattr(cfg, key)!r}")
 
     _typed(cfg.to_dict())
-    need(cfg.dataset in DATASETS, "dataset", f"must be one of {', '.join(DATASETS)}")
+    names = (*DATASETS, *IMAGE_SIZES)
+    need(cfg.dataset in names, "dataset", f"must be one of {', '.join(names)}")
+    need(cfg.model in MODELS, "model", f"must be one of {', '.join(MODELS)}")
+    want = "unet" if is_image(cfg.dataset) else "mlp"
+    need(cfg.model in ("auto", want), "model", f"must be auto or {want} for {cfg.dataset}")
     need(cfg.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
     need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
          f"must be one of {', '.join(LR_SCHEDULES)}")
@@ -129,6 +159,35 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
     need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
     need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")
+    need(cfg.image_size >= 0, "image_size", "must be at least 0 (0: the dataset's own)")
+    need(0 <= cfg.dropout < 1, "dropout", "must lie in [0, 1)")
+    for key in ("model_channels", "num_res_blocks"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    mult, attn = _ints(cfg, "channel_mult"), _ints(cfg, "attention")
+    need(len(mult) >= 1 and min(mult) >= 1, "channel_mult",
+         "must be comma-separated integers >= 1, like '1,2'")
+    factors = [2**level for level in range(len(mult))]
+    need(all(f in factors for f in attn), "attention",
+         f"must list downsampling factors among {factors}")
+    if is_image(cfg.dataset):
+        sizes = IMAGE_SIZES[cfg.dataset]
+        need(image_size(cfg) in sizes, "image_size",
+             f"must be one of {', '.join(map(str, sizes))} for {cfg.dataset} (or 0)")
+        need(image_size(cfg) % factors[-1] == 0, "image_size",
+             f"must be divisible by {factors[-1]} ({len(mult)} resolution levels in "
+             f"channel_mult {cfg.channel_mult!r})")
+
+
+def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
+    try:
+        return int_list(getattr(cfg, key))
+    except ValueError as err:
+        raise ValueError(f"config key {key!r}: {err}") from None
+
+
+def image_size(cfg: TrainConfig) -> int:
+    """The run's image side in pixels (``image_size``, or the dataset's own if 0)."""
+    return cfg.image_size or {"digits": 8, "mnist": 32}[cfg.dataset]
 
 
 # --- presets -----------------------------------------------------------------------------------

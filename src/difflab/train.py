@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt
 from . import schedules
-from .config import TrainConfig, spacing_for
+from .config import TrainConfig, int_list, is_image, spacing_for
 from .data import toy2d
 from .losses import l_simple
 from .metrics import swd, swd_floor
@@ -39,11 +39,33 @@ def build_schedule(cfg: TrainConfig) -> Schedule:
     return schedules.linear(cfg.T) if cfg.schedule == "linear" else schedules.cosine(cfg.T)
 
 
-def build_model(cfg: TrainConfig) -> MLPDenoiser:
-    """The ε-network, initialised from ``cfg.seed`` without touching torch's global RNG."""
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The ε-network — the MLP for 2-D data, the U-Net for images — initialised from
+    ``cfg.seed`` without touching torch's global RNG."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        return MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim)
+        if not is_image(cfg.dataset):
+            return MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim)
+        from .image_eval import image_shape
+        from .nn.unet import UNet, UNetConfig
+
+        mult = int_list(cfg.channel_mult)
+        widths = [cfg.model_channels * m for m in mult]
+        return UNet(UNetConfig(
+            in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels,
+            channel_mult=mult, num_res_blocks=cfg.num_res_blocks,
+            attention_resolutions=int_list(cfg.attention), dropout=cfg.dropout,
+            groups=math.gcd(32, *widths)))
+
+
+def training_data(cfg: TrainConfig) -> Tensor:
+    """The fixed training set: (n_train, 2) toy points, or the image train split (N, C, H, W).
+    The one place that dispatches on the kind of data."""
+    if is_image(cfg.dataset):
+        from .image_eval import image_split
+
+        return image_split(cfg, "train").x
+    return toy2d.sample(cfg.dataset, cfg.n_train, cfg.seed)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -196,7 +218,10 @@ def train(
         ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
         ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
 
-    with torch_threads(cfg.threads):
+    # torch's global RNG (dropout draws from it) is seeded here and saved in every checkpoint,
+    # inside fork_rng so that the caller's global RNG is left as it was
+    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
         model = build_model(cfg)
         ema = copy.deepcopy(model).requires_grad_(False)
@@ -214,7 +239,8 @@ def train(
             step, elapsed = state.step, state.elapsed
             ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())  # e.g. more steps
 
-        x_train = toy2d.sample(cfg.dataset, cfg.n_train, cfg.seed)  # (n_train, 2)
+        x_train = training_data(cfg)  # (N, 2) or (N, C, H, W)
+        n_train = len(x_train)
         end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
         bar = _bar(progress, step, cfg.steps)
         loss_avg, t_start = None, time.perf_counter()
@@ -229,7 +255,7 @@ def train(
         params, ema_params = list(model.parameters()), list(ema.parameters())
         model.train()
         while step < end:
-            idx = torch.randint(0, cfg.n_train, (cfg.batch,), generator=g)  # (B,)
+            idx = torch.randint(0, n_train, (cfg.batch,), generator=g)  # (B,)
             loss = l_simple(model, schedule, x_train[idx], generator=g)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -254,7 +280,11 @@ def train(
             save()
         train_seconds = elapsed + time.perf_counter() - t_start
 
-        if evaluate_after and step >= cfg.steps:
+        if evaluate_after and step >= cfg.steps and is_image(cfg.dataset):
+            ema.eval()
+            _evaluate_images_after(cfg, ema, schedule, run_dir, {
+                "train_seconds": train_seconds, "train_steps": step, "loss": loss_avg})
+        elif evaluate_after and step >= cfg.steps:
             ema.eval()
             result = evaluate(ema, schedule, cfg.dataset, sampler=cfg.eval_sampler,
                               steps=cfg.eval_steps, eta=cfg.eval_eta, n=cfg.n_eval,
@@ -270,6 +300,20 @@ def train(
                                f"(floor {result.metrics['swd_floor']:.4f})")
             plot_reverse_process(result.snapshots, run_dir / "reverse_process.png")
     return run_dir
+
+
+def _evaluate_images_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule,
+                           run_dir: Path, extra: dict) -> None:
+    """metrics.json (fd, fd_floor, …), samples.png and reverse_process.png of an image run."""
+    from .image_eval import evaluate_images
+    from .plots import plot_image_reverse_process, save_image_grid
+
+    metrics, samples, snapshots = evaluate_images(
+        ema, schedule, cfg, sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
+        spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed)
+    ckpt.write_json(run_dir / ckpt.METRICS, {**metrics, **extra})
+    save_image_grid(samples[:100], run_dir / "samples.png")
+    plot_image_reverse_process(snapshots, run_dir / "reverse_process.png")
 
 
 def _bar(progress: bool, initial: int, total: int):
@@ -292,7 +336,7 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
         raise ckpt.CheckpointError(f"{run_dir / ckpt.CONFIG} is invalid: {err}") from None
 
 
-def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, MLPDenoiser, Schedule]:
+def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, nn.Module, Schedule]:
     """The config, network (EMA weights by default, in eval mode) and schedule of a run."""
     cfg = read_run_config(run_dir)
     model = build_model(cfg)

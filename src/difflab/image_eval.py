@@ -1,0 +1,79 @@
+"""Image runs: their data, and their evaluation — sample, Fréchet distance in the committed
+classifier's feature space (:mod:`difflab.fd`) beside the floor of real held-out images.
+
+The splits are those of the committed classifiers (seed 0, :mod:`difflab.data.images`), whatever
+the run's ``seed``, so the test split that gives the floor is never trained on.
+
+FD depends on the sample sizes (it is biased upwards by ≈ tr(Σ)/n), so compare ``fd`` with
+``fd_floor`` only when ``n_eval`` equals the test split's size (180 digits, 500 MNIST): the floor
+is the FD of those real test images to the train split, what a perfect generator would score
+with as many samples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from .config import TrainConfig, image_size
+from .data import images
+from .fd import FDEvaluator
+from .samplers import SAMPLERS
+from .schedules import Schedule
+
+DATA_SEED = 0  # the split seed of the committed classifiers
+
+
+def image_split(cfg: TrainConfig, split: str) -> images.ImageData:
+    """The train or test split of the run's image dataset at its image size."""
+    return getattr(images, cfg.dataset)(split, size=image_size(cfg), seed=DATA_SEED)
+
+
+def image_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(C, H, W) of the run's images (1 channel: digits and MNIST are grey)."""
+    s = image_size(cfg)
+    return (1, s, s)
+
+
+def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
+                    sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
+                    spacing: str | None = None, n: int = 180, seed: int = 0,
+                    n_strip: int = 8, progress: bool = False):
+    """Sample ``n`` images; FD to the real train split and its floor (real test vs train).
+
+    Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
+    to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
+    """
+    from .train import snapshot_marks  # the 2-D evaluation's choice of steps to picture
+
+    if n < 2:
+        raise ValueError(f"FD needs at least 2 samples, got n = {n}")
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    if spacing is not None:
+        kwargs["spacing"] = spacing
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(n, *image_shape(cfg), generator=g)  # (n, C, H, W)
+    marks = snapshot_marks(schedule, sampler, steps)
+    snapshots = [(f"x_T (t = {schedule.T})", x_T[:n_strip].clone())]
+
+    def callback(i: int, t: int, x: Tensor) -> None:
+        if i in marks:
+            snapshots.append((marks[i], x[:n_strip].clone()))
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
+                               progress=progress, callback=callback, **kwargs)
+    seconds = time.perf_counter() - t0
+    x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
+    snapshots.append(("x_0", x0[:n_strip]))
+    fd = FDEvaluator.for_dataset(cfg.dataset, image_size(cfg))
+    n_test = len(image_split(cfg, "test"))
+    metrics = {"fd": fd.fd(x0), "fd_floor": fd.floor(), "fd_n": n, "fd_floor_n": n_test,
+               "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
+               "n_eval": n, "sample_seed": seed, "sample_seconds": seconds}
+    metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
+    return metrics, x0, snapshots
