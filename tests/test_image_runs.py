@@ -91,9 +91,39 @@ def test_unet_run_stopped_and_resumed_equals_uninterrupted(tmp_path):
     ["--attention", "4"],  # only 2 levels: factors 1, 2
     ["--model", "mlp"],
     ["--dropout", "1.5"],
+    ["--dataset", "folder"],  # no --data
+    ["--data", "somewhere"],  # --data without folder
+    ["--channels", "3"],  # digits are grey
 ])
 def test_bad_image_settings_exit_2_with_one_line(argv, tmp_path, capsys):
     code, out, err = run(capsys, "train", *TINY, *argv, "--out", tmp_path / "bad")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and err.startswith("difflab: error: ") and "Traceback" not in err
     assert not (tmp_path / "bad").exists()
+
+
+def test_folder_run_trains_without_fd_and_skips_a_corrupt_file(tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "pics"
+    for cls in ("a", "b"):
+        (folder / cls).mkdir(parents=True)
+        for i in range(6):
+            rgb = np.full((20, 24, 3), 40 * i, dtype=np.uint8)
+            rgb[:, : 4 * (i + 1), 0 if cls == "a" else 2] = 255
+            Image.fromarray(rgb).save(folder / cls / f"{i}.png")
+    (folder / "a" / "broken.png").write_bytes(b"not a png")
+    argv = [*TINY, "--dataset", "folder", "--data", folder, "--channels", "3",
+            "--image-size", "8", "--out", tmp_path / "run"]
+    with pytest.warns(UserWarning, match="skipped 1 unreadable"):
+        code, out, err = run(capsys, "train", *argv)
+    assert code == 0, err
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert "fd" not in m and m["train_steps"] == 12
+    assert (tmp_path / "run" / "samples.png").read_bytes()[:4] == b"\x89PNG"
+    code, _, err = run(capsys, "sample", tmp_path / "run", "--steps", "2", "-n", "3",
+                       "--out", tmp_path / "x.npy")
+    assert code == 0 and np.load(tmp_path / "x.npy").shape == (3, 3, 8, 8), err
+    code, _, err = run(capsys, "train", *TINY, "--dataset", "folder", "--data",
+                       tmp_path / "nothing", "--out", tmp_path / "bad")
+    assert code == 2 and err.count("\n") == 1 and not (tmp_path / "bad").exists()

@@ -40,7 +40,8 @@ class _Parser(argparse.ArgumentParser):
 
 # --- parser --------------------------------------------------------------------------------------
 _HELP = {
-    "dataset": "2-D: swiss_roll, moons, 8gaussians, checkerboard; images: digits, mnist",
+    "dataset": "2-D: swiss_roll, moons, 8gaussians, checkerboard; images: digits, mnist, "
+               "folder (with --data)",
     "image_size": "image side in pixels (digits 8, 16, 32; mnist 28, 32; 0: the dataset's own)",
     "model": "auto (MLP for 2-D data, U-Net for images), mlp or unet",
     "model_channels": "U-Net base width",
@@ -48,6 +49,8 @@ _HELP = {
     "num_res_blocks": "U-Net residual blocks per level",
     "attention": "U-Net self-attention at these downsampling factors, e.g. 2 ('' for none)",
     "dropout": "U-Net dropout",
+    "data": "image directory for --dataset folder",
+    "channels": "image channels for --dataset folder: 1 (grey) or 3 (RGB)",
     "schedule": "noise schedule: linear or cosine",
     "T": "number of diffusion steps",
     "steps": "training steps (optimizer updates)",
@@ -164,6 +167,11 @@ def cmd_train(args) -> int:
     metrics_path = run_dir / ckpt.METRICS
     if args.stop_after is None or args.stop_after >= cfg.steps:
         m = ckpt.read_json(metrics_path)
+        if "fd" not in m and "swd" not in m:  # an image folder: no classifier, no FD
+            print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; "
+                  f"samples in {run_dir / 'samples.png'} (no FD: no classifier for folders)")
+            print(run_dir)
+            return 0
         if "fd" in m:
             print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; "
                   f"{m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "

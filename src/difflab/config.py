@@ -27,11 +27,12 @@ EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 MODELS = ("auto", "mlp", "unet")
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
 IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
+IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
 
 
 def is_image(dataset: str) -> bool:
     """Whether ``dataset`` names image data (U-Net, FD) rather than 2-D points (MLP, SWD)."""
-    return dataset in IMAGE_SIZES
+    return dataset in IMAGE_DATASETS
 
 
 def int_list(text: str) -> tuple[int, ...]:
@@ -50,7 +51,9 @@ class TrainConfig:
     # data
     dataset: str = "swiss_roll"  # 2-D: see data.toy2d; images: "digits", "mnist"
     n_train: int = 100_000  # 2-D only: fixed training set, drawn from `seed`
-    image_size: int = 0  # images: 0 → the dataset's own (digits 8, mnist 32)
+    image_size: int = 0  # images: 0 → the dataset's own (digits 8, mnist 32, folder 32)
+    data: str = ""  # dataset "folder": the directory of images (any Pillow format)
+    channels: int = 1  # dataset "folder": 1 (grey) or 3 (RGB); digits and MNIST are grey
     # diffusion
     schedule: str = "linear"  # "linear" | "cosine"
     T: int = 1000
@@ -135,7 +138,7 @@ def validate(cfg: TrainConfig) -> None:
             raise ValueError(f"config key {key!r} {what}, got {getattr(cfg, key)!r}")
 
     _typed(cfg.to_dict())
-    names = (*DATASETS, *IMAGE_SIZES)
+    names = (*DATASETS, *IMAGE_DATASETS)
     need(cfg.dataset in names, "dataset", f"must be one of {', '.join(names)}")
     need(cfg.model in MODELS, "model", f"must be one of {', '.join(MODELS)}")
     want = "unet" if is_image(cfg.dataset) else "mlp"
@@ -169,10 +172,15 @@ def validate(cfg: TrainConfig) -> None:
     factors = [2**level for level in range(len(mult))]
     need(all(f in factors for f in attn), "attention",
          f"must list downsampling factors among {factors}")
-    if is_image(cfg.dataset):
+    need(cfg.channels in ((1, 3) if cfg.dataset == "folder" else (1,)), "channels",
+         "must be 1 (grey) or 3 (RGB) for folder, 1 otherwise")
+    need(bool(cfg.data) == (cfg.dataset == "folder"), "data",
+         "must name the image directory for dataset folder, and only then")
+    if cfg.dataset in IMAGE_SIZES:
         sizes = IMAGE_SIZES[cfg.dataset]
         need(image_size(cfg) in sizes, "image_size",
              f"must be one of {', '.join(map(str, sizes))} for {cfg.dataset} (or 0)")
+    if is_image(cfg.dataset):
         need(image_size(cfg) % factors[-1] == 0, "image_size",
              f"must be divisible by {factors[-1]} ({len(mult)} resolution levels in "
              f"channel_mult {cfg.channel_mult!r})")
@@ -187,7 +195,7 @@ def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
 
 def image_size(cfg: TrainConfig) -> int:
     """The run's image side in pixels (``image_size``, or the dataset's own if 0)."""
-    return cfg.image_size or {"digits": 8, "mnist": 32}[cfg.dataset]
+    return cfg.image_size or {"digits": 8, "mnist": 32}.get(cfg.dataset, 32)
 
 
 # --- presets -----------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .config import TrainConfig, image_size
 from .data import images
-from .fd import FDEvaluator
+from .fd import DEFAULT_SIZE, FDEvaluator
 from .samplers import SAMPLERS
 from .schedules import Schedule
 
@@ -29,13 +29,15 @@ DATA_SEED = 0  # the split seed of the committed classifiers
 
 def image_split(cfg: TrainConfig, split: str) -> images.ImageData:
     """The train or test split of the run's image dataset at its image size."""
+    if cfg.dataset == "folder":
+        return images.image_folder(cfg.data, image_size(cfg), cfg.channels, split, DATA_SEED)
     return getattr(images, cfg.dataset)(split, size=image_size(cfg), seed=DATA_SEED)
 
 
 def image_shape(cfg: TrainConfig) -> tuple[int, int, int]:
-    """(C, H, W) of the run's images (1 channel: digits and MNIST are grey)."""
+    """(C, H, W) of the run's images (digits and MNIST are grey)."""
     s = image_size(cfg)
-    return (1, s, s)
+    return (cfg.channels, s, s)
 
 
 def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
@@ -70,10 +72,11 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     seconds = time.perf_counter() - t0
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots.append(("x_0", x0[:n_strip]))
-    fd = FDEvaluator.for_dataset(cfg.dataset, image_size(cfg))
-    n_test = len(image_split(cfg, "test"))
-    metrics = {"fd": fd.fd(x0), "fd_floor": fd.floor(), "fd_n": n, "fd_floor_n": n_test,
-               "sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
+    metrics = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
                "n_eval": n, "sample_seed": seed, "sample_seconds": seconds}
-    metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
+    if cfg.dataset in DEFAULT_SIZE:  # a committed classifier exists (not for folders)
+        fd = FDEvaluator.for_dataset(cfg.dataset, image_size(cfg))
+        n_test = len(image_split(cfg, "test"))
+        metrics.update(fd=fd.fd(x0), fd_floor=fd.floor(), fd_n=n, fd_floor_n=n_test)
+        metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
     return metrics, x0, snapshots

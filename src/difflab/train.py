@@ -212,6 +212,7 @@ def train(
             raise ValueError("resume needs the run directory")
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
+    x_train = training_data(cfg)  # (N, 2) or (N, C, H, W); bad data fails before any writing
     if resume:
         ckpt.check_run_dir(run_dir)
     else:
@@ -239,7 +240,6 @@ def train(
             step, elapsed = state.step, state.elapsed
             ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())  # e.g. more steps
 
-        x_train = training_data(cfg)  # (N, 2) or (N, C, H, W)
         n_train = len(x_train)
         end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
         bar = _bar(progress, step, cfg.steps)
