@@ -209,11 +209,9 @@ def _sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int]:
 
 def cmd_sample(args) -> int:
     import numpy as np
-    import torch
 
     from .image_eval import image_shape
-    from .samplers import SAMPLERS
-    from .train import load_run, torch_threads
+    from .train import draw, load_run, torch_threads
 
     out = Path(args.out)
     if out.suffix not in (".npy", ".png"):
@@ -222,16 +220,11 @@ def cmd_sample(args) -> int:
         raise UsageError(f"the directory of --out, {out.parent}, does not exist")
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
-    with torch_threads(cfg.threads), torch.inference_mode():
-        g = torch.Generator().manual_seed(args.seed)
-        shape = image_shape(cfg) if is_image(cfg.dataset) else (2,)
-        x_T = torch.randn(n, *shape, generator=g)  # (n, 2) or (n, C, H, W)
-        kwargs = {"eta": eta} if sampler == "ddim" else {}
-        spacing = spacing_for(cfg, sampler, args.spacing)
-        if spacing is not None:
-            kwargs["spacing"] = spacing
-        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
-                               progress=_progress(args), **kwargs)  # (n, 2)
+    shape = image_shape(cfg) if is_image(cfg.dataset) else (2,)
+    with torch_threads(cfg.threads):
+        x0 = draw(model, schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
+                  spacing=spacing_for(cfg, sampler, args.spacing), seed=args.seed,
+                  progress=_progress(args))[0]  # (n, 2) or (n, C, H, W)
     if out.suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, x0.numpy().astype(np.float32))

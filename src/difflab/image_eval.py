@@ -12,16 +12,11 @@ with as many samples.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-
-import torch
-from torch import Tensor
 
 from .config import TrainConfig, image_size
 from .data import images
 from .fd import DEFAULT_SIZE, FDEvaluator
-from .samplers import SAMPLERS
 from .schedules import Schedule
 
 DATA_SEED = 0  # the split seed of the committed classifiers
@@ -49,29 +44,15 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
     to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
     """
-    from .train import snapshot_marks  # the 2-D evaluation's choice of steps to picture
+    from .train import draw
 
     if n < 2:
         raise ValueError(f"FD needs at least 2 samples, got n = {n}")
-    kwargs = {"eta": eta} if sampler == "ddim" else {}
-    if spacing is not None:
-        kwargs["spacing"] = spacing
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, *image_shape(cfg), generator=g)  # (n, C, H, W)
-    marks = snapshot_marks(schedule, sampler, steps)
-    snapshots = [(f"x_T (t = {schedule.T})", x_T[:n_strip].clone())]
-
-    def callback(i: int, t: int, x: Tensor) -> None:
-        if i in marks:
-            snapshots.append((marks[i], x[:n_strip].clone()))
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
-                               progress=progress, callback=callback, **kwargs)
-    seconds = time.perf_counter() - t0
+    x0, snapshots, seconds = draw(model, schedule, (n, *image_shape(cfg)), sampler=sampler,
+                                  steps=steps, eta=eta, spacing=spacing, seed=seed,
+                                  keep=n_strip, progress=progress)  # (n, C, H, W)
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
-    snapshots.append(("x_0", x0[:n_strip]))
+    snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,
                "n_eval": n, "sample_seed": seed, "sample_seconds": seconds}
     if cfg.dataset in DEFAULT_SIZE:  # a committed classifier exists (not for folders)

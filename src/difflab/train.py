@@ -138,26 +138,10 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
     no training run has seen; the floor is the mean SWD of ``FLOOR_REPEATS`` pairs of fresh
     samples of the same size.
     """
-    sample_fn = SAMPLERS[sampler]
-    kwargs = {"eta": eta} if sampler == "ddim" else {}
-    if spacing is not None:  # None: the sampler's own default
-        kwargs["spacing"] = spacing
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(n, 2, generator=g)  # (n, 2)
     keep = min(n, 2000)
-    marks = snapshot_marks(schedule, sampler, steps)
-    snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())]
-
-    def callback(i: int, t: int, x: Tensor) -> None:
-        if i in marks:
-            snapshots.append((marks[i], x[:keep].clone()))
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        x0 = sample_fn(model, schedule, x_T, steps=steps, generator=g, progress=progress,
-                       callback=callback, **kwargs)  # (n, 2)
-    snapshots.append(("x_0", x0[:keep]))  # Weng Fig. 3, bottom row
-    seconds = time.perf_counter() - t0
+    x0, snapshots, seconds = draw(model, schedule, (n, 2), sampler=sampler, steps=steps,
+                                  eta=eta, spacing=spacing, seed=seed, keep=keep,
+                                  progress=progress)  # (n, 2); Weng Fig. 3, bottom row
     held_out = toy2d.train_test(dataset, 1, n, data_seed)[1]  # (n, 2)
     value = swd(x0, held_out)
     floor = swd_floor(lambda m, s: toy2d.sample(dataset, m, s), n, repeats=FLOOR_REPEATS)
@@ -165,6 +149,37 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
                "steps": steps, "eta": eta, "spacing": spacing, "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     return Evaluation(metrics, x0, held_out, snapshots)
+
+
+def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler: str,
+         steps: int, eta: float = 0.0, spacing: str | None = None, seed: int = 0, keep: int = 0,
+         progress: bool = False) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
+    """Run the sampler named ``sampler`` from x_T ~ N(0, I) of ``shape`` (seeded), the one place
+    where a sampler is picked by name. With ``keep`` > 0 it also pictures the first ``keep``
+    samples along the reverse process (see :func:`snapshot_marks`).
+
+    Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
+    """
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    if spacing is not None:  # None: the sampler's own default
+        kwargs["spacing"] = spacing
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(*shape, generator=g)  # (n, …)
+    marks = snapshot_marks(schedule, sampler, steps) if keep else {}
+    snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())] if keep else []
+
+    def callback(i: int, t: int, x: Tensor) -> None:
+        if i in marks:
+            snapshots.append((marks[i], x[:keep].clone()))
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
+                               progress=progress, callback=callback, **kwargs)  # (n, …)
+    seconds = time.perf_counter() - t0
+    if keep:
+        snapshots.append(("x_0", x0[:keep]))
+    return x0, snapshots, seconds
 
 
 def snapshot_marks(schedule: Schedule, sampler: str, steps: int,
