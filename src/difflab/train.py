@@ -131,7 +131,7 @@ class Evaluation:
 def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str = "ddim",
              steps: int = 50, eta: float = 0.0, spacing: str | None = None,
              n: int = 10_000, seed: int = 0,
-             data_seed: int = 0, n_snapshots: int = 6, progress: bool = False) -> Evaluation:
+             data_seed: int = 0, progress: bool = False) -> Evaluation:
     """Sample ``n`` points and measure SWD to ``n`` held-out points, beside the two-sample floor.
 
     The held-out set is the test half of ``toy2d.train_test(dataset, ·, n, data_seed)``, which
