@@ -18,6 +18,7 @@ from pathlib import Path
 from . import __version__
 from . import checkpoint as ckpt
 from .config import TrainConfig, builtin_presets, is_image, load_config, spacing_for
+from .samplers import SAMPLERS
 
 PROG = "difflab"
 EXIT_USAGE = 2
@@ -25,7 +26,7 @@ EXIT_USAGE = 2
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval",
              "threads"}
-SAMPLER_NAMES = ("ddpm", "ddim", "langevin", "euler", "heun")
+SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
 SPACING_NAMES = ("linspace", "leading", "trailing")
 
 
