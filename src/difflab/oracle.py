@@ -5,6 +5,11 @@ If x_0 ~ q and x_t = √ᾱ_t x_0 + √(1−ᾱ_t) ε (Weng eq. 3), the L_simple
 q_t is Gaussian; for a mixture it is a mixture with the same weights, so the score is known
 exactly. Tests, benchmarks and docs use these to measure samplers free of training error.
 
+A mixture whose components are the classes also gives the exact pieces of conditioned generation
+(Weng eq. 24-26): the class-conditional denoiser ε*(x_t, t, y) (:class:`ClassConditionalDenoiser`,
+component y's Gaussian, noised) and the noisy classifier log q(y | x_t) (:class:`NoisyClassifier`,
+the posterior over components at noise level t), differentiable in x_t.
+
 All arithmetic is float64; outputs take the dtype of x_t.
 """
 
@@ -61,16 +66,38 @@ class GaussianMixture:
         return GaussianMixture(math.sqrt(ab) * self.means,
                                (ab * self.stds**2 + 1 - ab).sqrt(), self.weights)
 
-    def marginal_score(self, x_t: Tensor, ab: Tensor) -> Tensor:
-        """∇ log q_t(x_t) with a per-sample ᾱ_t, ab (B,): the score of :meth:`at` (ab), batched."""
-        x, ab = x_t.double(), ab.double()[:, None]  # (B, D), (B, 1)
+    def _noised(self, x_t: Tensor, ab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For per-sample ᾱ_t, ab (B,): diff_k = √ᾱ μ_k − x_t (B, K, D), the component variances
+        var_k = ᾱ s_k² + 1 − ᾱ (B, K), and log π_k + log N(x_t; √ᾱ μ_k, var_k I) up to a
+        constant common to all k (B, K)."""
+        x, ab = x_t.double(), ab.double().to(x_t.device)[:, None]  # (B, D), (B, 1)
         mu = ab.sqrt()[..., None] * self.means[None]  # (B, K, D)
         var = ab * self.stds[None] ** 2 + 1 - ab  # (B, K)
         diff = mu - x[:, None]  # (B, K, D)
         logits = (self.weights.log() - 0.5 * diff.pow(2).sum(-1) / var
                   - 0.5 * self.dim * var.log())  # (B, K)
-        r = logits.softmax(-1)  # p(k | x_t)
+        return diff, var, logits
+
+    def marginal_score(self, x_t: Tensor, ab: Tensor) -> Tensor:
+        """∇ log q_t(x_t) with a per-sample ᾱ_t, ab (B,): the score of :meth:`at` (ab), batched."""
+        diff, var, logits = self._noised(x_t, ab)
+        r = logits.softmax(-1)  # p(k | x_t), (B, K)
         return (r[..., None] * diff / var[..., None]).sum(1)  # (B, D)
+
+    def component_score(self, x_t: Tensor, ab: Tensor, k: Tensor) -> Tensor:
+        """∇ log q_t(x_t | k) = −(x_t − √ᾱ μ_k) / (ᾱ s_k² + 1 − ᾱ): the score of component k
+        noised to ᾱ_t, per sample. x_t (B, D), ab (B,), k int64 (B,) in 0..K−1. Float64 (B, D)."""
+        k = torch.as_tensor(k, device=x_t.device).long()
+        ab = ab.double().to(x_t.device)[:, None]  # (B, 1)
+        mu = ab.sqrt() * self.means[k]  # (B, D)
+        var = ab * self.stds[k, None] ** 2 + 1 - ab  # (B, 1)
+        return (mu - x_t.double()) / var
+
+    def marginal_log_posterior(self, x_t: Tensor, ab: Tensor) -> Tensor:
+        """log q(k | x_t), the posterior over components of the noised mixture at a per-sample
+        ᾱ_t, ab (B,): softmax_k[log π_k + log N(x_t; √ᾱ μ_k, (ᾱ s_k² + 1 − ᾱ) I)]. Float64
+        (B, K), differentiable in x_t; at ab = 1 it is log :meth:`posterior`."""
+        return self._noised(x_t, ab)[2].log_softmax(-1)
 
     def posterior(self, x: Tensor) -> Tensor:
         """Responsibilities p(k | x), shape (B, K)."""
@@ -126,13 +153,72 @@ class ExactDenoiser:
         self.schedule = schedule
         self._ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])  # (T+1,)
 
-    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
-        t = torch.as_tensor(t).long()
+    def alpha_bar(self, t: Tensor) -> Tensor:
+        """ᾱ_t for t (B,) in 1..T, float64 (B,), on the CPU."""
+        t = torch.as_tensor(t).long().cpu()
         if t.numel() and (int(t.min()) < 1 or int(t.max()) > self.schedule.T):
             raise ValueError(f"t must lie in 1..{self.schedule.T}")
-        ab = self._ab[t]  # (B,)
-        eps = -(1 - ab).sqrt()[:, None] * self.dist.marginal_score(x_t, ab)  # (B, D)
+        return self._ab[t]
+
+    def __call__(self, x_t: Tensor, t: Tensor, **cond) -> Tensor:
+        ab = self.alpha_bar(t)  # (B,)
+        eps = -(1 - ab).sqrt().to(x_t.device)[:, None] * self.dist.marginal_score(x_t, ab)
+        return eps.to(x_t.dtype)  # (B, D)
+
+
+class ClassConditionalDenoiser(ExactDenoiser):
+    """The exact class-conditional ε-model of a mixture whose components are the classes.
+
+    model(x_t, t, y) = ε*(x_t, t, y) = −√(1−ᾱ_t) ∇ log q_t(x_t | y) (Weng eq. 21 for the
+    conditional q(x_0 | y) = N(μ_y, s_y² I)), with y int64 (B,) in 0..K−1. The label
+    ``null_label`` = K stands for "no condition", y = ∅ (Ho & Salimans 2021): those rows get the
+    unconditional ε*(x_t, t) of the whole mixture (:class:`ExactDenoiser`), so one batch can mix
+    both, as a classifier-free-guidance network's does. y omitted or None: all unconditional.
+    """
+
+    def __init__(self, dist: GaussianMixture, schedule: Schedule):
+        if not isinstance(dist, GaussianMixture):
+            raise TypeError("the classes are the components of a GaussianMixture")
+        super().__init__(dist, schedule)
+
+    @property
+    def null_label(self) -> int:
+        return self.dist.means.shape[0]
+
+    def __call__(self, x_t: Tensor, t: Tensor, y: Tensor | None = None, **cond) -> Tensor:
+        if y is None:
+            return super().__call__(x_t, t)
+        y = torch.as_tensor(y, device=x_t.device).long()  # (B,)
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) > self.null_label):
+            raise ValueError(f"y must lie in 0..{self.null_label} ({self.null_label} = null)")
+        ab = self.alpha_bar(t)  # (B,)
+        null = (y == self.null_label)[:, None]  # (B, 1)
+        score = self.dist.component_score(x_t, ab, y.clamp(max=self.null_label - 1))  # (B, D)
+        if bool(null.any()):
+            score = torch.where(null, self.dist.marginal_score(x_t, ab), score)
+        eps = -(1 - ab).sqrt().to(x_t.device)[:, None] * score  # (B, D)
         return eps.to(x_t.dtype)
+
+
+class NoisyClassifier:
+    """The exact noisy classifier of a mixture whose components are the classes:
+    classifier(x_t, t) = log q(y | x_t) for every y, (B, K) — the posterior over components of
+    q_t (:meth:`GaussianMixture.marginal_log_posterior`), differentiable in x_t.
+
+    Its gradient is the implicit classifier of Weng eq. (26): ∇ log q(y | x_t) =
+    ∇ log q_t(x_t | y) − ∇ log q_t(x_t), so classifier guidance (eq. 25) with it and w = 1 on
+    the unconditional :class:`ExactDenoiser` is exactly :class:`ClassConditionalDenoiser`.
+    Output dtype: that of x_t.
+    """
+
+    def __init__(self, dist: GaussianMixture, schedule: Schedule):
+        self._denoiser = ClassConditionalDenoiser(dist, schedule)
+        self.dist = dist
+        self.schedule = schedule
+
+    def __call__(self, x_t: Tensor, t: Tensor) -> Tensor:
+        ab = self._denoiser.alpha_bar(t)  # (B,)
+        return self.dist.marginal_log_posterior(x_t, ab).to(x_t.dtype)  # (B, K)
 
 
 def _mixture_logits(x: Tensor, means: Tensor, var: Tensor, weights: Tensor) -> Tensor:
