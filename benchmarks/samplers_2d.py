@@ -1,4 +1,5 @@
-"""Sample quality versus model evaluations (NFE) for DDPM, DDIM (η = 0, 1) and Heun.
+"""Sample quality versus model evaluations (NFE) for DDPM, DDIM (η = 0, 1), Heun,
+DPM-Solver++ (2M, 3M) and EDM Heun.
 
 The model is the exact ε-denoiser of a known 2-D mixture (difflab.oracle), so every difference
 below is the sampler's discretisation error, not training error. The target is the one of
@@ -18,7 +19,9 @@ is a mean over --draws independent draws (one batch of draws·n samples, split).
 Budgets: DDPM and DDIM take one evaluation per step (steps = NFE); Heun takes 2S − 1 for S steps
 (S = (NFE + 1) // 2), and one fewer for each step whose σ ratio exceeds HEUN_MAX_RATIO, which
 falls back to Euler (difflab.samplers.ode: the cosine schedule's first step out of its clipped
-tail, and the 3-step grids). The evaluations are counted; the plot and JSON use the counts.
+tail, and the 3-step grids). DPM-Solver++ takes one evaluation per step (steps = NFE, its default
+"trailing" grid); EDM Heun 2N − 1 for N = (NFE + 1) // 2 σ steps of the Karras schedule. The
+evaluations are counted; the plot and JSON use the counts.
 Every cell starts from the same x_T (seed 0) and noise seed 1.
 
     python benchmarks/samplers_2d.py            # full: n = 5000, 4 draws; 3-5 min on 1 thread
@@ -49,6 +52,9 @@ SAMPLERS = {
     "DDIM η=0": lambda m, s, x, nfe, g: samplers.ddim(m, s, x, nfe, g, eta=0.0),
     "DDIM η=1": lambda m, s, x, nfe, g: samplers.ddim(m, s, x, nfe, g, eta=1.0),
     "Heun": lambda m, s, x, nfe, g: samplers.heun(m, s, x, (nfe + 1) // 2, g),
+    "DPM++ 2M": lambda m, s, x, nfe, g: samplers.dpm_solver_pp(m, s, x, nfe, g, order=2),
+    "DPM++ 3M": lambda m, s, x, nfe, g: samplers.dpm_solver_pp(m, s, x, nfe, g, order=3),
+    "EDM Heun": lambda m, s, x, nfe, g: samplers.edm_heun(m, s, x, (nfe + 1) // 2, g),
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -144,14 +150,36 @@ def markdown(r: dict) -> str:
                    lambda w: f"{w['mode_std']:.4f}", ("true value", lambda s: "0.1500"))
     heun = "; ".join(f"{s} " + ", ".join(str(w["nfe_counted"]) for w in v["samplers"]["Heun"])
                      for s, v in r["schedules"].items())
+    dpm = "; ".join(f"{s} " + ", ".join(str(w["nfe_counted"]) for w in v["samplers"]["DPM++ 2M"])
+                    for s, v in r["schedules"].items())
+    edm = "; ".join(f"{s} " + ", ".join(str(w["nfe_counted"]) for w in v["samplers"]["EDM Heun"])
+                    for s, v in r["schedules"].items())
     res, k = next(iter(r["schedules"].values())), r["draws"]
     lines.append(f"Each cell is a mean over {k} independent draws of n samples, each against its "
                  f"own true sample. The floor is the mean of {r['floor_repeats']} two-sample "
                  f"distances; one draw scatters by ±{res['floor_sd']:.4f} (sd) around it, a mean "
                  f"of {k} by ±{res['floor_sd'] / k**0.5:.4f}. DDPM and DDIM spend NFE "
                  "evaluations; Heun 2S − 1 on S = (NFE + 1) // 2 steps, less one per step that "
-                 f"falls back to Euler (counted: {heun}).")
-    return "\n".join(lines) + "\n"
+                 f"falls back to Euler (counted: {heun}). DPM++ spends NFE evaluations, at most "
+                 f"one per timestep above its λ_min clip (counted: {dpm}); EDM Heun 2N − 1 on "
+                 f"N = (NFE + 1) // 2 σ steps (counted: {edm}).")
+    return "\n".join(lines + target(r)) + "\n"
+
+
+def target(r: dict) -> list[str]:
+    """Issue 5's target: DPM-Solver++ at 10 NFE within 1.25× of DDPM-1000's SWD."""
+    if not {10, 1000} <= set(r["nfes"]):
+        return []
+    lines = ["", "### Target: DPM-Solver++ at 10 NFE within 1.25× of DDPM-1000's SWD", "",
+             "| schedule | sampler | SWD at 10 NFE | DDPM (β̃) at 1000 | ratio | met |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for sname, res in r["schedules"].items():
+        ddpm = res["samplers"]["DDPM (β̃)"][r["nfes"].index(1000)]["swd"]
+        for name in ("DPM++ 2M", "DPM++ 3M"):
+            d = res["samplers"][name][r["nfes"].index(10)]["swd"]
+            lines.append(f"| {sname} | {name} | {d:.4f} | {ddpm:.4f} | {d / ddpm:.2f} | "
+                         f"{'yes' if d <= 1.25 * ddpm else 'no'} |")
+    return lines
 
 
 def plot(r: dict, path: Path) -> None:
@@ -164,7 +192,8 @@ def plot(r: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(r["schedules"]), figsize=(11, 4.5), sharey=True)
     for ax, (sname, res) in zip(axes, r["schedules"].items(), strict=True):
         # DDIM η=1 is DDPM (β̃) drawn with the same noise: dashed and small, to show both
-        styles = [("o", "-", 8), ("s", "-", 6), ("D", "--", 4), ("^", "-", 6)]
+        styles = [("o", "-", 8), ("s", "-", 6), ("D", "--", 4), ("^", "-", 6), ("v", "-", 6),
+                  ("P", ":", 6), ("X", "-", 6)]
         for name, (marker, ls, size) in zip(names, styles, strict=True):
             rows = res["samplers"][name]
             ax.plot([w["nfe_counted"] for w in rows], [w["swd"] for w in rows],

@@ -6,9 +6,12 @@ A run directory holds::
     ema.safetensors          EMA weights — what `difflab sample` / `eval` use
     model.safetensors        raw weights
     checkpoint.safetensors   everything needed to resume exactly, in ONE file: raw and EMA
-                             weights, AdamW state, torch RNG states; step and optimiser
+                             weights, AdamW state, torch RNG states, the importance sampler's
+                             history of L_t and the loss log; step and optimiser
                              hyper-parameters in its metadata
-    metrics.json, samples.png, reverse_process.png   written after training
+    loss.csv                 the loss log (step, mean loss), rewritten with every checkpoint
+    loss.png                 the loss curve, drawn when a training session ends
+    metrics.json, samples.png, reverse_process.png, reverse_process.gif   written after training
 
 Every file is written to a temporary file in the same directory, fsync'ed and renamed over the
 old one (``os.replace`` is atomic on POSIX and Windows), so a run killed at any moment leaves the
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +37,9 @@ FORMAT = "difflab-checkpoint/1"
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"
 )
-RUN_FILES = (CONFIG, EMA, MODEL, CHECKPOINT, METRICS, "samples.png", "reverse_process.png")
+LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
+RUN_FILES = (CONFIG, EMA, MODEL, CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "samples.png",
+             "reverse_process.png", "reverse_process.gif")
 
 
 class CheckpointError(Exception):
@@ -174,6 +179,10 @@ class TrainState:
     generator: Tensor  # uint8 state of the batch / noise torch.Generator
     torch_rng: Tensor  # uint8 state of torch's global CPU generator
     elapsed: float = 0.0  # training seconds so far, over all sessions
+    # optional named tensors: the importance sampler's state (vlb.ImportanceSampler.state_dict)
+    # and the loss log's (losslog.LossLog.state_dict); empty in runs saved before they existed
+    t_sampler: dict[str, Tensor] = field(default_factory=dict)
+    log: dict[str, Tensor] = field(default_factory=dict)
 
 
 def optimizer_to_tensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -209,6 +218,8 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState) -> None:
     tensors = {f"model.{k}": v for k, v in state.model.items()}
     tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
     tensors.update(optim_tensors)
+    tensors.update({f"tsampler.{k}": v for k, v in state.t_sampler.items()})
+    tensors.update({f"log.{k}": v for k, v in state.log.items()})
     tensors["rng.generator"] = state.generator
     tensors["rng.torch"] = state.torch_rng
     metadata = {"format": FORMAT, "step": str(state.step), "elapsed": repr(state.elapsed),
@@ -225,7 +236,8 @@ def load_checkpoint(run_dir: str | os.PathLike) -> TrainState:
     try:
         if metadata.get("format") != FORMAT:
             raise ValueError(f"unknown format {metadata.get('format')!r}")
-        groups: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {}}
+        groups: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {},
+                                                "tsampler": {}, "log": {}}
         for name, value in tensors.items():
             prefix, rest = name.split(".", 1)
             groups[prefix][rest if prefix != "optim" else name] = value
@@ -238,6 +250,8 @@ def load_checkpoint(run_dir: str | os.PathLike) -> TrainState:
             generator=groups["rng"]["generator"],
             torch_rng=groups["rng"]["torch"],
             elapsed=float(metadata.get("elapsed", 0.0)),
+            t_sampler=groups["tsampler"],
+            log=groups["log"],
         )
     except (KeyError, ValueError, TypeError) as err:
         raise CheckpointError(f"{path} is corrupt ({_one_line(err)})") from None

@@ -28,6 +28,9 @@ RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_et
              "threads"}
 SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
 SPACING_NAMES = ("linspace", "leading", "trailing")
+OUT_SUFFIXES = (".npy", ".png", ".gif")
+GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 10_000  # sample --out x.gif
+NLL_N_IMAGES, NLL_N_POINTS, NLL_ODE_STEPS = 64, 1000, 100  # eval --nll defaults
 
 
 class UsageError(Exception):
@@ -77,6 +80,14 @@ _HELP = {
     "eval_eta": "DDIM eta for the evaluation after training",
     "eval_spacing": "timestep spacing for the evaluation: auto (leading on the cosine schedule), "
                     "linspace, leading or trailing",
+    "variance": "Σ_θ of the reverse process: beta_tilde or beta (fixed), or learned (eq 23: "
+                "the network outputs [ε, v]; needs --loss hybrid)",
+    "loss": "simple (L_simple, eq 19) or hybrid (L_simple + λ L_vlb with the stop-gradient on "
+            "μ_θ; needs --variance learned)",
+    "hybrid_lambda": "λ of L_hybrid",
+    "t_sampling": "uniform, or importance (p_t ∝ √E[L_t²] from the history of the bound's terms; "
+                  "needs --loss hybrid)",
+    "log_every": "steps per row of loss.csv (the mean loss of those steps)",
 }
 
 
@@ -111,8 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     for name, what in (("sample", "draw samples from a trained run"),
-                       ("eval", "print SWD (2-D) or FD (images) and its floor for a sampler "
-                                "(JSON)")):
+                       ("eval", "print SWD (2-D) or FD (images) and its floor for a sampler, "
+                                "or with --nll test-set bits/dim (JSON)")):
         p = sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
         p.add_argument("run", metavar="RUN", help="run directory written by 'difflab train'")
         p.add_argument("--sampler", help=f"one of {', '.join(SAMPLER_NAMES)} "
@@ -128,8 +139,22 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         if name == "sample":
             p.add_argument("--out", required=True, metavar="FILE",
-                           help="output file: .npy (float32 array (n, 2) or (n, C, H, W)) or "
-                           ".png (scatter plot, or a grid of images)")
+                           help="output file: .npy (float32 array (n, 2) or (n, C, H, W)), "
+                           ".png (scatter plot, or a grid of images) or .gif (the reverse "
+                           f"process x_T → x_0 in 1 + min(steps, {GIF_MAX_FRAMES}) frames: "
+                           f"all n points, or the first {GIF_IMAGES} images)")
+        else:
+            p.add_argument("--nll", action="store_true",
+                           help="instead of sampling, print test-set bits/dim from the full "
+                           "VLB (all T terms) and from the probability-flow ODE (Hutchinson), "
+                           f"with standard errors, on -n test images (default {NLL_N_IMAGES}) "
+                           f"or, for 2-D runs, held-out points (default {NLL_N_POINTS}; "
+                           "bits/dim of a density)")
+            p.add_argument("--ode-steps", type=int, metavar="S",
+                           help=f"with --nll: timesteps of the ODE's grid, 1..T (default "
+                           f"{NLL_ODE_STEPS})")
+            p.add_argument("--hutchinson-samples", type=int, metavar="K",
+                           help="with --nll: Hutchinson probes per item (default 1)")
     return parser
 
 
@@ -159,6 +184,8 @@ def cmd_train(args) -> int:
             cfg = load_config(args.preset, overrides)
         except ValueError as err:  # name the flag rather than the config key when it was a flag
             msg = str(err)
+            for f in fields(TrainConfig):  # "config key 'loss' = 'hybrid'" → "--loss 'hybrid'"
+                msg = msg.replace(f"config key {f.name!r} = ", f"{_flag(f.name)} ")
             for key in given:
                 msg = msg.replace(f"config key {key!r}", _flag(key))
             raise UsageError(msg) from None
@@ -211,26 +238,37 @@ def _sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int]:
 def cmd_sample(args) -> int:
     import numpy as np
 
+    from .draw import Frames, draw
     from .image_eval import image_shape
-    from .train import draw, load_run, torch_threads
+    from .train import load_run, torch_threads
 
     out = Path(args.out)
-    if out.suffix not in (".npy", ".png"):
-        raise UsageError(f"--out must end in .npy or .png, got {args.out!r}")
+    if out.suffix not in OUT_SUFFIXES:
+        raise UsageError(f"--out must end in {', '.join(OUT_SUFFIXES)}, got {args.out!r}")
     if not out.parent.is_dir():
         raise UsageError(f"the directory of --out, {out.parent}, does not exist")
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
-    shape = image_shape(cfg) if is_image(cfg.dataset) else (2,)
+    image = is_image(cfg.dataset)
+    shape = image_shape(cfg) if image else (2,)
+    frames = None
+    if out.suffix == ".gif":
+        frames = Frames(keep=min(n, GIF_IMAGES if image else GIF_POINTS),
+                        max_frames=GIF_MAX_FRAMES)
     with torch_threads(cfg.threads):
         x0 = draw(model, schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
                   spacing=spacing_for(cfg, sampler, args.spacing), seed=args.seed,
+                  variance=cfg.variance, frames=frames,
                   progress=_progress(args))[0]  # (n, 2) or (n, C, H, W)
-    if out.suffix == ".npy":
+    if frames is not None:
+        from .plots import save_reverse_process_gif
+
+        save_reverse_process_gif(frames.frames, out)
+    elif out.suffix == ".npy":
         buf = io.BytesIO()
         np.save(buf, x0.numpy().astype(np.float32))
         ckpt.atomic_write_bytes(out, buf.getvalue())
-    elif is_image(cfg.dataset):
+    elif image:
         from .plots import save_image_grid
 
         save_image_grid(x0, out)
@@ -245,6 +283,11 @@ def cmd_sample(args) -> int:
 def cmd_eval(args) -> int:
     from .train import evaluate, load_run, torch_threads
 
+    if args.nll:
+        return _eval_nll(args)
+    for flag in ("ode_steps", "hutchinson_samples"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"{_flag(flag)} applies to --nll only")
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
     if is_image(cfg.dataset):
@@ -253,15 +296,36 @@ def cmd_eval(args) -> int:
         with torch_threads(cfg.threads):
             metrics = evaluate_images(model, schedule, cfg, sampler=sampler, steps=steps, eta=eta,
                                       spacing=spacing_for(cfg, sampler, args.spacing), n=n,
-                                      seed=args.seed, progress=_progress(args))[0]
+                                      seed=args.seed, variance=cfg.variance,
+                                      progress=_progress(args))[0]
         print(json.dumps(metrics, indent=2, sort_keys=True))
         return 0
     with torch_threads(cfg.threads):
         result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
                           spacing=spacing_for(cfg, sampler, args.spacing), n=n,
-                          seed=args.seed, data_seed=cfg.seed,
+                          seed=args.seed, data_seed=cfg.seed, variance=cfg.variance,
                           progress=_progress(args))
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def _eval_nll(args) -> int:
+    """``eval RUN --nll``: bits/dim from the VLB and the ODE as JSON (see difflab.nll_eval)."""
+    from .nll_eval import evaluate_nll
+    from .train import load_run, torch_threads
+
+    for flag in ("sampler", "steps", "eta", "spacing"):
+        if getattr(args, flag) is not None:
+            raise UsageError(f"{_flag(flag)} does not apply to --nll (it scores test data, "
+                             "it does not sample)")
+    cfg, model, schedule = load_run(args.run)
+    n = args.n if args.n is not None else NLL_N_IMAGES if is_image(cfg.dataset) else NLL_N_POINTS
+    with torch_threads(cfg.threads):
+        metrics = evaluate_nll(
+            model, schedule, cfg, n=n, seed=args.seed,
+            ode_steps=min(NLL_ODE_STEPS, cfg.T) if args.ode_steps is None else args.ode_steps,
+            hutchinson_samples=1 if args.hutchinson_samples is None else args.hutchinson_samples)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 

@@ -25,6 +25,9 @@ SCHEDULES = ("linear", "cosine")
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 MODELS = ("auto", "mlp", "unet")
+VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
+LOSSES = ("simple", "hybrid")
+T_SAMPLINGS = ("uniform", "importance")
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
 IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
 IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
@@ -69,6 +72,13 @@ class TrainConfig:
     num_res_blocks: int = 2
     attention: str = "2"  # downsampling factors with self-attention ("" for none)
     dropout: float = 0.0
+    # objective. Σ_θ: fixed at β̃_t or β_t, or "learned" (Weng eq. 23): the network outputs
+    # [ε̂, v_raw] (2× channels), wrapped by parameterization.LearnedVariance; it is trained by
+    # loss "hybrid" only, and "hybrid" trains nothing beyond L_simple without it (see validate)
+    variance: str = "beta_tilde"  # "beta_tilde" | "beta" | "learned"
+    loss: str = "simple"  # "simple" (eq. 19) | "hybrid" (L_simple + λ L_vlb, stop-grad on μ_θ)
+    hybrid_lambda: float = 0.001  # λ of L_hybrid (Nichol & Dhariwal 2021)
+    t_sampling: str = "uniform"  # "uniform" | "importance" (p_t ∝ √E[L_t²], with loss hybrid)
     # optimisation
     steps: int = 3000
     batch: int = 1024
@@ -82,6 +92,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 1  # torch intra-op threads; 0 leaves torch's default
     checkpoint_every: int = 1000  # steps between checkpoints (one more at the end)
+    log_every: int = 10  # steps per row of loss.csv (each row: the mean loss of those steps)
     # evaluation after training
     eval_sampler: str = "heun"  # 50 Heun steps = 99 evaluations, ≈ DDIM 200 in quality here
     eval_steps: int = 50
@@ -149,7 +160,14 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_sampler in SAMPLERS, "eval_sampler", f"must be one of {', '.join(SAMPLERS)}")
     need(cfg.eval_spacing in EVAL_SPACINGS, "eval_spacing",
          f"must be one of {', '.join(EVAL_SPACINGS)}")
-    for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval"):
+    need(cfg.variance in VARIANCES, "variance", f"must be one of {', '.join(VARIANCES)}")
+    need(cfg.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
+    need(cfg.t_sampling in T_SAMPLINGS, "t_sampling", f"must be one of {', '.join(T_SAMPLINGS)}")
+    need(math.isfinite(cfg.hybrid_lambda) and cfg.hybrid_lambda > 0, "hybrid_lambda",
+         "must be positive and finite")
+    _check_objective(cfg)
+    for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
+                "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
     for key in ("depth", "warmup", "seed", "threads"):
         need(getattr(cfg, key) >= 0, key, "must be at least 0")
@@ -184,6 +202,28 @@ def validate(cfg: TrainConfig) -> None:
         need(image_size(cfg) % factors[-1] == 0, "image_size",
              f"must be divisible by {factors[-1]} ({len(mult)} resolution levels in "
              f"channel_mult {cfg.channel_mult!r})")
+
+
+def _check_objective(cfg: TrainConfig) -> None:
+    """The combinations of variance, loss and t_sampling that train what they claim to.
+
+    - L_hybrid's L_vlb term sees μ_θ through a stop-gradient (Weng eq. 23 and the text after it),
+      so with a fixed Σ_θ it has no gradient at all: loss "hybrid" needs variance "learned".
+    - L_simple does not depend on Σ_θ, so a learned v would keep its initial value: variance
+      "learned" needs loss "hybrid".
+    - Importance sampling draws t ∝ √E[L_t²] from the history of the bound's terms (Nichol &
+      Dhariwal 2021, §3.3), which only loss "hybrid" computes.
+    """
+    if cfg.t_sampling == "importance" and cfg.loss != "hybrid":
+        raise ValueError("config key 't_sampling' = 'importance' needs config key 'loss' = "
+                         "'hybrid' (p_t comes from the history of the L_vlb terms)")
+    if cfg.loss == "hybrid" and cfg.variance != "learned":
+        raise ValueError("config key 'loss' = 'hybrid' needs config key 'variance' = 'learned' "
+                         "(the L_vlb term has a stop-gradient on μ_θ, so with a fixed Σ_θ it "
+                         "trains nothing)")
+    if cfg.variance == "learned" and cfg.loss != "hybrid":
+        raise ValueError("config key 'variance' = 'learned' needs config key 'loss' = 'hybrid' "
+                         "(L_simple does not depend on Σ_θ, so v would never be trained)")
 
 
 def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from .config import TrainConfig, image_size
 from .data import images
+from .draw import Frames, draw
 from .fd import DEFAULT_SIZE, FDEvaluator
 from .schedules import Schedule
 
@@ -38,19 +39,20 @@ def image_shape(cfg: TrainConfig) -> tuple[int, int, int]:
 def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
                     sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                     spacing: str | None = None, n: int = 180, seed: int = 0,
-                    n_strip: int = 8, progress: bool = False):
+                    n_strip: int = 8, variance: str | None = None,
+                    frames: Frames | None = None, progress: bool = False):
     """Sample ``n`` images; FD to the real train split and its floor (real test vs train).
 
     Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
     to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
+    ``variance`` (ddpm's Σ_θ) and ``frames`` (an animation's): see :func:`difflab.draw.draw`.
     """
-    from .train import draw
-
     if n < 2:
         raise ValueError(f"FD needs at least 2 samples, got n = {n}")
     x0, snapshots, seconds = draw(model, schedule, (n, *image_shape(cfg)), sampler=sampler,
                                   steps=steps, eta=eta, spacing=spacing, seed=seed,
-                                  keep=n_strip, progress=progress)  # (n, C, H, W)
+                                  keep=n_strip, variance=variance, frames=frames,
+                                  progress=progress)  # (n, C, H, W)
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta, "spacing": spacing,

@@ -1,10 +1,12 @@
-"""The training loop: L_simple (Weng eq. 19; Ho et al. 2020, Algorithm 1) with AdamW, an EMA of
-the weights, gradient clipping, periodic atomic checkpoints and exact resume; then evaluation.
+"""The training loop: L_simple (Weng eq. 19; Ho et al. 2020, Algorithm 1) or L_hybrid (Weng
+eq. 23 and the text after it; Nichol & Dhariwal 2021) with AdamW, an EMA of the weights, gradient
+clipping, periodic atomic checkpoints and exact resume; then evaluation and pictures.
 
 Exact resume: every random number of the loop (batch indices, t, ε) comes from ONE dedicated
-``torch.Generator``, whose state is saved with the weights, the EMA and the AdamW state. The
-learning rate and the EMA decay are functions of the step number, not of stateful objects. So a
-run stopped at step k and resumed ends bit-identical (on CPU) to an uninterrupted one.
+``torch.Generator``, whose state is saved with the weights, the EMA, the AdamW state, the
+importance sampler's history of L_t and the loss log. The learning rate and the EMA decay are
+functions of the step number, not of stateful objects. So a run stopped at step k and resumed
+ends bit-identical (on CPU) to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,12 +28,14 @@ from . import checkpoint as ckpt
 from . import schedules
 from .config import TrainConfig, int_list, is_image, spacing_for
 from .data import toy2d
+from .draw import Frames, draw, snapshot_marks  # noqa: F401 - draw and snapshot_marks re-exported
 from .losses import l_simple
+from .losslog import LossLog
 from .metrics import swd, swd_floor
 from .nn.mlp import MLPDenoiser
-from .samplers import SAMPLERS
-from .samplers.timesteps import resolve
+from .parameterization import LearnedVariance
 from .schedules import Schedule
+from .vlb import ImportanceSampler, l_hybrid
 
 
 # --- pieces ---
@@ -41,21 +45,52 @@ def build_schedule(cfg: TrainConfig) -> Schedule:
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The ε-network — the MLP for 2-D data, the U-Net for images — initialised from
-    ``cfg.seed`` without touching torch's global RNG."""
+    ``cfg.seed`` without touching torch's global RNG. With ``variance = "learned"`` the network
+    outputs [ε̂, v_raw] (twice the channels) and comes wrapped in
+    :class:`~difflab.parameterization.LearnedVariance`, so the model returns (ε̂, v) — Weng
+    eq. (23)."""
+    learned = cfg.variance == "learned"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         if not is_image(cfg.dataset):
-            return MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim)
-        from .image_eval import image_shape
-        from .nn.unet import UNet, UNetConfig
+            net = MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim,
+                              out_dim=4 if learned else 2)
+        else:
+            from .image_eval import image_shape
+            from .nn.unet import UNet, UNetConfig
 
-        mult = int_list(cfg.channel_mult)
-        widths = [cfg.model_channels * m for m in mult]
-        return UNet(UNetConfig(
-            in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels,
-            channel_mult=mult, num_res_blocks=cfg.num_res_blocks,
-            attention_resolutions=int_list(cfg.attention), dropout=cfg.dropout,
-            groups=math.gcd(32, *widths)))
+            mult = int_list(cfg.channel_mult)
+            widths = [cfg.model_channels * m for m in mult]
+            net = UNet(UNetConfig(
+                in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels,
+                channel_mult=mult, num_res_blocks=cfg.num_res_blocks,
+                attention_resolutions=int_list(cfg.attention), dropout=cfg.dropout,
+                groups=math.gcd(32, *widths), learn_sigma=learned))
+    return LearnedVariance(net) if learned else net
+
+
+def objective(cfg: TrainConfig, model: nn.Module, schedule: Schedule, x0: Tensor,
+              g: torch.Generator, t_sampler: ImportanceSampler | None = None,
+              levels: int | None = None) -> Tensor:
+    """The run's training loss on the batch x0 (B, …): L_simple (Weng eq. 19) or
+    L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23; Nichol & Dhariwal
+    2021, eq. 16), t uniform or drawn by ``t_sampler``. ``levels``: K of K-level image data for
+    the bound's decoder term L_0, None for continuous (2-D) data. Returns a scalar."""
+    if cfg.loss == "hybrid":
+        return l_hybrid(model, schedule, x0, cfg.hybrid_lambda, generator=g, sampler=t_sampler,
+                        levels=levels)
+    return l_simple(model, schedule, x0, generator=g)
+
+
+def data_levels(cfg: TrainConfig) -> int | None:
+    """K, the grey levels of the run's image data (digits 17, MNIST and folders 256) for the
+    discretised decoder L_0; None for 2-D data, which is continuous."""
+    if not is_image(cfg.dataset):
+        return None
+    from .data import images
+
+    own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS}
+    return own.get(cfg.dataset, 256)  # folders: 8-bit images
 
 
 def training_data(cfg: TrainConfig) -> Tensor:
@@ -130,17 +165,19 @@ class Evaluation:
 
 def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str = "ddim",
              steps: int = 50, eta: float = 0.0, spacing: str | None = None,
-             n: int = 10_000, seed: int = 0,
-             data_seed: int = 0, progress: bool = False) -> Evaluation:
+             n: int = 10_000, seed: int = 0, data_seed: int = 0,
+             variance: str | None = None, frames: Frames | None = None,
+             progress: bool = False) -> Evaluation:
     """Sample ``n`` points and measure SWD to ``n`` held-out points, beside the two-sample floor.
 
     The held-out set is the test half of ``toy2d.train_test(dataset, ·, n, data_seed)``, which
     no training run has seen; the floor is the mean SWD of ``FLOOR_REPEATS`` pairs of fresh
-    samples of the same size.
+    samples of the same size. ``variance`` and ``frames``: see :func:`difflab.draw.draw`.
     """
     keep = min(n, 2000)
     x0, snapshots, seconds = draw(model, schedule, (n, 2), sampler=sampler, steps=steps,
                                   eta=eta, spacing=spacing, seed=seed, keep=keep,
+                                  variance=variance, frames=frames,
                                   progress=progress)  # (n, 2); Weng Fig. 3, bottom row
     held_out = toy2d.train_test(dataset, 1, n, data_seed)[1]  # (n, 2)
     value = swd(x0, held_out)
@@ -149,57 +186,6 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
                "steps": steps, "eta": eta, "spacing": spacing, "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     return Evaluation(metrics, x0, held_out, snapshots)
-
-
-def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler: str,
-         steps: int, eta: float = 0.0, spacing: str | None = None, seed: int = 0, keep: int = 0,
-         progress: bool = False) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
-    """Run the sampler named ``sampler`` from x_T ~ N(0, I) of ``shape`` (seeded), the one place
-    where a sampler is picked by name. With ``keep`` > 0 it also pictures the first ``keep``
-    samples along the reverse process (see :func:`snapshot_marks`).
-
-    Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
-    """
-    kwargs = {"eta": eta} if sampler == "ddim" else {}
-    if spacing is not None:  # None: the sampler's own default
-        kwargs["spacing"] = spacing
-    g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(*shape, generator=g)  # (n, …)
-    marks = snapshot_marks(schedule, sampler, steps) if keep else {}
-    snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())] if keep else []
-
-    def callback(i: int, t: int, x: Tensor) -> None:
-        if i in marks:
-            snapshots.append((marks[i], x[:keep].clone()))
-
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
-                               progress=progress, callback=callback, **kwargs)  # (n, …)
-    seconds = time.perf_counter() - t0
-    if keep:
-        snapshots.append(("x_0", x0[:keep]))
-    return x0, snapshots, seconds
-
-
-def snapshot_marks(schedule: Schedule, sampler: str, steps: int,
-                   levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.97)) -> dict[int, str]:
-    """Which sampler steps to picture: the first step whose output has √ᾱ ≥ each level, so
-    the panels show the structure emerge (evenly spaced steps would show mostly noise on the
-    linear schedule). Returns {step index: label}; Langevin's levels are simply spaced evenly."""
-    if sampler == "langevin":
-        k = len(levels)
-        return {round((j + 1) * steps / (k + 1)) - 1: f"level {round((j + 1) * steps / (k + 1))}"
-                for j in range(k)}
-    ts = resolve(schedule.T, steps)  # (S,) decreasing
-    after = torch.cat([ts[1:], ts.new_zeros(1)])  # the timestep each update lands on
-    signal = schedule.alpha_bar_at(after).sqrt()  # (S,)
-    marks = {}
-    for level in levels:
-        hits = (signal >= level).nonzero()
-        if len(hits) and int(hits[0]) < len(ts) - 1:
-            marks[int(hits[0])] = f"t = {int(after[hits[0]])}"
-    return marks
 
 
 # --- the loop ---
@@ -244,6 +230,8 @@ def train(
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                                 fused=True)
         g = torch.Generator().manual_seed(cfg.seed)
+        t_sampler = ImportanceSampler(cfg.T) if cfg.t_sampling == "importance" else None
+        log = LossLog(cfg.log_every)
         step, elapsed = 0, 0.0
         if resume:
             state = ckpt.load_checkpoint(run_dir)
@@ -252,9 +240,16 @@ def train(
             opt.load_state_dict(state.optimizer)
             g.set_state(state.generator)
             torch.set_rng_state(state.torch_rng)
+            if t_sampler is not None:
+                if not state.t_sampler:
+                    raise ckpt.CheckpointError(f"{run_dir / ckpt.CHECKPOINT} has no importance "
+                                               "sampler state; it cannot resume exactly")
+                t_sampler.load_state_dict(state.t_sampler)
+            log.load_state_dict(state.log)
             step, elapsed = state.step, state.elapsed
             ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())  # e.g. more steps
 
+        levels = data_levels(cfg)
         n_train = len(x_train)
         end = cfg.steps if max_steps is None else min(cfg.steps, max_steps)
         bar = _bar(progress, step, cfg.steps)
@@ -265,13 +260,16 @@ def train(
                 step=step, model=model.state_dict(), ema=ema.state_dict(),
                 optimizer=opt.state_dict(), generator=g.get_state(),
                 torch_rng=torch.get_rng_state(),
-                elapsed=elapsed + time.perf_counter() - t_start))
+                elapsed=elapsed + time.perf_counter() - t_start,
+                t_sampler=t_sampler.state_dict() if t_sampler is not None else {},
+                log=log.state_dict()))
+            log.write_csv(run_dir / ckpt.LOSS_CSV)  # an export: the checkpoint holds the log
 
         params, ema_params = list(model.parameters()), list(ema.parameters())
         model.train()
         while step < end:
             idx = torch.randint(0, n_train, (cfg.batch,), generator=g)  # (B,)
-            loss = l_simple(model, schedule, x_train[idx], generator=g)
+            loss = objective(cfg, model, schedule, x_train[idx], g, t_sampler, levels)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -282,6 +280,7 @@ def train(
             step += 1
             ema_update(ema_params, params, ema_decay_at(cfg, step))
             value = loss.item()
+            log.record(step, value)
             loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
             if bar is not None:
                 bar.update(1)
@@ -294,41 +293,46 @@ def train(
         if step == 0:  # nothing trained (max_steps=0): still leave a resumable run
             save()
         train_seconds = elapsed + time.perf_counter() - t_start
+        from .plots import plot_loss
 
-        if evaluate_after and step >= cfg.steps and is_image(cfg.dataset):
+        plot_loss(log.rows, run_dir / ckpt.LOSS_PNG, cfg.log_every,
+                  title=f"{cfg.dataset}: L_{cfg.loss} (step {step} of {cfg.steps})")
+        if evaluate_after and step >= cfg.steps:
             ema.eval()
-            _evaluate_images_after(cfg, ema, schedule, run_dir, {
+            _evaluate_after(cfg, ema, schedule, run_dir, {
                 "train_seconds": train_seconds, "train_steps": step, "loss": loss_avg})
-        elif evaluate_after and step >= cfg.steps:
-            ema.eval()
-            result = evaluate(ema, schedule, cfg.dataset, sampler=cfg.eval_sampler,
-                              steps=cfg.eval_steps, eta=cfg.eval_eta, n=cfg.n_eval,
-                              spacing=spacing_for(cfg, cfg.eval_sampler),
-                              seed=cfg.seed, data_seed=cfg.seed)
-            metrics = {**result.metrics, "train_seconds": train_seconds, "train_steps": step,
-                       "loss": loss_avg}
-            ckpt.write_json(run_dir / ckpt.METRICS, metrics)
-            from .plots import plot_reverse_process, plot_samples
-
-            plot_samples(result.samples, result.held_out, run_dir / "samples.png",
-                         title=f"{cfg.dataset}: SWD {result.metrics['swd']:.4f} "
-                               f"(floor {result.metrics['swd_floor']:.4f})")
-            plot_reverse_process(result.snapshots, run_dir / "reverse_process.png")
     return run_dir
 
 
-def _evaluate_images_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule,
-                           run_dir: Path, extra: dict) -> None:
-    """metrics.json (fd, fd_floor, …), samples.png and reverse_process.png of an image run."""
-    from .image_eval import evaluate_images
-    from .plots import plot_image_reverse_process, save_image_grid
+GIF_KEEP = 64  # images in the reverse-process GIF of an image run (2-D runs: every plotted point)
 
-    metrics, samples, snapshots = evaluate_images(
-        ema, schedule, cfg, sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
-        spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed)
-    ckpt.write_json(run_dir / ckpt.METRICS, {**metrics, **extra})
-    save_image_grid(samples[:100], run_dir / "samples.png")
-    plot_image_reverse_process(snapshots, run_dir / "reverse_process.png")
+
+def _evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_dir: Path,
+                    extra: dict) -> None:
+    """metrics.json (SWD or FD and its floor, plus ``extra``), samples.png, and the reverse
+    process as reverse_process.png (a strip) and reverse_process.gif."""
+    from . import plots
+
+    kw = dict(sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
+              spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed,
+              variance=cfg.variance)
+    if is_image(cfg.dataset):
+        from .image_eval import evaluate_images
+
+        frames = Frames(keep=min(cfg.n_eval, GIF_KEEP))
+        metrics, samples, snapshots = evaluate_images(ema, schedule, cfg, frames=frames, **kw)
+        ckpt.write_json(run_dir / ckpt.METRICS, {**metrics, **extra})
+        plots.save_image_grid(samples[:100], run_dir / "samples.png")
+        plots.plot_image_reverse_process(snapshots, run_dir / "reverse_process.png")
+    else:
+        frames = Frames(keep=min(cfg.n_eval, 2000))
+        result = evaluate(ema, schedule, cfg.dataset, data_seed=cfg.seed, frames=frames, **kw)
+        ckpt.write_json(run_dir / ckpt.METRICS, {**result.metrics, **extra})
+        plots.plot_samples(result.samples, result.held_out, run_dir / "samples.png",
+                           title=f"{cfg.dataset}: SWD {result.metrics['swd']:.4f} "
+                                 f"(floor {result.metrics['swd_floor']:.4f})")
+        plots.plot_reverse_process(result.snapshots, run_dir / "reverse_process.png")
+    plots.save_reverse_process_gif(frames.frames, run_dir / "reverse_process.gif")
 
 
 def _bar(progress: bool, initial: int, total: int):

@@ -268,12 +268,20 @@ class ImportanceSampler:
         return t.to(device), (1.0 / (self.T * p[t - 1])).to(device)
 
     def update(self, t: Tensor, losses: Tensor) -> None:
-        """Record per-sample L_t values (B,) for steps t (B,)."""
-        for ti, li in zip(t.tolist(), losses.detach().double().cpu().tolist(), strict=True):
-            i = ti - 1
-            self._values[i, self._next[i]] = li
-            self._next[i] = (self._next[i] + 1) % self.history
-            self._count[i] = min(int(self._count[i]) + 1, self.history)
+        """Record per-sample L_t values (B,) for steps t (B,), in batch order: the same state as
+        writing them one by one into each step's ring buffer, without a Python loop."""
+        i = t.detach().cpu().long() - 1  # (B,)
+        v = losses.detach().double().cpu().reshape(-1)  # (B,)
+        order = torch.sort(i, stable=True).indices  # batch order within each step
+        i, v = i[order], v[order]
+        per_t = torch.bincount(i, minlength=self.T)  # (T,) values of each step in this batch
+        start = torch.cumsum(per_t, 0) - per_t  # (T,) where each step's run begins in i
+        rank = torch.arange(len(i)) - start[i]  # (B,) 0, 1, … within each step
+        keep = rank >= per_t[i] - self.history  # older ones would be overwritten anyway
+        slot = (self._next[i] + rank) % self.history
+        self._values[i[keep], slot[keep]] = v[keep]
+        self._next = (self._next + per_t) % self.history
+        self._count = torch.clamp(self._count + per_t, max=self.history)
 
     def state_dict(self) -> dict:
         return {"values": self._values.clone(), "count": self._count.clone(),

@@ -2,7 +2,10 @@
 
     h = W_in x_t + emb(t)                      (B, hidden)
     h = h + W_2 SiLU(W_1 SiLU(h) + emb_k(t))   × depth residual blocks
-    ε̂ = W_out SiLU(h)                          (B, dim)
+    ε̂ = W_out SiLU(h)                          (B, out_dim), out_dim = dim by default
+
+``out_dim = 2·dim`` gives [ε̂, v_raw] for a learned variance (Weng eq. 23), to be wrapped by
+:class:`difflab.parameterization.LearnedVariance`.
 
 Each block gets its own projection of the time embedding, so every layer knows the noise level.
 The output layer starts at zero: an untrained model predicts ε̂ = 0, which keeps the first
@@ -30,16 +33,18 @@ class ResidualBlock(nn.Module):
 class MLPDenoiser(nn.Module):
     """ε_θ(x_t, t) for x_t of shape (B, dim) and integer t of shape (B,) in 1..T."""
 
-    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, t_dim: int = 64):
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, t_dim: int = 64,
+                 out_dim: int | None = None):
         super().__init__()
-        if min(dim, hidden, t_dim) < 1 or depth < 0:
-            raise ValueError("dim, hidden and t_dim must be >= 1 and depth >= 0")
+        out_dim = dim if out_dim is None else out_dim
+        if min(dim, hidden, t_dim, out_dim) < 1 or depth < 0:
+            raise ValueError("dim, hidden, t_dim and out_dim must be >= 1 and depth >= 0")
         self.dim, self.hidden, self.depth, self.t_dim = dim, hidden, depth, t_dim
         self.inp = nn.Linear(dim, hidden)
         # one projection of the sinusoidal features for the input and every block
         self.temb = nn.Linear(t_dim, hidden * (depth + 1))
         self.blocks = nn.ModuleList(ResidualBlock(hidden) for _ in range(depth))
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, out_dim)
         self.act = nn.SiLU()
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
@@ -49,4 +54,4 @@ class MLPDenoiser(nn.Module):
         h = self.inp(x_t) + temb[0]  # (B, hidden)
         for block, e in zip(self.blocks, temb[1:], strict=True):
             h = block(h, e)
-        return self.out(self.act(h))  # (B, dim)
+        return self.out(self.act(h))  # (B, out_dim)

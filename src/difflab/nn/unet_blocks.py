@@ -9,6 +9,13 @@ changes. A :class:`Stage` is a list of such blocks; the U-Net is a list of stage
 References: Ho et al. 2020 (DDPM), Appendix B; Nichol & Dhariwal 2021 (improved DDPM);
 Dhariwal & Nichol 2021 (ADM, "Diffusion Models Beat GANs"), §3; Brock et al. 2019 (BigGAN);
 Song et al. 2021 (NCSN++) and Saharia et al. 2022 (Imagen), Appendix F, for the 1/√2 rescaling.
+
+Speed (convolutions are ~80 % of a step on CPU; benchmarks/unet_vs_diffusers.py): three pieces
+are computed in a cheaper form than they are written, each equal to its definition up to float
+rounding and tested against it (tests/test_unet_blocks.py): AdaGN is one GroupNorm call
+(:func:`ada_group_norm`), nearest-upsampling + 3×3 conv is one transposed convolution
+(:func:`upsample_conv`), and with no gradient to keep (sampling) SiLU and the residual sums work
+in place (:func:`silu`, :func:`residual`).
 """
 
 from __future__ import annotations
@@ -51,8 +58,56 @@ def resample(x: Tensor, mode: str | None) -> Tensor:
 
 
 def residual(x: Tensor, h: Tensor, scale: float) -> Tensor:
-    """x + h, times 1/√2 when rescaling (keeps the sum's variance that of its parts)."""
-    return x + h if scale == 1.0 else (x + h) * scale
+    """x + h, times 1/√2 when rescaling (keeps the sum's variance that of its parts).
+
+    In place into ``h``, which must be a block's own fresh output that nothing else holds (the
+    output of a convolution, whose backward does not need it): one tensor fewer to allocate."""
+    h = h.add_(x)
+    return h if scale == 1.0 else h.mul_(scale)
+
+
+def silu(h: Tensor) -> Tensor:
+    """SiLU, in place when no gradient flows through ``h`` (sampling): ``h`` must be a fresh
+    tensor that nothing else holds. In training SiLU's backward needs its input, so not there."""
+    return F.silu(h, inplace=not h.requires_grad)
+
+
+def ada_group_norm(h: Tensor, norm: nn.GroupNorm, scale: Tensor, shift: Tensor) -> Tensor:
+    """AdaGN: (1 + scale) · GroupNorm(h) + shift, scale and shift (B, C) per sample; h (B, C, H, W).
+
+    As one GroupNorm call: folding the batch into the channels, (B, C, H, W) → (1, B·C, H, W)
+    with B·G groups, leaves every group inside one sample, so the per-sample affine
+    γ' = (1 + scale)·γ, β' = (1 + scale)·β + shift becomes GroupNorm's own per-channel affine.
+    That saves a pass over h forwards and two backwards: with the SiLU after it, 1.1-1.4× faster
+    forward and 1.2-2.9× faster forward + backward than GroupNorm then ``addcmul`` (measured on
+    CPU, 1 thread, at the presets' sizes).
+    """
+    B, C, H, W = h.shape
+    s1 = 1 + scale  # (B, C)
+    weight = (norm.weight * s1).reshape(B * C)
+    bias = torch.addcmul(shift, norm.bias, s1).reshape(B * C)
+    out = F.group_norm(h.reshape(1, B * C, H, W), B * norm.num_groups, weight, bias, norm.eps)
+    return out.view(B, C, H, W)
+
+
+# _UP_TAPS[k, j] = 1 where tap j (offset j − 1) of a 3×3 kernel that runs over a nearest-
+# upsampled image lands on tap k of the equivalent 4×4 transposed convolution of the input
+_UP_TAPS = ((0.0, 0.0, 1.0), (0.0, 1.0, 1.0), (1.0, 1.0, 0.0), (1.0, 0.0, 0.0))
+
+
+def upsample_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """conv3×3(nearest-upsample-2×(x)) with padding 1, as one transposed convolution of x:
+    (B, C, H, W) → (B, O, 2H, 2W); ``weight`` (O, C, 3, 3) is the 3×3 convolution's.
+
+    Upsampling is itself a transposed convolution (stride 2, a 2×2 kernel of ones), and two
+    convolutions in a row are one whose kernel is theirs convolved: here stride 2, 4×4 taps that
+    are sums of the 3×3 ones (``_UP_TAPS``), padding 1. Every output pixel then costs 4 taps of
+    x instead of 9 of the 4× larger upsampled image, which is never made. Measured on CPU
+    (1 thread) at the presets' sizes: 1.3-2.3× faster forward and 1.8-2.4× faster forward +
+    backward than ``conv(interpolate(x))``; equal up to float rounding (the summed taps)."""
+    taps = torch.tensor(_UP_TAPS, dtype=weight.dtype, device=weight.device)  # (4, 3)
+    k = torch.einsum("kh,lw,oihw->iokl", taps, taps, weight)  # (C, O, 4, 4)
+    return F.conv_transpose2d(x, k, bias, stride=2, padding=1)
 
 
 class ResBlock(nn.Module):
@@ -91,13 +146,15 @@ class ResBlock(nn.Module):
         self.skip = nn.Identity() if in_ch == out_ch else nn.Conv2d(in_ch, out_ch, 1)
 
     def forward(self, x: Tensor, c: Conditioning) -> Tensor:  # x: (B, in_ch, H, W)
-        h = F.silu(self.norm1(x))
-        h, x = resample(h, self.resample), resample(x, self.resample)  # (B, in_ch, H', W')
-        h = self.conv1(h)  # (B, out_ch, H', W')
-        scale_shift = self.emb_proj(F.silu(c.emb))[:, :, None, None]  # (B, 2·out_ch, 1, 1)
-        scale, shift = scale_shift.chunk(2, dim=1)  # (B, out_ch, 1, 1) each
-        h = torch.addcmul(shift, self.norm2(h), 1 + scale)  # AdaGN: (1 + scale)·GN(h) + shift
-        h = self.conv2(self.dropout(F.silu(h)))  # (B, out_ch, H', W')
+        h = silu(self.norm1(x))
+        if self.resample == "up":  # conv1(upsample(h)) without making upsample(h)
+            h = upsample_conv(h, self.conv1.weight, self.conv1.bias)  # (B, out_ch, 2H, 2W)
+        else:
+            h = self.conv1(resample(h, self.resample))  # (B, out_ch, H', W')
+        x = resample(x, self.resample)  # (B, in_ch, H', W')
+        scale, shift = self.emb_proj(F.silu(c.emb)).chunk(2, dim=1)  # (B, out_ch) each
+        h = silu(ada_group_norm(h, self.norm2, scale, shift))  # (1 + scale)·GN(h) + shift
+        h = self.conv2(self.dropout(h))  # (B, out_ch, H', W')
         return residual(self.skip(x), h, self.out_scale)
 
 
@@ -128,8 +185,9 @@ class SelfAttention(nn.Module):
         )  # each (B, heads, HW, C/heads)
         h = F.scaled_dot_product_attention(q, k, v)  # (B, heads, HW, C/heads)
         h = self.proj(h.transpose(1, 2).flatten(2))  # (B, HW, C)
-        h = h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W)
-        return residual(x, h, self.out_scale)
+        h = h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W), strided as channels_last
+        h = x + h  # x first: the sum takes x's memory format (the next GroupNorm is slow on NHWC)
+        return h if self.out_scale == 1.0 else h.mul_(self.out_scale)
 
 
 class Downsample(nn.Module):
@@ -144,14 +202,15 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2× then a 3×3 convolution (DDPM, ADM): (B, C, H, W) → (B, C, 2H, 2W)."""
+    """Nearest-neighbour 2× then a 3×3 convolution (DDPM, ADM): (B, C, H, W) → (B, C, 2H, 2W),
+    computed as one transposed convolution of the input (:func:`upsample_conv`)."""
 
     def __init__(self, ch: int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: Tensor, c: Conditioning) -> Tensor:
-        return self.conv(resample(x, "up"))
+        return upsample_conv(x, self.conv.weight, self.conv.bias)
 
 
 class Stage(nn.ModuleList):

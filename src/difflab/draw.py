@@ -1,0 +1,100 @@
+"""Seeded sampling of a trained model by the sampler's name, with pictures of the reverse process:
+a few snapshots for a strip (as in Weng Fig. 3) and evenly spaced frames for an animation."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from .samplers import SAMPLERS
+from .samplers.timesteps import resolve
+from .schedules import Schedule
+
+
+@dataclass
+class Frames:
+    """Frames of the reverse process for an animation, filled by :func:`draw`: x_T, then the
+    first ``keep`` samples after ``min(S, max_frames)`` evenly spaced steps of the sampler's S,
+    the last of which is x_0 — so ``1 + min(S, max_frames)`` frames in all.
+
+    ``frames`` holds (progress, x[:keep]) pairs, progress = the fraction of steps done, in [0, 1].
+    """
+
+    keep: int
+    max_frames: int = 40
+    frames: list[tuple[float, Tensor]] = field(default_factory=list)
+
+    def marks(self, steps: int) -> dict[int, float]:
+        """{step index (0-based): progress} of the recorded steps; the last is steps − 1."""
+        m = min(steps, self.max_frames)
+        return {(j + 1) * steps // m - 1: (j + 1) / m for j in range(m)}  # strictly increasing
+
+
+def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler: str,
+         steps: int, eta: float = 0.0, spacing: str | None = None, seed: int = 0, keep: int = 0,
+         variance: str | None = None, frames: Frames | None = None,
+         progress: bool = False) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
+    """Run the sampler named ``sampler`` from x_T ~ N(0, I) of ``shape`` (seeded), the one place
+    where a sampler is picked by name. With ``keep`` > 0 it also pictures the first ``keep``
+    samples along the reverse process (see :func:`snapshot_marks`); with ``frames`` it records
+    an animation's frames into it (see :class:`Frames`). ``variance``: Σ_θ for ``ddpm``
+    ("beta_tilde", "beta" or "learned"; None: the sampler's default, learned for a model that
+    returns (ε̂, v)); the other samplers use ε̂ alone.
+
+    Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
+    """
+    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    if spacing is not None:  # None: the sampler's own default
+        kwargs["spacing"] = spacing
+    if sampler == "ddpm" and variance is not None:
+        kwargs["variance"] = variance
+    g = torch.Generator().manual_seed(seed)
+    x_T = torch.randn(*shape, generator=g)  # (n, …)
+    marks = snapshot_marks(schedule, sampler, steps) if keep else {}
+    snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())] if keep else []
+    frame_marks = frames.marks(steps) if frames is not None else {}
+    if frames is not None:
+        frames.frames.append((0.0, x_T[:frames.keep].clone()))
+
+    def callback(i: int, t: int, x: Tensor) -> None:
+        if i in marks:
+            snapshots.append((marks[i], x[:keep].clone()))
+        if i in frame_marks:
+            frames.frames.append((frame_marks[i], x[:frames.keep].clone()))
+
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
+                               progress=progress, callback=callback, **kwargs)  # (n, …)
+    seconds = time.perf_counter() - t0
+    if keep:
+        snapshots.append(("x_0", x0[:keep]))
+    if frames is not None:  # the last frame is what the sampler returned (e.g. after denoising)
+        if frames.frames[-1][0] == 1.0:
+            frames.frames.pop()
+        frames.frames.append((1.0, x0[:frames.keep]))
+    return x0, snapshots, seconds
+
+
+def snapshot_marks(schedule: Schedule, sampler: str, steps: int,
+                   levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.97)) -> dict[int, str]:
+    """Which sampler steps to picture: the first step whose output has √ᾱ ≥ each level, so
+    the panels show the structure emerge (evenly spaced steps would show mostly noise on the
+    linear schedule). Returns {step index: label}; Langevin's levels are simply spaced evenly."""
+    if sampler == "langevin":
+        k = len(levels)
+        return {round((j + 1) * steps / (k + 1)) - 1: f"level {round((j + 1) * steps / (k + 1))}"
+                for j in range(k)}
+    ts = resolve(schedule.T, steps)  # (S,) decreasing
+    after = torch.cat([ts[1:], ts.new_zeros(1)])  # the timestep each update lands on
+    signal = schedule.alpha_bar_at(after).sqrt()  # (S,)
+    marks = {}
+    for level in levels:
+        hits = (signal >= level).nonzero()
+        if len(hits) and int(hits[0]) < len(ts) - 1:
+            marks[int(hits[0])] = f"t = {int(after[hits[0]])}"
+    return marks
