@@ -64,7 +64,7 @@ class ClassifierFree(nn.Module):
     ``model`` is one network trained with the condition dropped at random, so that
     ε_θ(x_t, t, ∅) is its unconditional prediction. ``null_cond`` names ∅ for each conditioning
     keyword: for class labels ``{"y": torch.tensor(K)}`` (a null label index); for text
-    ``{"context": null_emb (1, L, E), "mask": null_mask (1, L)}``. Each null value is broadcast
+    ``{"context": zeros (1, L, D), "context_mask": all-False (1, L)}``. Each null value is broadcast
     to the batch's shape for that key, so one row (or a scalar) serves any batch.
 
     Both passes run as ONE forward call on the batch [x_t; x_t] (2B, …) with

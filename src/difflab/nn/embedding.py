@@ -2,6 +2,9 @@
 
 emb(t)_i = sin(t · ω_i) for i < d/2 and cos(t · ω_{i−d/2}) after, with ω_i = max_period^(−i/(d/2)),
 so that nearby t get nearby vectors and the network sees t at every scale from 1 to T.
+
+Class labels are embedded by a learned table (``nn.Embedding``) whose last row, index K, is the
+null label ∅ of classifier-free guidance; :func:`check_labels` validates them.
 """
 
 from __future__ import annotations
@@ -41,3 +44,20 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: Tensor) -> Tensor:
         return self.mlp(timestep_embedding(t, self.t_dim))  # (B, out_dim)
+
+
+def check_labels(y: Tensor | None, num_classes: int, t: Tensor) -> Tensor:
+    """Class labels y int64 (B,) in 0..K (K = ``num_classes`` is the null label ∅); None → ∅
+    for every row of t (B,). Raises a one-line ValueError for anything else."""
+    if y is None:
+        return torch.full_like(t, num_classes, dtype=torch.long)  # (B,) all ∅
+    if y.dtype not in (torch.int64, torch.int32) or y.shape != t.shape:
+        raise ValueError(f"expected labels y int64 of shape {tuple(t.shape)}, got {y.dtype} "
+                         f"{tuple(y.shape)}")
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) > num_classes):
+        raise ValueError(
+            f"labels must be in 0..{num_classes} ({num_classes} = the null label), got values "
+            f"in {int(y.min())}..{int(y.max())}"
+        )
+    return y.long()
+

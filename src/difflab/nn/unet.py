@@ -32,6 +32,21 @@ block reads (a class-label embedding is added to ``emb`` there); :meth:`UNet.enc
 :meth:`UNet.decode` split the network at the skip connections, and ``skip_channels`` /
 ``mid_channels`` give their widths, so a ControlNet can run a copy of ``inp``, ``down`` and
 ``mid`` and add zero-convolved residuals to the skips before :meth:`decode`.
+
+Conditioning, ``forward(x_t, t, y=None, context=None, context_mask=None)``; every omitted
+condition is the null condition ∅, so one network gives both ε_θ(x_t, t, y) and
+ε_θ(x_t, t, ∅) for classifier-free guidance (Weng eq. 26):
+
+- class labels (``num_classes`` = K > 0): y int64 (B,) in 0..K, where K is the null label ∅; an
+  embedding of y is added to the time embedding, as in ADM (Dhariwal & Nichol 2021) and GLIDE.
+- text (``context_dim`` = D > 0): tokens τ_θ(y) (B, L, D) with a padding mask (B, L) bool, read
+  by a :class:`CrossAttention` after every self-attention layer and in the middle block (Weng
+  eq. 33; Rombach et al. 2022). With ``pool_context`` the masked mean of the tokens, projected,
+  is also added to the time embedding (Imagen, Saharia et al. 2022, §2.2 / App. F). A row whose
+  mask is all False (an empty caption) is ∅: exactly the output of ``context=None``.
+
+With ``num_classes = 0`` and ``context_dim = 0`` (the defaults) the network and its state_dict
+are the unconditional ones.
 """
 
 from __future__ import annotations
@@ -43,10 +58,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .embedding import TimestepEmbedding
+from .embedding import TimestepEmbedding, check_labels
 from .unet_blocks import (
     SQRT_HALF,
     Conditioning,
+    CrossAttention,
     Downsample,
     ResBlock,
     SelfAttention,
@@ -73,6 +89,9 @@ class UNetConfig:
     num_heads: int = 4
     num_head_channels: int | None = None  # if set, heads = channels // this (ADM uses 64)
     dropout: float = 0.0
+    num_classes: int = 0  # K > 0: class-conditional on y in 0..K−1, with K the null label ∅
+    context_dim: int = 0  # D > 0: cross-attention to context tokens (B, L, D) (Weng eq. 33)
+    pool_context: bool = True  # with context_dim: masked mean of the tokens added to emb
     resblock_updown: bool = False  # BigGAN residual blocks for down/up-sampling (ADM)
     rescale_skip: bool = False  # residual sums and concatenated skips × 1/√2 (NCSN++, Imagen)
     learn_sigma: bool = False  # output [ε, v_raw] on channels: 2 × out_channels (eq 23)
@@ -124,6 +143,11 @@ def _validate(cfg: UNetConfig) -> None:
             raise ValueError(f"groups={cfg.groups} does not divide a level's {ch} channels")
         if cfg.num_head_channels and ch % cfg.num_head_channels:
             raise ValueError(f"num_head_channels={cfg.num_head_channels} does not divide {ch}")
+    if cfg.num_classes < 0 or cfg.context_dim < 0:
+        raise ValueError(
+            f"num_classes and context_dim must be >= 0 (0 = none), got {cfg.num_classes} "
+            f"and {cfg.context_dim}"
+        )
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
 
@@ -142,8 +166,12 @@ class UNet(nn.Module):
         def res(i: int, o: int, resample: str | None = None) -> ResBlock:
             return ResBlock(i, o, emb_dim, cfg.groups, cfg.dropout, resample, cfg.rescale_skip)
 
-        def attn(ch: int) -> SelfAttention:
-            return SelfAttention(ch, cfg.heads(ch), cfg.groups, cfg.rescale_skip)
+        def attn(ch: int) -> nn.Module:  # self-attention [, then cross-attention to the context]
+            sa = SelfAttention(ch, cfg.heads(ch), cfg.groups, cfg.rescale_skip)
+            return Stage([sa, cross(ch)]) if cfg.context_dim else sa
+
+        def cross(ch: int) -> CrossAttention:
+            return CrossAttention(ch, cfg.context_dim, cfg.heads(ch), cfg.groups)
 
         def down(ch: int) -> nn.Module:
             return res(ch, ch, "down") if cfg.resblock_updown else Downsample(ch)
@@ -152,6 +180,10 @@ class UNet(nn.Module):
             return res(ch, ch, "up") if cfg.resblock_updown else Upsample(ch)
 
         self.time_embed = TimestepEmbedding(mc, emb_dim)  # sinusoid(t) → MLP: (B,) → (B, 4·mc)
+        if cfg.num_classes:  # one row per class and a last one for the null label ∅
+            self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim)
+        if cfg.context_dim and cfg.pool_context:  # no bias: ∅ (mean 0) adds exactly 0
+            self.context_embed = zero_init(nn.Linear(cfg.context_dim, emb_dim, bias=False))
         ch = mc * cfg.channel_mult[0]
         self.inp = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)  # the stem
 
@@ -183,7 +215,8 @@ class UNet(nn.Module):
         self.skip_channels: tuple[int, ...] = tuple(skips)  # widths of encode()'s skips
         self.mid_channels = ch
 
-        self.mid = Stage([res(ch, ch), *([attn(ch)] if cfg.mid_attention else []), res(ch, ch)])
+        mid_attn = [attn(ch)] if cfg.mid_attention else [cross(ch)] if cfg.context_dim else []
+        self.mid = Stage([res(ch, ch), *mid_attn, res(ch, ch)])
 
         # decoder: each stage starts from [h, skip] concatenated on channels
         up_stages: list[Stage] = []
@@ -216,9 +249,32 @@ class UNet(nn.Module):
 
     # --- the forward pass, in three pieces ------------------------------------------------------
 
-    def condition(self, t: Tensor) -> Conditioning:
-        """What the blocks see: the time embedding of t, int64 (B,) → (B, 4·model_channels)."""
-        return Conditioning(emb=self.time_embed(t))
+    def condition(
+        self,
+        t: Tensor,
+        y: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Conditioning:
+        """What the blocks see: the embedding of t, int64 (B,) → (B, 4·model_channels), plus the
+        label embedding of y (B,) and the pooled context; and the context tokens (B, L, D) with
+        their mask (B, L) for cross-attention. A condition left None is ∅."""
+        emb = self.time_embed(t)  # (B, E)
+        cfg = self.config
+        if y is not None and not cfg.num_classes:
+            raise ValueError("y given to an unconditional network (num_classes = 0)")
+        if cfg.num_classes:
+            emb = emb + self.label_embed(check_labels(y, cfg.num_classes, t))  # (B, E)
+        if context is None:
+            if context_mask is not None:
+                raise ValueError("context_mask given without context")
+            return Conditioning(emb=emb)
+        if not cfg.context_dim:
+            raise ValueError("context given to a network without cross-attention (context_dim = 0)")
+        self.check_context(context, context_mask, t)
+        if cfg.pool_context:
+            emb = emb + self.context_embed(masked_mean(context, context_mask))  # (B, E)
+        return Conditioning(emb=emb, context=context, context_mask=context_mask)
 
     def encode(self, x_t: Tensor, c: Conditioning) -> tuple[Tensor, list[Tensor]]:
         """Stem, encoder and middle: the middle's output (B, mid_channels, H/2^(L−1), W/2^(L−1))
@@ -239,8 +295,15 @@ class UNet(nn.Module):
             h = stage(torch.cat([h, skip], dim=1), c)  # (B, ch, H/2^ℓ, W/2^ℓ)
         return self.out(h)  # (B, C_out, H, W)
 
-    def forward(self, x_t: Tensor, t: Tensor) -> Tensor:
-        c = self.condition(t)
+    def forward(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        y: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
+    ) -> Tensor:
+        c = self.condition(t, y, context, context_mask)
         h, skips = self.encode(x_t, c)
         return self.decode(h, skips, c)
 
@@ -261,5 +324,27 @@ class UNet(nn.Module):
                 f"resize or pad to a multiple of {f}"
             )
 
+    def check_context(self, context: Tensor, mask: Tensor | None, t: Tensor) -> None:
+        """Raise a one-line ValueError for context tokens or a mask of the wrong shape or type."""
+        D = self.config.context_dim
+        if context.ndim != 3 or context.shape[0] != t.shape[0] or context.shape[2] != D:
+            raise ValueError(
+                f"expected context (B={t.shape[0]}, L, {D}), got {tuple(context.shape)}"
+            )
+        if mask is not None and (mask.dtype != torch.bool or mask.shape != context.shape[:2]):
+            raise ValueError(
+                f"expected context_mask bool {tuple(context.shape[:2])}, "
+                f"got {mask.dtype} {tuple(mask.shape)}"
+            )
+
     def param_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def masked_mean(context: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean of the tokens (B, L, D) over the True positions of ``mask`` (B, L) → (B, D); exactly
+    zero for a row with no True position (the null condition ∅)."""
+    if mask is None:
+        return context.mean(dim=1)
+    w = mask.to(context.dtype)[..., None]  # (B, L, 1)
+    return (context * w).sum(dim=1) / w.sum(dim=1).clamp(min=1)  # (B, D)

@@ -35,10 +35,14 @@ class Conditioning:
     """What every block of the trunk may read, built once per forward pass.
 
     ``emb`` (B, E) is the time embedding; class conditioning adds a label embedding to it.
-    Cross-attention will add its token embeddings and padding mask here as new fields.
+    ``context`` (B, L, D) are the tokens τ_θ(y) that :class:`CrossAttention` reads (Weng eq. 33)
+    and ``context_mask`` (B, L) bool marks the real ones (True) against padding; ``context``
+    None is the null condition ∅ for every row.
     """
 
     emb: Tensor  # (B, E)
+    context: Tensor | None = None  # (B, L, D)
+    context_mask: Tensor | None = None  # (B, L) bool, True = real token
 
 
 def zero_init(module: nn.Module) -> nn.Module:
@@ -188,6 +192,54 @@ class SelfAttention(nn.Module):
         h = h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W), strided as channels_last
         h = x + h  # x first: the sum takes x's memory format (the next GroupNorm is slow on NHWC)
         return h if self.out_scale == 1.0 else h.mul_(self.out_scale)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention from the H·W positions to the context tokens, with a residual
+    connection — Weng eq. (33); Rombach et al. 2022 (latent diffusion), §3.3.
+
+        Q = W_Q φ(z_t)   φ(z_t) = GN(x) flattened: (B, HW, C)
+        K = W_K τ(y), V = W_V τ(y)   τ(y) = context: (B, L, D) → (B, L, C)
+        out = x + W_O softmax(QKᵀ/√d + mask) V   (d = C / heads)
+
+    Padding keys (``context_mask`` False) get no weight. A row whose mask is all False — the
+    null caption ∅ of :class:`difflab.nn.text_encoder.TextCondition` — has nothing to attend
+    to (softmax over no keys is 0/0): its attention output is set to exactly zero, so the layer
+    is the identity for it, as it is for ``context`` None. ``W_O`` starts at zero, so a new layer
+    starts as the identity too, and a trained unconditional network with cross-attention added
+    is unchanged until the layer learns. The residual is never rescaled by 1/√2 (unlike
+    :class:`SelfAttention` with ``rescale``), so that "no context" is an exact identity.
+    """
+
+    def __init__(self, ch: int, context_dim: int, heads: int, groups: int):
+        super().__init__()
+        if ch % heads:
+            raise ValueError(f"{ch} channels do not split into {heads} attention heads")
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, ch)
+        self.q = nn.Linear(ch, ch)  # W_Q
+        self.kv = nn.Linear(context_dim, 2 * ch)  # [W_K; W_V]: d_τ → C each
+        self.proj = zero_init(nn.Linear(ch, ch))  # W_O
+
+    def forward(self, x: Tensor, c: Conditioning) -> Tensor:  # x: (B, C, H, W)
+        if c.context is None:
+            return x  # ∅ for every row
+        B, C, H, W = x.shape
+        heads, d = self.heads, C // self.heads
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2))  # (B, HW, C)
+        q = q.unflatten(-1, (heads, d)).transpose(1, 2)  # (B, heads, HW, d)
+        k, v = self.kv(c.context).unflatten(-1, (2, heads, d)).permute(2, 0, 3, 1, 4)
+        # k, v: (B, heads, L, d) each
+        mask, keep, real = c.context_mask, None, None  # no mask: every token is real
+        if mask is not None:
+            real = mask.any(dim=1)  # (B,) False for the null condition
+            # a null row attends to all its keys instead of none (no 0/0), and is zeroed below
+            keep = (mask | ~real[:, None])[:, None, None, :]  # (B, 1, 1, L), True = attend
+        h = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # (B, heads, HW, d)
+        h = self.proj(h.transpose(1, 2).flatten(2))  # (B, HW, C)
+        if real is not None:
+            h = torch.where(real[:, None, None], h, torch.zeros_like(h))  # exactly 0 for ∅ rows
+        return x + h.transpose(1, 2).unflatten(2, (H, W))  # (B, C, H, W)
 
 
 class Downsample(nn.Module):
