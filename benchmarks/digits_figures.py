@@ -43,8 +43,8 @@ DIFFLAB = str(Path(sys.executable).with_name("difflab"))
 VARIANTS = {
     "linear-simple": ["--schedule", "linear"],
     "cosine-simple": ["--schedule", "cosine"],
-    "linear-hybrid": ["--schedule", "linear", "--learn-sigma", "--loss", "hybrid"],
-    "cosine-hybrid": ["--schedule", "cosine", "--learn-sigma", "--loss", "hybrid"],
+    "linear-hybrid": ["--schedule", "linear", "--variance", "learned", "--loss", "hybrid"],
+    "cosine-hybrid": ["--schedule", "cosine", "--variance", "learned", "--loss", "hybrid"],
 }
 FIG8_STEPS = (10, 20, 50, 100, 1000)
 
