@@ -41,6 +41,8 @@ import torch
 from torch import Tensor, nn
 
 from ..samplers._common import loop, noise_like
+from ..samplers.edm import karras_sigmas as _karras_decreasing
+from ..samplers.edm import schedule_sigmas
 from ..samplers.timesteps import timesteps
 from ..schedules import Schedule
 
@@ -50,20 +52,17 @@ _F64 = torch.float64
 # --- σ on a schedule, and Karras grids -----------------------------------------------------
 def sigma_table(schedule: Schedule) -> Tensor:
     """[σ_0 = 0, σ_1, …, σ_T] with σ_t = √((1−ᾱ_t)/ᾱ_t), float64 (T+1,), indexed by t."""
-    ab = schedule.alpha_bars
-    return torch.cat([ab.new_zeros(1), ((1 - ab) / ab).sqrt()])
+    sig = schedule_sigmas(schedule)  # (T,)
+    return torch.cat([sig.new_zeros(1), sig])
 
 
 def karras_sigmas(N: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
-    """σ_i = (σ_min^{1/ρ} + (i−1)/(N−1) (σ_max^{1/ρ} − σ_min^{1/ρ}))^ρ, i = 1..N, increasing,
-    float64 (N,) — Karras et al. 2022, eq. (5); Song et al. 2023, §5 (N ≥ 2, ρ = 7)."""
+    """The Karras levels (Karras et al. 2022, eq. (5); Song et al. 2023, §5) in the increasing
+    order consistency models use: float64 (N,), σ_min … σ_max (N ≥ 2, ρ = 7). The sampler's
+    :func:`difflab.samplers.karras_sigmas` reversed, without its final 0."""
     if N < 2 or not 0 < sigma_min < sigma_max:
         raise ValueError("need N >= 2 and 0 < sigma_min < sigma_max")
-    ramp = torch.linspace(0, 1, N, dtype=_F64)
-    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
-    s = (lo + ramp * (hi - lo)) ** rho
-    s[0], s[-1] = sigma_min, sigma_max  # the end points exactly (σ_min feeds the boundary)
-    return s
+    return _karras_decreasing(N, sigma_min, sigma_max, rho)[:-1].flip(0)
 
 
 def karras_timesteps(schedule: Schedule, N: int, rho: float = 7.0) -> Tensor:
