@@ -40,6 +40,7 @@ CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
 LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
 RUN_FILES = (CONFIG, EMA, MODEL, CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "samples.png",
              "reverse_process.png", "reverse_process.gif")
+CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 
 
 class CheckpointError(Exception):
@@ -159,7 +160,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             raise RunExistsError(
                 f"refusing to overwrite {run_dir}: it is not empty and not a difflab run directory"
             )
-        for name in RUN_FILES:
+        for name in (*RUN_FILES, CLASSIFIER):
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir

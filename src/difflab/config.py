@@ -28,6 +28,7 @@ MODELS = ("auto", "mlp", "unet")
 VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
 LOSSES = ("simple", "hybrid")
 T_SAMPLINGS = ("uniform", "importance")
+CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
 IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
 IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
@@ -79,6 +80,12 @@ class TrainConfig:
     loss: str = "simple"  # "simple" (eq. 19) | "hybrid" (L_simple + λ L_vlb, stop-grad on μ_θ)
     hybrid_lambda: float = 0.001  # λ of L_hybrid (Nichol & Dhariwal 2021)
     t_sampling: str = "uniform"  # "uniform" | "importance" (p_t ∝ √E[L_t²], with loss hybrid)
+    # conditioning (images only): class labels or captions, dropped to ∅ with probability
+    # p_uncond so that one network learns ε(x_t, t, y) and ε(x_t, t, ∅) (Weng eq. 26)
+    cond: str = "none"  # "none" | "class" | "text" (see difflab.conditioning)
+    p_uncond: float = 0.1
+    num_classes: int = 0  # cond "class": 0 → the dataset's (10 digits; a folder's subfolders)
+    text_tokens: int = 32  # cond "text": caption tokens kept by the text encoder
     # optimisation
     steps: int = 3000
     batch: int = 1024
@@ -97,6 +104,7 @@ class TrainConfig:
     eval_sampler: str = "heun"  # 50 Heun steps = 99 evaluations, ≈ DDIM 200 in quality here
     eval_steps: int = 50
     eval_eta: float = 0.0
+    eval_guidance: float = 0.0  # conditional runs: classifier-free guidance w (Weng eq. 26)
     # timestep spacing of the evaluation sampler: "auto" = "leading" on the cosine schedule
     # (its clipped last step, ᾱ_T ≈ 2e-9, magnifies a learned ε̂'s error; see
     # schedules.cosine) and the sampler's own default otherwise; or linspace/leading/trailing
@@ -166,6 +174,17 @@ def validate(cfg: TrainConfig) -> None:
     need(math.isfinite(cfg.hybrid_lambda) and cfg.hybrid_lambda > 0, "hybrid_lambda",
          "must be positive and finite")
     _check_objective(cfg)
+    need(cfg.cond in CONDS, "cond", f"must be one of {', '.join(CONDS)}")
+    need(cfg.cond == "none" or is_image(cfg.dataset), "cond",
+         "needs image data (digits, mnist or folder); 2-D data is unconditional")
+    need(0 <= cfg.p_uncond < 1, "p_uncond", "must lie in [0, 1)")
+    need(cfg.num_classes == 0 or cfg.num_classes >= 2, "num_classes",
+         "must be 0 (the dataset's) or at least 2")
+    need(cfg.text_tokens >= 2, "text_tokens", "must be at least 2 ([CLS] and [SEP])")
+    need(math.isfinite(cfg.eval_guidance) and cfg.eval_guidance >= 0, "eval_guidance",
+         "must be a finite number >= 0")
+    need(cfg.eval_guidance == 0 or cfg.cond != "none", "eval_guidance",
+         "needs a conditional run (cond class or text)")
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
                 "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")

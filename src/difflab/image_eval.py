@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from torch import Tensor
+
 from .config import TrainConfig, image_size
 from .data import images
 from .draw import Frames, draw
@@ -40,12 +42,15 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
                     sampler: str = "ddim", steps: int = 50, eta: float = 0.0,
                     spacing: str | None = None, n: int = 180, seed: int = 0,
                     n_strip: int = 8, variance: str | None = None,
-                    frames: Frames | None = None, progress: bool = False):
+                    frames: Frames | None = None, progress: bool = False,
+                    labels: Tensor | None = None):
     """Sample ``n`` images; FD to the real train split and its floor (real test vs train).
 
     Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
     to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
     ``variance`` (ddpm's Σ_θ) and ``frames`` (an animation's): see :func:`difflab.draw.draw`.
+    ``labels`` (n,): the classes the samples should show (a conditional or guided ``model``);
+    then ``accuracy`` is the fraction the committed classifier assigns to them.
     """
     if n < 2:
         raise ValueError(f"FD needs at least 2 samples, got n = {n}")
@@ -62,4 +67,6 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
         n_test = len(image_split(cfg, "test"))
         metrics.update(fd=fd.fd(x0), fd_floor=fd.floor(), fd_n=n, fd_floor_n=n_test)
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
+        if labels is not None:
+            metrics["accuracy"] = fd.accuracy(x0, labels)
     return metrics, x0, snapshots

@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -36,6 +37,9 @@ from .nn.mlp import MLPDenoiser
 from .parameterization import LearnedVariance
 from .schedules import Schedule
 from .vlb import ImportanceSampler, l_hybrid
+
+if TYPE_CHECKING:
+    from .conditioning import TrainConditions
 
 
 # --- pieces ---
@@ -65,21 +69,30 @@ def build_model(cfg: TrainConfig) -> nn.Module:
                 in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels,
                 channel_mult=mult, num_res_blocks=cfg.num_res_blocks,
                 attention_resolutions=int_list(cfg.attention), dropout=cfg.dropout,
-                groups=math.gcd(32, *widths), learn_sigma=learned))
+                groups=math.gcd(32, *widths), learn_sigma=learned,
+                num_classes=cfg.num_classes if cfg.cond == "class" else 0,
+                context_dim=_text_dim() if cfg.cond == "text" else 0))
     return LearnedVariance(net) if learned else net
+
+
+def _text_dim() -> int:
+    from .nn.text_encoder import MiniLMConfig
+
+    return MiniLMConfig().dim  # D of the frozen text encoder's tokens
 
 
 def objective(cfg: TrainConfig, model: nn.Module, schedule: Schedule, x0: Tensor,
               g: torch.Generator, t_sampler: ImportanceSampler | None = None,
-              levels: int | None = None) -> Tensor:
+              levels: int | None = None, **cond) -> Tensor:
     """The run's training loss on the batch x0 (B, …): L_simple (Weng eq. 19) or
     L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23; Nichol & Dhariwal
     2021, eq. 16), t uniform or drawn by ``t_sampler``. ``levels``: K of K-level image data for
-    the bound's decoder term L_0, None for continuous (2-D) data. Returns a scalar."""
+    the bound's decoder term L_0, None for continuous (2-D) data. ``cond``: the batch's
+    conditions (see :mod:`difflab.conditioning`). Returns a scalar."""
     if cfg.loss == "hybrid":
         return l_hybrid(model, schedule, x0, cfg.hybrid_lambda, generator=g, sampler=t_sampler,
-                        levels=levels)
-    return l_simple(model, schedule, x0, generator=g)
+                        levels=levels, **cond)
+    return l_simple(model, schedule, x0, generator=g, **cond)
 
 
 def data_levels(cfg: TrainConfig) -> int | None:
@@ -101,6 +114,20 @@ def training_data(cfg: TrainConfig) -> Tensor:
 
         return image_split(cfg, "train").x
     return toy2d.sample(cfg.dataset, cfg.n_train, cfg.seed)
+
+
+def training_set(cfg: TrainConfig) -> tuple[Tensor, TrainConfig, TrainConditions | None]:
+    """The fixed training set (see :func:`training_data`), the config with the data's number of
+    classes filled in (class-conditional runs), and the set's conditions (None if
+    unconditional)."""
+    if cfg.cond == "none":
+        return training_data(cfg), cfg, None
+    from .conditioning import resolve, train_conditions
+    from .image_eval import image_split
+
+    data = image_split(cfg, "train")
+    cfg = resolve(cfg, data)
+    return data.x, cfg, train_conditions(cfg, data)
 
 
 def lr_at(cfg: TrainConfig, step: int) -> float:
@@ -213,7 +240,8 @@ def train(
             raise ValueError("resume needs the run directory")
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
-    x_train = training_data(cfg)  # (N, 2) or (N, C, H, W); bad data fails before any writing
+    # (N, 2) or (N, C, H, W); bad data fails before any writing
+    x_train, cfg, conds = training_set(cfg)
     if resume:
         ckpt.check_run_dir(run_dir)
     else:
@@ -269,7 +297,8 @@ def train(
         model.train()
         while step < end:
             idx = torch.randint(0, n_train, (cfg.batch,), generator=g)  # (B,)
-            loss = objective(cfg, model, schedule, x_train[idx], g, t_sampler, levels)
+            cond = conds.batch(idx, g, cfg.p_uncond) if conds is not None else {}
+            loss = objective(cfg, model, schedule, x_train[idx], g, t_sampler, levels, **cond)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:
@@ -317,10 +346,19 @@ def _evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_di
               spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed,
               variance=cfg.variance)
     if is_image(cfg.dataset):
+        from .conditioning import guided, sample_conditions
         from .image_eval import evaluate_images
 
+        model, labels = ema, None
+        if cfg.cond != "none":  # every class in turn, guided with eval_guidance
+            cond, labels = sample_conditions(cfg, cfg.n_eval)
+            model = guided(ema, schedule, cfg, cond, w=cfg.eval_guidance,
+                           sampler=cfg.eval_sampler, steps=cfg.eval_steps,
+                           variance=cfg.variance)
+            extra = {**extra, "guidance": cfg.eval_guidance}
         frames = Frames(keep=min(cfg.n_eval, GIF_KEEP))
-        metrics, samples, snapshots = evaluate_images(ema, schedule, cfg, frames=frames, **kw)
+        metrics, samples, snapshots = evaluate_images(model, schedule, cfg, frames=frames,
+                                                      labels=labels, **kw)
         ckpt.write_json(run_dir / ckpt.METRICS, {**metrics, **extra})
         plots.save_image_grid(samples[:100], run_dir / "samples.png")
         plots.plot_image_reverse_process(snapshots, run_dir / "reverse_process.png")
@@ -358,6 +396,9 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
 def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, nn.Module, Schedule]:
     """The config, network (EMA weights by default, in eval mode) and schedule of a run."""
     cfg = read_run_config(run_dir)
+    if (Path(run_dir) / ckpt.CLASSIFIER).is_file():
+        raise ckpt.CheckpointError(f"{run_dir} is a noisy-classifier run, not a diffusion model; "
+                                   "pass it to 'difflab sample' as --classifier")
     model = build_model(cfg)
     weights = ckpt.load_weights(run_dir, which)
     try:

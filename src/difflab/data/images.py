@@ -38,7 +38,8 @@ class ImageData:
 
     ``x``: float32 (N, C, H, W) in [-1, 1], on the grid -1 + 2k/(levels - 1).
     ``y``: int64 (N,), class labels (for folders: index of the top-level subfolder in
-    ``classes``). ``name``: e.g. ``"digits"``, ``"mnist"``, ``"folder"``.
+    ``classes``). ``name``: e.g. ``"digits"``, ``"mnist"``, ``"folder"``. ``files``: for folders,
+    the path of each image relative to the folder (as in its ``captions.csv``).
     """
 
     x: Tensor
@@ -46,6 +47,7 @@ class ImageData:
     levels: int
     name: str
     classes: tuple[str, ...] = ()
+    files: tuple[str, ...] = ()  # folders: each image's path under the folder, "/"-separated
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -242,4 +244,6 @@ def image_folder(
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # (N, C, size, size) uint8
     x = x.float() * (2.0 / 255.0) - 1.0
     idx = _split(len(y), split, seed, test_fraction)
-    return ImageData(x[idx].contiguous(), y[idx], 256, "folder", classes)
+    names = tuple(f.relative_to(root).as_posix() for f in kept)
+    return ImageData(x[idx].contiguous(), y[idx], 256, "folder", classes,
+                     tuple(names[i] for i in idx.tolist()))

@@ -1,0 +1,128 @@
+"""Noisy-classifier runs for classifier guidance (Weng eq. 24-25): ``difflab train-classifier``.
+
+A run directory like a diffusion run's: ``config.json`` (a :class:`~difflab.config.TrainConfig`
+whose data, schedule, U-Net widths and optimisation fields are the classifier's), the weights in
+``classifier.safetensors`` and ``metrics.json`` with the test accuracy of f_φ(y | x_t, t) at a
+few t. The classifier is the U-Net's down-sampling half with an attention-pooled head (ADM;
+:class:`~difflab.nn.noisy_classifier.NoisyClassifier`), trained on x_t of the forward process
+(:func:`~difflab.classifier_train.train_noisy_classifier`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint as ckpt
+from .classifier_train import classifier_accuracy, train_noisy_classifier
+from .config import TrainConfig, int_list, is_image
+from .nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
+
+WEIGHTS = ckpt.CLASSIFIER
+ACCURACY_TS = (1, 100, 250, 500, 750, 1000)  # as fractions of T = 1000: t · T / 1000
+
+
+def classifier_config(cfg: TrainConfig, in_channels: int) -> NoisyClassifierConfig:
+    """The classifier of ``cfg``: the U-Net encoder fields of the config, its num_classes."""
+    mult = int_list(cfg.channel_mult)
+    return NoisyClassifierConfig(
+        in_channels=in_channels, num_classes=cfg.num_classes,
+        model_channels=cfg.model_channels, channel_mult=mult,
+        num_res_blocks=cfg.num_res_blocks, attention_resolutions=int_list(cfg.attention),
+        dropout=cfg.dropout, groups=math.gcd(32, *[cfg.model_channels * m for m in mult]))
+
+
+def build_classifier(cfg: TrainConfig) -> NoisyClassifier:
+    """The (untrained) classifier of ``cfg``, initialised from ``cfg.seed``."""
+    from .image_eval import image_shape
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return NoisyClassifier(classifier_config(cfg, image_shape(cfg)[0]))
+
+
+def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
+                         progress: bool = False) -> Path:
+    """Train the noisy classifier of ``cfg`` on its image train split; write the run; return
+    its directory. Test accuracy is measured on x_t of the test split at :data:`ACCURACY_TS`."""
+    from .conditioning import resolve
+    from .image_eval import image_split
+    from .train import build_schedule, torch_threads
+
+    if not is_image(cfg.dataset):
+        raise ValueError(f"a noisy classifier needs image data with labels, not {cfg.dataset!r}")
+    data = image_split(cfg, "train")
+    cfg = resolve(dataclasses.replace(cfg, cond="class"), data)
+    cfg = dataclasses.replace(cfg, cond="none", eval_guidance=0.0)
+    run_dir = ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
+    ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.steps, desc="train-classifier", unit="step", dynamic_ncols=True)
+    with torch_threads(cfg.threads):
+        schedule = build_schedule(cfg)
+        net = build_classifier(cfg)
+        g = torch.Generator().manual_seed(cfg.seed)
+        t0 = time.perf_counter()
+        losses: list[float] = []
+        train_noisy_classifier(net, schedule, data.x, data.y, steps=cfg.steps, batch=cfg.batch,
+                               lr=cfg.lr, generator=g, weight_decay=cfg.weight_decay,
+                               log=lambda _, loss: (losses.append(loss),
+                                                    bar.update(1) if bar else None))
+        seconds = time.perf_counter() - t0
+        if bar is not None:
+            bar.close()
+        test = image_split(cfg, "test")
+        ts = sorted({max(1, t * cfg.T // 1000) for t in ACCURACY_TS})
+        acc = {str(t): classifier_accuracy(net, schedule, test.x, test.y, t,
+                                           generator=torch.Generator().manual_seed(1))
+               for t in ts}
+    ckpt.save_tensors(run_dir / WEIGHTS, net.state_dict())
+    tail = losses[-min(50, len(losses)):] or [float("nan")]
+    ckpt.write_json(run_dir / ckpt.METRICS, {
+        "kind": "noisy-classifier", "train_seconds": seconds, "train_steps": cfg.steps,
+        "loss": sum(tail) / len(tail), "test_accuracy_at_t": acc, "n_test": len(test)})
+    return run_dir
+
+
+def is_classifier_run(run_dir: str | Path) -> bool:
+    return (Path(run_dir) / WEIGHTS).is_file()
+
+
+def load_classifier_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
+    """The config and the trained classifier (eval mode, frozen) of a classifier run."""
+    from .train import read_run_config
+
+    cfg = read_run_config(run_dir)
+    if not is_classifier_run(run_dir):
+        raise ckpt.CheckpointError(f"{run_dir} is not a classifier run (no {WEIGHTS}); train "
+                                   "one with 'difflab train-classifier'")
+    net = build_classifier(cfg)
+    try:
+        net.load_state_dict(ckpt.load_tensors(Path(run_dir) / WEIGHTS)[0])
+    except RuntimeError as err:
+        msg = " ".join(str(err).split())[:200]
+        raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({msg})") from None
+    return cfg, net.eval().requires_grad_(False)
+
+
+def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
+    """ValueError unless the classifier was trained on the run's noise (schedule, T) and
+    images (dataset, size, channels): its x_t must be the sampler's x_t."""
+    from .config import image_size
+
+    for key, a, b in (("schedule", classifier_cfg.schedule, cfg.schedule),
+                      ("T", classifier_cfg.T, cfg.T),
+                      ("dataset", classifier_cfg.dataset, cfg.dataset),
+                      ("image size", image_size(classifier_cfg), image_size(cfg)),
+                      ("channels", classifier_cfg.channels, cfg.channels)):
+        if a != b:
+            raise ValueError(f"the classifier was trained with {key} {a!r} but the run has "
+                             f"{b!r}; train one to match with 'difflab train-classifier'")

@@ -1,0 +1,206 @@
+"""Conditioning of a run: class labels or captions → the network's keyword arguments, the
+condition dropout that trains one network for both ε_θ(x_t, t, y) and ε_θ(x_t, t, ∅), and the
+guided model a sampler sees (Weng eq. 24-26; Imagen's thresholding).
+
+The network is called as ``net(x_t, t, **cond)`` with ``cond`` = ``{"y": labels (B,)}`` for a
+class-conditional run (``cond = "class"``; label K is ∅) or ``{"context": tokens (B, L, D),
+"context_mask": (B, L) bool}`` for a text-conditional one (``cond = "text"``; the frozen
+all-MiniLM-L6-v2 of :mod:`difflab.nn.text_encoder`, an all-False mask is ∅). Captions of the
+built-in datasets come from :data:`difflab.data.captions.DIGIT_TEMPLATES`, a fresh template per
+example and step; an image folder's from its ``captions.csv``.
+
+Training (:class:`TrainConditions`): every distinct condition is encoded once into a table;
+each example has a row of allowed table entries (its label; its label's templates; its
+caption), and a batch draws one of them per example and then replaces it by ∅ with probability
+``p_uncond`` (Ho & Salimans 2021, Algorithm 1), from the run's one generator.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from torch import Tensor, nn
+
+from .config import TrainConfig
+from .data import captions as cap
+from .data.images import ImageData
+from .guidance import (
+    AncestralClassifierGuidance,
+    ClassifierFree,
+    ClassifierGuidance,
+    Thresholded,
+    dynamic_threshold,
+    static_threshold,
+)
+from .schedules import Schedule
+
+THRESHOLDS = {"none": None, "static": static_threshold, "dynamic": dynamic_threshold}
+
+
+@dataclass
+class TrainConditions:
+    """The conditions of a training set, ready to batch.
+
+    ``table``: each keyword's distinct values, stacked along dim 0 (U rows). ``choices``: int64
+    (N, m), the table rows example i may take (one drawn uniformly per step). ``null``: ∅ as one
+    row per keyword.
+    """
+
+    table: dict[str, Tensor]
+    choices: Tensor
+    null: dict[str, Tensor]
+
+    def batch(self, idx: Tensor, generator: torch.Generator, p_uncond: float) -> dict:
+        """The conditions of the examples ``idx`` (B,): one allowed row each, then ∅ with
+        probability ``p_uncond``. Returns {keyword: (B, …)}."""
+        B, m = idx.shape[0], self.choices.shape[1]
+        col = torch.randint(m, (B,), generator=generator) if m > 1 else idx.new_zeros(B)
+        rows = self.choices[idx, col]  # (B,)
+        drop = torch.rand(B, generator=generator) < p_uncond  # (B,) True → ∅
+        out = {}
+        for key, values in self.table.items():
+            chosen = values[rows]  # (B, …)
+            keep = drop.view(B, *[1] * (chosen.ndim - 1))
+            out[key] = torch.where(keep, self.null[key].expand_as(chosen), chosen)
+        return out
+
+
+def _text_table(captions: Sequence[str], cfg: TrainConfig) -> dict[str, Tensor]:
+    from .nn.text_encoder import load_text_encoder
+
+    enc = load_text_encoder().encode(list(captions), max_length=cfg.text_tokens)
+    return {"context": enc.tokens, "context_mask": enc.mask}  # (U, L, D), (U, L)
+
+
+def null_cond(cfg: TrainConfig) -> dict[str, Tensor]:
+    """∅ of the run as one row per keyword: label K, or zero tokens with an all-False mask."""
+    if cfg.cond == "class":
+        return {"y": torch.tensor([cfg.num_classes])}
+    if cfg.cond == "text":
+        from .nn.text_encoder import MiniLMConfig
+
+        L, D = cfg.text_tokens, MiniLMConfig().dim
+        return {"context": torch.zeros(1, L, D),
+                "context_mask": torch.zeros(1, L, dtype=torch.bool)}
+    raise ValueError("an unconditional run has no null condition")
+
+
+def resolve(cfg: TrainConfig, data: ImageData) -> TrainConfig:
+    """``cfg`` with ``num_classes`` filled in from the data (class runs); checks the labels."""
+    if cfg.cond != "class":
+        return cfg
+    K = cfg.num_classes or len(data.classes)
+    if K < 2:
+        raise ValueError(f"class conditioning needs at least 2 classes; {data.name} has "
+                         f"{len(data.classes)} (a folder's classes are its top-level subfolders)")
+    if int(data.y.max()) >= K:
+        raise ValueError(f"num_classes = {K} but the data has label {int(data.y.max())}")
+    return replace(cfg, num_classes=K)
+
+
+def train_conditions(cfg: TrainConfig, data: ImageData) -> TrainConditions | None:
+    """The :class:`TrainConditions` of a run's training set (None for an unconditional run)."""
+    if cfg.cond == "none":
+        return None
+    y = data.y.long()  # (N,)
+    if cfg.cond == "class":
+        return TrainConditions({"y": torch.arange(cfg.num_classes)}, y[:, None], null_cond(cfg))
+    if data.name in ("digits", "mnist"):  # every template of the example's digit
+        J = len(cap.DIGIT_TEMPLATES)
+        captions = [cap.digit_caption(k, j) for k in range(10) for j in range(J)]
+        choices = y[:, None] * J + torch.arange(J)  # (N, J)
+    else:
+        per_file = cap.captions_for(data.files, cap.read_captions(cfg.data))
+        captions = list(dict.fromkeys(per_file))
+        where = {c: i for i, c in enumerate(captions)}
+        choices = torch.tensor([[where[c]] for c in per_file])  # (N, 1)
+    return TrainConditions(_text_table(captions, cfg), choices, null_cond(cfg))
+
+
+def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = None,
+                      prompt: str | None = None) -> tuple[dict, Tensor | None]:
+    """The conditions of ``n`` samples of a conditional run, and the labels they should show.
+
+    Class runs: ``labels`` cycled over the n samples (default: every class in turn). Text runs:
+    the ``prompt`` for every sample, or else template captions of the labels (default: every
+    digit in turn, the templates in turn). Labels come back for the accuracy of the samples
+    (None when only a prompt was given). An unconditional run gets {} (labels pass through, for
+    classifier guidance).
+    """
+    if prompt is not None and not prompt.strip():
+        raise ValueError("empty prompt; give a caption such as 'a handwritten seven'")
+    if prompt is not None and cfg.cond != "text":
+        raise ValueError(f"--prompt needs a text-conditional run; this one has cond {cfg.cond!r}")
+    K = cfg.num_classes if cfg.cond == "class" else 10
+    y = None
+    if labels is not None or (cfg.cond != "none" and prompt is None):
+        base = torch.tensor(list(labels) if labels is not None else range(K), dtype=torch.long)
+        bad = base[(base < 0) | (base >= K)]
+        if len(base) == 0 or len(bad):
+            raise ValueError(f"class labels must lie in 0..{K - 1}, got "
+                             f"{bad.tolist() if len(bad) else 'none'}")
+        y = base.repeat(-(-n // len(base)))[:n]  # (n,)
+    if cfg.cond == "class":
+        return {"y": y}, y
+    if cfg.cond == "none":
+        return ({"y": y} if y is not None else {}), y
+    if cfg.dataset == "folder" and prompt is None:
+        raise ValueError("a text-conditional folder run needs --prompt")
+    if prompt is not None:
+        captions = cap.prompt_captions(prompt, n)
+    else:
+        J = len(cap.DIGIT_TEMPLATES)
+        captions = [cap.digit_caption(int(k), (i // K) % J) for i, k in enumerate(y)]
+    cond = _text_table(captions, cfg)
+    if y is not None:
+        cond["y"] = y  # for classifier guidance; the text network never sees it
+    return cond, y
+
+
+class Bound(nn.Module):
+    """``model`` with its conditions fixed: Bound(m, y=labels)(x_t, t) = m(x_t, t, y=labels),
+    so samplers that know nothing of conditions sample a conditional model."""
+
+    def __init__(self, model, **cond):
+        super().__init__()
+        self.model, self.cond = model, cond
+
+    def forward(self, x_t: Tensor, t: Tensor):
+        return self.model(x_t, t, **self.cond)
+
+
+def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float = 0.0,
+           classifier=None, threshold: str = "none", sampler: str = "ddim",
+           steps: int | None = None, variance: str | None = None) -> nn.Module:
+    """The ε-model a sampler sees: ``model`` with classifier-free guidance of weight ``w``
+    (Weng eq. 26) or, with ``classifier``, classifier guidance of weight ``w`` (eq. 25; for
+    ``ddpm`` on the full chain, ``steps`` None or T, Dhariwal & Nichol's Algorithm 1, the mean
+    shift with ``variance``), then Imagen's ``threshold``
+    ("none", "static", "dynamic") on x̂_0, bound to ``cond``. w = 0 and no threshold: the plain
+    (conditional) model."""
+    if threshold not in THRESHOLDS:
+        raise ValueError(f"unknown threshold {threshold!r}; choose one of {', '.join(THRESHOLDS)}")
+    m = model
+    if classifier is not None:
+        if "y" not in cond:
+            raise ValueError("classifier guidance needs class labels (--class)")
+        takes_y = cfg.cond == "class"
+        if sampler == "ddpm" and steps in (None, schedule.T):
+            m = AncestralClassifierGuidance(m, classifier, schedule, w, model_takes_y=takes_y,
+                                            variance=variance or "beta_tilde")
+        else:
+            m = ClassifierGuidance(m, classifier, schedule, w, model_takes_y=takes_y)
+    elif w > 0:
+        if cfg.cond == "none":
+            raise ValueError("classifier-free guidance needs a conditional run (cond class or "
+                             "text); for an unconditional one give a --classifier")
+        m = ClassifierFree(m, w, null_cond(cfg))
+    elif w < 0:
+        raise ValueError(f"guidance weight must be >= 0, got {w}")
+    if THRESHOLDS[threshold] is not None:
+        m = Thresholded(m, schedule, THRESHOLDS[threshold])
+    if cfg.cond != "class" and classifier is None:
+        cond = {k: v for k, v in cond.items() if k != "y"}
+    return Bound(m, **cond)
