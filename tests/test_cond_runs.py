@@ -21,7 +21,8 @@ from difflab.train import build_model, build_schedule, train
 
 TINY = ["--dataset", "digits", "--steps", "8", "--batch", "16", "--model-channels", "8",
         "--num-res-blocks", "1", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",
-        "--eval-steps", "4", "--n-eval", "20", "--checkpoint-every", "5", "--no-progress", "--T", "100"]
+        "--eval-steps", "4", "--n-eval", "20", "--checkpoint-every", "5", "--no-progress",
+        "--T", "100"]
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:
