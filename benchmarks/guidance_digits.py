@@ -86,6 +86,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--eval-steps", type=int, default=50, help="DDIM steps")
+    p.add_argument("-n", type=int, default=180, help="samples per draw (the FD floor's 180)")
     p.add_argument("--train-steps", type=int, default=1500)
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-cond"))
     p.add_argument("--uncond", type=Path, default=Path("runs/bench-digits/linear-simple"),
@@ -94,26 +95,29 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="smoke test: 30 training steps, 1 draw")
     args = p.parse_args()
     if args.quick:
-        args.train_steps, args.draws, args.eval_steps = 30, 1, 10
+        args.train_steps, args.draws, args.eval_steps, args.n = 30, 1, 5, 30
         args.workdir, args.uncond = args.workdir / "quick", args.workdir / "quick" / "uncond"
         args.out = args.out.with_name(args.out.name + "_quick")
     steps = ["--steps", str(args.train_steps)]
+    if args.quick:  # and a cheap evaluation after training
+        steps += ["--n-eval", "20", "--eval-steps", "5"]
     w = args.workdir
     runs = {
         "cond": ensure(["train", "--preset", "digits-cond", *steps], w / "digits-cond",
                        "metrics.json"),
         "text": ensure(["train", "--preset", "digits-text", *steps], w / "digits-text",
                        "metrics.json"),
-        "uncond": ensure(["train", "--preset", "digits", "--n-eval", "180", *steps],
+        "uncond": ensure(["train", "--preset", "digits", *steps],
                          args.uncond, "metrics.json"),
-        "classifier": ensure(["train-classifier", "--preset", "digits", "--lr", "1e-3", *steps],
+        "classifier": ensure(["train-classifier", "--preset", "digits", "--lr", "1e-3",
+                              *steps[:2]],
                              w / "classifier", "metrics.json"),
     }
     from difflab.classifier_run import load_classifier_run
 
     clf_cfg, classifier = load_classifier_run(runs["classifier"])
     clf_acc = json.loads((runs["classifier"] / "metrics.json").read_text())["test_accuracy_at_t"]
-    kw = dict(draws=args.draws, steps=args.eval_steps)
+    kw = dict(draws=args.draws, steps=args.eval_steps, n=args.n)
     res: dict = {"settings": {k: str(v) for k, v in vars(args).items()},
                  "classifier_test_accuracy_at_t": clf_acc, "cfg": {}, "classifier": {},
                  "threshold": {}, "text": {}}
@@ -132,8 +136,8 @@ def main() -> None:
             accs = []
             for d in range(10):
                 prompt = template.format(w=WORDS[d], d=d)
-                r = measure(runs["text"], w=wt, prompt=prompt, labels=[d], n=50,
-                            draws=1, steps=args.eval_steps)
+                r = measure(runs["text"], w=wt, prompt=prompt, labels=[d],
+                            n=max(2, args.n // 18 * 5), draws=1, steps=args.eval_steps)
                 accs.append(r["accuracy"])
             res["text"][f"{wt}/{template}"] = {"per_digit": accs,
                                                 "mean": statistics.fmean(accs)}
@@ -164,7 +168,8 @@ def write_markdown(res: dict, runs: dict, args, path: Path) -> None:
     for key, r in res["threshold"].items():
         lines.append(f"| {key} | {r['accuracy']:.3f} ± {r['accuracy_se']:.3f} | "
                      f"{r['fd']:.1f} ± {r['fd_se']:.1f} |")
-    lines += ["", "Text prompts (50 samples per digit; accuracy on the digit the prompt names):",
+    lines += ["", f"Text prompts ({max(2, args.n // 18 * 5)} samples per digit; accuracy on "
+              "the digit the prompt names):",
               "", "| w / prompt | mean accuracy | per digit 0-9 |", "|---|---|---|"]
     for key, r in res["text"].items():
         per = " ".join(f"{a:.2f}" for a in r["per_digit"])
