@@ -105,8 +105,6 @@ def main() -> None:
     runs = {
         "cond": ensure(["train", "--preset", "digits-cond", *steps], w / "digits-cond",
                        "metrics.json"),
-        "text": ensure(["train", "--preset", "digits-text", *steps], w / "digits-text",
-                       "metrics.json"),
         "uncond": ensure(["train", "--preset", "digits", *steps],
                          args.uncond, "metrics.json"),
         "classifier": ensure(["train-classifier", "--preset", "digits", "--lr", "1e-3",
@@ -131,6 +129,8 @@ def main() -> None:
         for th in ("none", "static", "dynamic"):
             res["threshold"][f"{wt}/{th}"] = r = measure(runs["cond"], w=wt, threshold=th, **kw)
             print(f"threshold w={wt} {th}: {r}", flush=True)
+    runs["text"] = ensure(["train", "--preset", "digits-text", *steps], w / "digits-text",
+                          "metrics.json")  # last: it may still be training from another shell
     for wt in (0.0, 2.0):
         for template in (TEMPLATE_PROMPT, *PARAPHRASES):
             accs = []
