@@ -41,7 +41,13 @@ PARAPHRASES = ("a drawing of the number {w}", "{d}")  # not among the templates
 
 
 def ensure(cmd: list[str], out: Path, done: str) -> Path:
-    """Run ``difflab cmd --out out`` unless ``out/done`` exists; return out."""
+    """Run ``difflab cmd --out out`` unless ``out/done`` exists; return out. A run directory
+    that another process is still training (a checkpoint written in the last 10 minutes, no
+    ``done``) is waited for rather than overwritten."""
+    while not (out / done).exists() and (out / "checkpoint.safetensors").exists() and (
+            time.time() - (out / "checkpoint.safetensors").stat().st_mtime < 600):
+        print(f"[wait] {out} is training elsewhere", flush=True)
+        time.sleep(30)
     if (out / done).exists():
         print(f"[reuse] {out}", flush=True)
         return out
@@ -57,6 +63,23 @@ def mean_se(values: list[float]) -> tuple[float, float]:
     m = statistics.fmean(values)
     se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
     return m, se
+
+
+class Cache:
+    """Measurements kept in a JSON file as they are made, so an interrupted benchmark resumes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+
+    def get(self, key: str, run: Path, **kw) -> dict:
+        """``measure(run, **kw)``, made once."""
+        if key not in self.data:
+            self.data[key] = measure(run, **kw)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.data, indent=1) + "\n")
+        print(f"{key}: {self.data[key]}", flush=True)
+        return self.data[key]
 
 
 def measure(run: Path, *, draws: int, steps: int, n: int = 180, **kw) -> dict:
@@ -119,16 +142,15 @@ def main() -> None:
     res: dict = {"settings": {k: str(v) for k, v in vars(args).items()},
                  "classifier_test_accuracy_at_t": clf_acc, "cfg": {}, "classifier": {},
                  "threshold": {}, "text": {}}
+    cache = Cache(args.out.with_name(args.out.name + "_partial.json"))
     for wt in WEIGHTS:
-        res["cfg"][wt] = r = measure(runs["cond"], w=wt, **kw)
-        print(f"CFG w={wt}: {r}", flush=True)
-        res["classifier"][wt] = r = measure(runs["uncond"], w=wt, classifier=classifier,
-                                            labels=range(10), **kw)
-        print(f"classifier w={wt}: {r}", flush=True)
+        res["cfg"][wt] = cache.get(f"CFG w={wt}", runs["cond"], w=wt, **kw)
+        res["classifier"][wt] = cache.get(f"classifier w={wt}", runs["uncond"], w=wt,
+                                          classifier=classifier, labels=range(10), **kw)
     for wt in (4.0, 8.0):
         for th in ("none", "static", "dynamic"):
-            res["threshold"][f"{wt}/{th}"] = r = measure(runs["cond"], w=wt, threshold=th, **kw)
-            print(f"threshold w={wt} {th}: {r}", flush=True)
+            res["threshold"][f"{wt}/{th}"] = cache.get(f"threshold w={wt} {th}", runs["cond"],
+                                                       w=wt, threshold=th, **kw)
     runs["text"] = ensure(["train", "--preset", "digits-text", *steps], w / "digits-text",
                           "metrics.json")  # last: it may still be training from another shell
     for wt in (0.0, 2.0):
@@ -136,12 +158,13 @@ def main() -> None:
             accs = []
             for d in range(10):
                 prompt = template.format(w=WORDS[d], d=d)
-                r = measure(runs["text"], w=wt, prompt=prompt, labels=[d],
-                            n=max(2, args.n // 18 * 5), draws=1, steps=args.eval_steps)
+                r = cache.get(f"text w={wt} {prompt!r}", runs["text"], w=wt, prompt=prompt,
+                              labels=[d], n=max(2, args.n // 18 * 5), draws=1,
+                              steps=args.eval_steps)
                 accs.append(r["accuracy"])
             res["text"][f"{wt}/{template}"] = {"per_digit": accs,
                                                 "mean": statistics.fmean(accs)}
-            print(f"text w={wt} '{template}': {statistics.fmean(accs):.3f} {accs}", flush=True)
+            print(f"text w={wt} '{template}': {statistics.fmean(accs):.3f}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(res, runs, args, args.out.with_suffix(".md"))
