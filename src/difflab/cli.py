@@ -88,6 +88,10 @@ _HELP = {
     "t_sampling": "uniform, or importance (p_t ∝ √E[L_t²] from the history of the bound's terms; "
                   "needs --loss hybrid)",
     "log_every": "steps per row of loss.csv (the mean loss of those steps)",
+    "method": "diffusion, or consistency-training (Weng eq. 32: a consistency model, sampled "
+              "with --sampler consistency)",
+    "prediction": "what the network outputs: eps (x0 and v: students of 'difflab distill')",
+    "distilled_steps": "set by 'difflab distill' (the steps a progressive student takes)",
 }
 
 
@@ -98,7 +102,7 @@ def _flag(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Diffusion models as Lilian Weng's post explains them.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval}")
+    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,distill}")
 
     defaults = TrainConfig()
     tr = sub.add_parser("train", help="train a model on 2-D data or images and evaluate it",
@@ -155,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{NLL_ODE_STEPS})")
             p.add_argument("--hutchinson-samples", type=int, metavar="K",
                            help="with --nll: Hutchinson probes per item (default 1)")
+    from .cli_distill import add_parser as add_distill
+
+    add_distill(sub)
     return parser
 
 
@@ -329,7 +336,13 @@ def _eval_nll(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval}
+def cmd_distill(args) -> int:
+    from .cli_distill import cmd_distill as distill
+
+    return distill(args)
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:
