@@ -101,6 +101,10 @@ _HELP = {
     "num_classes": "number of classes (0: the dataset's own)",
     "text_tokens": "caption tokens kept by the text encoder",
     "eval_guidance": "classifier-free guidance w for the evaluation of a conditional run",
+    "method": "diffusion, or consistency-training (Weng eq. 32: a consistency model, sampled "
+              "with --sampler consistency)",
+    "prediction": "what the network outputs: eps (x0 and v: students of 'difflab distill')",
+    "distilled_steps": "set by 'difflab distill' (the steps a progressive student takes)",
 }
 
 
@@ -111,7 +115,8 @@ def _flag(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Diffusion models as Lilian Weng's post explains them.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{train,sample,eval,train-classifier}")
+    sub = parser.add_subparsers(dest="command",
+                                metavar="{train,sample,eval,train-classifier,distill}")
 
     defaults = TrainConfig()
     tr = sub.add_parser("train", help="train a model on 2-D data or images and evaluate it",
@@ -201,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{NLL_ODE_STEPS})")
             p.add_argument("--hutchinson-samples", type=int, metavar="K",
                            help="with --nll: Hutchinson probes per item (default 1)")
+    from .cli_distill import add_parser as add_distill
+
+    add_distill(sub)
     return parser
 
 
@@ -472,8 +480,14 @@ def _eval_nll(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from .cli_distill import cmd_distill as distill
+
+    return distill(args)
+
+
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
-            "train-classifier": cmd_train_classifier}
+            "train-classifier": cmd_train_classifier, "distill": cmd_distill}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,12 @@ VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t),
 LOSSES = ("simple", "hybrid")
 T_SAMPLINGS = ("uniform", "importance")
 CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
+# how a run's network was made (difflab.distill): trained as a diffusion model or by consistency
+# training (`difflab train --method`), or distilled from a teacher run (`difflab distill`)
+METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation")
+CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
+NO_SPACING = ("consistency",)  # samplers without a timestep grid to space
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
 IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
 IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
@@ -86,6 +92,12 @@ class TrainConfig:
     p_uncond: float = 0.1
     num_classes: int = 0  # cond "class": 0 → the dataset's (10 digits; a folder's subfolders)
     text_tokens: int = 32  # cond "text": caption tokens kept by the text encoder
+    # fast sampling (difflab.distill): "diffusion" | "consistency-training" (train --method);
+    # "progressive" | "consistency-distillation" are written by `difflab distill`, whose
+    # progressive students predict `prediction` and were distilled for `distilled_steps` steps
+    method: str = "diffusion"
+    prediction: str = "eps"  # "eps" | "x0" | "v"
+    distilled_steps: int = 0  # progressive students only: N of their DDIM (trailing) grid
     # optimisation
     steps: int = 3000
     batch: int = 1024
@@ -185,6 +197,7 @@ def validate(cfg: TrainConfig) -> None:
          "must be a finite number >= 0")
     need(cfg.eval_guidance == 0 or cfg.cond != "none", "eval_guidance",
          "needs a conditional run (cond class or text)")
+    _check_method(cfg)
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
                 "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
@@ -245,6 +258,44 @@ def _check_objective(cfg: TrainConfig) -> None:
                          "(L_simple does not depend on Σ_θ, so v would never be trained)")
 
 
+def _check_method(cfg: TrainConfig) -> None:
+    """A run's method, the network's output and its sampler agree: progressive students (and
+    only they) predict x0 or v and carry their step count; consistency models (Weng eq. 30)
+    sample with the ``consistency`` sampler only and ε-models never do; neither learns Σ_θ."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"config key 'method' must be one of {', '.join(METHODS)}, "
+                         f"got {cfg.method!r}")
+    if cfg.prediction not in PREDICTIONS:
+        raise ValueError(f"config key 'prediction' must be one of {', '.join(PREDICTIONS)}, "
+                         f"got {cfg.prediction!r}")
+    progressive = cfg.method == "progressive"
+    if cfg.prediction != "eps" and not progressive:
+        raise ValueError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
+                         "'method' = 'progressive' (only distilled students predict x0 or v)")
+    if progressive and not 1 <= cfg.distilled_steps <= cfg.T // 2:
+        raise ValueError(f"config key 'distilled_steps' must lie in 1..T/2 for a progressive "
+                         f"student, got {cfg.distilled_steps!r}")
+    if not progressive and cfg.distilled_steps != 0:
+        raise ValueError("config key 'distilled_steps' needs config key 'method' = 'progressive'")
+    consistency = cfg.method in CONSISTENCY_METHODS
+    if consistency != (cfg.eval_sampler == "consistency"):
+        raise ValueError(f"config key 'eval_sampler' = {cfg.eval_sampler!r} does not fit config "
+                         f"key 'method' = {cfg.method!r} (the 'consistency' sampler is for "
+                         "consistency models only)")
+    if cfg.method == "consistency-training" and cfg.cond != "none":
+        raise ValueError("config key 'method' = 'consistency-training' needs config key 'cond' "
+                         "= 'none' (conditional consistency training is not implemented; "
+                         "distil a class-conditional run with 'difflab distill' instead)")
+    if cfg.method != "diffusion" and cfg.variance == "learned":
+        raise ValueError(f"config key 'method' = {cfg.method!r} needs a fixed variance (no "
+                         "learned Σ_θ)")
+
+
+# a consistency-training run evaluates with these unless its flags say otherwise (a preset's
+# sampler is a diffusion sampler)
+CONSISTENCY_EVAL = {"eval_sampler": "consistency", "eval_steps": 1, "eval_eta": 0.0}
+
+
 def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
     try:
         return int_list(getattr(cfg, key))
@@ -295,16 +346,28 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
                 ) -> TrainConfig:
     """Defaults ← preset (if given) ← overrides (e.g. command-line flags; None values skipped)."""
     values = read_preset(preset) if preset else {}
-    cfg = TrainConfig.from_dict(values)
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if extra.get("method") in CONSISTENCY_METHODS:  # see CONSISTENCY_EVAL
+        given = {k: v for k, v in CONSISTENCY_EVAL.items() if k not in extra}
+        return TrainConfig.from_dict({**values, **given, **extra})
+    cfg = TrainConfig.from_dict(values)
     return TrainConfig.from_dict(extra, base=cfg)
 
 
 def spacing_for(cfg: TrainConfig, sampler: str, spacing: str | None = None) -> str | None:
     """The timestep spacing to sample ``cfg``'s run with: ``spacing`` if given, else the run's
     ``eval_spacing``, where "auto" means "leading" for cosine-schedule runs (except Langevin,
-    whose noise levels are geometric in σ) and the sampler's own default (None) otherwise."""
+    whose noise levels are geometric in σ, and DPM-Solver++ and EDM-Heun, which cut the cosine
+    tail themselves) and the sampler's own default (None) otherwise. Samplers in
+    ``NO_SPACING`` (consistency) always get None; an explicit ``spacing`` for them is an
+    error."""
+    if sampler in NO_SPACING:  # consistency sampling re-noises to σ levels, no grid to space
+        if spacing is not None:
+            raise ValueError(f"--spacing does not apply to sampler {sampler!r}")
+        return None
     choice = spacing or cfg.eval_spacing
     if choice != "auto":
         return choice
-    return "leading" if cfg.schedule == "cosine" and sampler != "langevin" else None
+    # dpm++ clips the cosine tail itself (lambda_min) and edm-heun caps σ at 80 on a Karras grid
+    own = ("langevin", "dpm++", "edm-heun")
+    return "leading" if cfg.schedule == "cosine" and sampler not in own else None

@@ -47,6 +47,7 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
 
     Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
     """
+    check_sampler_fits(model, sampler)
     kwargs = {"eta": eta} if sampler == "ddim" else {}
     if spacing is not None:  # None: the sampler's own default
         kwargs["spacing"] = spacing
@@ -54,7 +55,7 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
         kwargs["variance"] = variance
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(*shape, generator=g)  # (n, …)
-    marks = snapshot_marks(schedule, sampler, steps) if keep else {}
+    marks = snapshot_marks(schedule, sampler, steps, spacing=spacing) if keep else {}
     snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())] if keep else []
     frame_marks = frames.marks(steps) if frames is not None else {}
     if frames is not None:
@@ -80,16 +81,46 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
     return x0, snapshots, seconds
 
 
+def check_sampler_fits(model: Callable, sampler: str) -> None:
+    """ValueError unless ``sampler`` takes this kind of model: the ``consistency`` sampler takes
+    consistency models (Weng eq. 30) only, every other sampler ε-models only."""
+    from .samplers.consistency import is_consistency_model
+
+    if sampler != "consistency" and is_consistency_model(model):
+        raise ValueError(f"this run is a consistency model; sample it with --sampler consistency "
+                         f"(1 or a few steps), not {sampler!r}")
+
+
+def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
+                      spacing: str | None = None) -> Tensor:
+    """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
+    grid (dpm++: trailing and the λ clip; edm-heun: the Karras σ's) unless ``spacing``."""
+    if sampler == "dpm++":
+        from .samplers.dpm_solver import dpm_timesteps
+
+        return dpm_timesteps(schedule, steps, spacing or "trailing")
+    if sampler == "edm-heun":
+        from .samplers.edm import edm_timesteps
+
+        return edm_timesteps(schedule, steps, spacing or "karras")
+    return resolve(schedule.T, steps, spacing or "linspace")
+
+
 def snapshot_marks(schedule: Schedule, sampler: str, steps: int,
-                   levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.97)) -> dict[int, str]:
+                   levels: tuple[float, ...] = (0.5, 0.8, 0.9, 0.97), *,
+                   spacing: str | None = None) -> dict[int, str]:
     """Which sampler steps to picture: the first step whose output has √ᾱ ≥ each level, so
     the panels show the structure emerge (evenly spaced steps would show mostly noise on the
-    linear schedule). Returns {step index: label}; Langevin's levels are simply spaced evenly."""
+    linear schedule), on the grid the sampler visits with ``spacing`` (None: its own). Returns
+    {step index: label}; Langevin's levels are simply spaced evenly; a consistency sample's
+    steps each give a clean estimate f_θ, so the first len(levels) of them but the last."""
     if sampler == "langevin":
         k = len(levels)
         return {round((j + 1) * steps / (k + 1)) - 1: f"level {round((j + 1) * steps / (k + 1))}"
                 for j in range(k)}
-    ts = resolve(schedule.T, steps)  # (S,) decreasing
+    if sampler == "consistency":  # evaluation i gives f_θ(x̃, σ_i), σ_0 = σ_max
+        return {i: f"f_θ, step {i + 1}" for i in range(min(steps - 1, len(levels)))}
+    ts = visited_timesteps(schedule, sampler, steps, spacing)  # (S,) decreasing
     after = torch.cat([ts[1:], ts.new_zeros(1)])  # the timestep each update lands on
     signal = schedule.alpha_bar_at(after).sqrt()  # (S,)
     marks = {}

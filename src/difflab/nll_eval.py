@@ -74,6 +74,11 @@ def evaluate_nll(model: Callable, schedule: Schedule, cfg: TrainConfig, *, n: in
     """``vlb_bpd`` and ``ode_bpd`` (means over ``n`` test items, with standard errors) and the
     parts of the bound, as a JSON-ready dict; see the module docstring. ``batch``: items per
     model call (the bound also batches timesteps, up to ``ROW_BUDGET`` values per call)."""
+    from .samplers.consistency import is_consistency_model
+
+    if is_consistency_model(model):  # f_θ maps noise to data in one go: no chain, no ODE here
+        raise ValueError("--nll needs an ε-model (a diffusion run or a progressive student); "
+                         "this run is a consistency model")
     x0, levels, what = nll_data(cfg, n)
     D, T = x0[0].numel(), schedule.T
     if not 1 <= ode_steps <= T:

@@ -240,6 +240,12 @@ def train(
             raise ValueError("resume needs the run directory")
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
+    if cfg.method != "diffusion":  # consistency training (Weng eq. 32), or a distilled run
+        from .distill.ct_run import train_consistency
+
+        return train_consistency(cfg, run_dir, resume=resume, overwrite=overwrite,
+                                 progress=progress, max_steps=max_steps,
+                                 evaluate_after=evaluate_after)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
     if resume:
@@ -394,7 +400,8 @@ def read_run_config(run_dir: str | Path) -> TrainConfig:
 
 
 def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, nn.Module, Schedule]:
-    """The config, network (EMA weights by default, in eval mode) and schedule of a run."""
+    """The config, network (EMA weights by default, in eval mode) and schedule of a run; a
+    distilled student comes as an ε-model and a consistency run as its f_θ (distill.runs)."""
     cfg = read_run_config(run_dir)
     if (Path(run_dir) / ckpt.CLASSIFIER).is_file():
         raise ckpt.CheckpointError(f"{run_dir} is a noisy-classifier run, not a diffusion model; "
@@ -406,4 +413,7 @@ def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, nn.M
     except RuntimeError as err:
         msg = " ".join(str(err).split())[:200]
         raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({msg})") from None
-    return cfg, model.eval().requires_grad_(False), build_schedule(cfg)
+    from .distill.runs import sampling_model  # x0/v students → ε-models; consistency → f_θ
+
+    schedule = build_schedule(cfg)
+    return cfg, sampling_model(cfg, model.eval().requires_grad_(False), schedule), schedule

@@ -8,6 +8,9 @@
   and ``consistency_sample`` (Alg. 1), a sampler with the contract signature.
 - :mod:`.consistency_training`: consistency distillation (eq. 31) and training (eq. 32).
 - :mod:`.distances`: ℓ2, ℓ1, pseudo-Huber and feature distances for eq. (31)-(32).
+- :mod:`.runs` and :mod:`.ct_run` (not imported here: they build on :mod:`difflab.train`):
+  run directories of distilled students and consistency models, behind ``difflab distill``
+  and ``difflab train --method consistency-training``.
 """
 
 from .consistency import (

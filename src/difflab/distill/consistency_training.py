@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -108,17 +109,34 @@ def ct_ema_decay(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.9) -
 
 
 # --- the loops -----------------------------------------------------------------------------
+@dataclass
+class Resume:
+    """Where a loop starts and stops, for checkpointed runs (``distill.runs``): updates
+    ``start`` … min(iters, ``stop``) − 1 of the ``iters``-step schedules (learning rate, N(k),
+    μ(k) depend on the step only), with ``optimizer`` (restored AdamW state, or None for a new
+    one); ``callback(k, optimizer)`` after update k (1-based), e.g. to save a checkpoint. The
+    caller restores the generator, the model and its target."""
+
+    start: int = 0
+    stop: int | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    callback: Callable[[int, torch.optim.Optimizer], None] | None = None
+
+
 def _fit(model: ConsistencyModel, target: ConsistencyModel | None, data: Tensor, iters: int,
          batch: int, lr: float, lr_decay: bool, weight_decay: float, grad_clip: float,
          generator: torch.Generator | None, cond_data: dict | None, log: list | None,
          loss_and_mu: Callable[[int, Tensor, dict, ConsistencyModel],
-                               tuple[Tensor, float]]) -> ConsistencyModel:
+                               tuple[Tensor, float]],
+         resume: Resume | None = None) -> ConsistencyModel:
     if target is None:
         target = frozen_copy(model)
-    opt = adamw(model, lr, weight_decay)
+    resume = resume or Resume()
+    opt = resume.optimizer if resume.optimizer is not None else adamw(model, lr, weight_decay)
     model.train()
     params = list(model.parameters())
-    for k in range(iters):
+    end = iters if resume.stop is None else min(iters, resume.stop)
+    for k in range(resume.start, end):
         x0, cond = draw_batch(data, batch, generator, cond_data)
         loss, mu = loss_and_mu(k, x0, cond, target)
         opt.zero_grad(set_to_none=True)
@@ -131,6 +149,8 @@ def _fit(model: ConsistencyModel, target: ConsistencyModel | None, data: Tensor,
         ema_(target, model, mu)  # θ⁻ ← stopgrad(μ θ⁻ + (1 − μ) θ)
         if log is not None:
             log.append(loss.item())
+        if resume.callback is not None:
+            resume.callback(k + 1, opt)
     target.eval()
     return model.eval()
 
@@ -176,12 +196,13 @@ def consistency_train(model: ConsistencyModel, data: Tensor, *, s0: int = 2, s1:
                       generator: torch.Generator | None = None,
                       cond_data: dict[str, Tensor] | None = None,
                       target: ConsistencyModel | None = None,
-                      log: list[float] | None = None) -> ConsistencyModel:
+                      log: list[float] | None = None,
+                      resume: Resume | None = None) -> ConsistencyModel:
     """Consistency training — Song et al. 2023, Alg. 3; Weng eq. (32): no teacher; step k of K
     = ``iters`` uses N(k) Karras levels in [σ_min, σ_max] and the target decay μ(k)
     (:func:`ct_num_levels`, :func:`ct_ema_decay`; s0 = 2, s1 = 150, μ0 = 0.9 are the paper's
-    CIFAR-10 values). Trains ``model`` in place and returns it in eval mode; other arguments as
-    in :func:`consistency_distill`.
+    CIFAR-10 values). Trains ``model`` in place and returns it in eval mode; ``resume``: a
+    part of the run (:class:`Resume`); other arguments as in :func:`consistency_distill`.
 
     Like distillation with Euler steps, its fixed point at N levels is biased (measured on 1-D
     N(0.5, 0.3²), MLP 32×2, 1500-3000 steps, s1 = 20: one-step std 0.24-0.25, as the 18-level
@@ -196,4 +217,4 @@ def consistency_train(model: ConsistencyModel, data: Tensor, *, s0: int = 2, s1:
                        cond=cond), ct_ema_decay(k, iters, s0, s1, mu0)
 
     return _fit(model, target, data, iters, batch, lr, lr_decay, weight_decay, grad_clip, generator,
-                cond_data, log, step)
+                cond_data, log, step, resume)

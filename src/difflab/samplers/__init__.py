@@ -6,6 +6,7 @@ bar), ``callback(i, t, x)`` after every step and ``cond`` (keyword arguments for
 """
 
 from .ancestral import ddpm
+from .consistency import consistency
 from .ddim import ddim, ddim_invert, slerp
 from .dpm_solver import dpm_solver_pp
 from .edm import edm_heun, karras_sigmas
@@ -14,7 +15,9 @@ from .ode import euler, heun
 from .timesteps import SPACINGS, timesteps
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "langevin": langevin, "euler": euler, "heun": heun,
-            "dpm++": dpm_solver_pp, "edm-heun": edm_heun}
+            "dpm++": dpm_solver_pp, "edm-heun": edm_heun,
+            "consistency": consistency}  # for consistency models only (difflab.distill)
 
-__all__ = ["SAMPLERS", "SPACINGS", "ddim", "ddim_invert", "ddpm", "dpm_solver_pp", "edm_heun",
-           "euler", "heun", "karras_sigmas", "langevin", "slerp", "timesteps"]
+__all__ = ["SAMPLERS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
+           "dpm_solver_pp", "edm_heun", "euler", "heun", "karras_sigmas", "langevin", "slerp",
+           "timesteps"]

@@ -1,0 +1,208 @@
+"""Fast sampling on sklearn digits: FD against the number of network evaluations (NFE) for the
+ε-samplers of a trained digits model, its progressive-distillation students (Salimans & Ho
+2022, Alg. 2; Weng Fig. 9-10), consistency distillation (Song et al. 2023, Alg. 2; Weng eq. 31)
+with Euler and Heun solvers, and consistency training (Alg. 3; eq. 32).
+
+The teacher is a `difflab train --preset digits` run directory (default
+`runs/bench-digits/linear-simple`, written by `benchmarks/digits_figures.py`). Students are
+written by the library calls behind `difflab distill` and `difflab train --method
+consistency-training` into `--workdir`; a finished run directory is reused (delete it to redo).
+
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py            # estimate: ~1.5-2 h
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py --quick    # smoke test, 4-10 min
+
+Full-run estimate on 2 idle cores (digits U-Net at batch 128: ≈ 0.07 s a forward pass, 0.23 s
+a training step): progressive 7 rounds × 1000 updates (2 teacher passes + a student step,
+≈ 0.45 s) ≈ 55 min; consistency distillation 2 × 2000 updates (≈ 0.35-0.45 s) ≈ 25 min;
+consistency training 3000 steps (≈ 0.3 s) ≈ 15 min; FD draws (≈ 350 evaluations of 540
+images) ≈ 3 min. Not measured end to end: --quick took 4-9 min on a heavily loaded machine (a
+forward pass took 1.5 s there, ~20× idle); on a busy machine expect several times the estimate.
+
+FD follows `benchmarks/digits_figures.py`: the Fréchet distance in the committed digits
+classifier's features against the train split, n = 180 per draw (the floor's size), mean ±
+standard error over `--draws` independent draws (one seeded batch, split), samples clamped to
+[−1, 1]. NFE is counted by a forward hook on the model, so Heun's and EDM's extra evaluations
+are what the table shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent
+N_FD = 180
+
+# (sampler, steps, spacing or None for the run's default) for the teacher
+TEACHER_FULL = ([("ddim", 50, None)]
+                + [("ddpm", s, None) for s in (10, 20, 50)]
+                + [("ddim", s, None) for s in (5, 10, 20)]
+                + [("ddim", s, "trailing") for s in (1, 2, 4, 8)]
+                + [("heun", s, None) for s in (3, 5, 10)]
+                + [("dpm++", s, None) for s in (5, 10, 20)]
+                + [("edm-heun", s, None) for s in (3, 5, 10)])
+TEACHER_QUICK = [("ddim", 10, None), ("ddpm", 5, None), ("ddim", 2, "trailing"),
+                 ("heun", 3, None), ("dpm++", 5, None), ("edm-heun", 3, None)]
+
+
+def fd_row(run: Path, sampler: str, steps: int, spacing: str | None, draws: int,
+           label: str) -> dict:
+    """FD of ``draws`` independent sets of 180 samples of the run (one seeded batch, split)."""
+    from difflab.config import spacing_for
+    from difflab.draw import draw
+    from difflab.fd import FDEvaluator
+    from difflab.image_eval import image_shape
+    from difflab.train import load_run
+
+    cfg, model, schedule = load_run(run)
+    calls = [0]
+    model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))  # NFE
+    spacing = spacing_for(cfg, sampler, spacing)
+    x0, _, seconds = draw(model, schedule, (N_FD * draws, *image_shape(cfg)), sampler=sampler,
+                          steps=steps, spacing=spacing, seed=1234)
+    fd = FDEvaluator.for_dataset("digits", cfg.image_size)
+    vals = [fd.fd(chunk.clamp(-1, 1)) for chunk in x0.split(N_FD)]
+    row = {"label": label, "sampler": sampler, "steps": steps, "spacing": spacing,
+           "nfe": calls[0], "fd": statistics.fmean(vals),
+           "fd_se": statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0,
+           "fd_floor": fd.floor(), "seconds": seconds}
+    print(f"[{label}] {sampler} S={steps} NFE={row['nfe']}: FD {row['fd']:.1f} ± "
+          f"{row['fd_se']:.1f} ({seconds:.1f} s)", flush=True)
+    return row
+
+
+def done(run: Path) -> bool:
+    return (run / "metrics.json").is_file() and (run / "ema.safetensors").is_file()
+
+
+def progressive(teacher: Path, workdir: Path, args) -> list[Path]:
+    from difflab.distill.runs import distill_progressive, round_steps
+
+    out = workdir / "progressive"
+    steps = round_steps(args.start_steps, args.rounds, 1000)
+    dirs = [out / f"steps-{n}" for n in steps]
+    if all(done(d) for d in dirs):
+        print(f"[progressive] reusing {out}", flush=True)
+        return dirs
+    t0 = time.perf_counter()
+    dirs = distill_progressive(teacher, out, rounds=args.rounds, start_steps=args.start_steps,
+                               steps_per_round=args.steps_per_round, prediction="v",
+                               init=args.init, overwrite=True, evaluate=False,
+                               report=lambda d, m: print(f"[progressive] {d.name}: "
+                                                         f"{m['train_seconds']:.0f} s",
+                                                         flush=True))
+    print(f"[progressive] {time.perf_counter() - t0:.0f} s", flush=True)
+    return dirs
+
+
+def consistency_distilled(teacher: Path, workdir: Path, solver: str, args) -> Path:
+    from difflab.distill.runs import distill_consistency
+
+    out = workdir / f"cd-{solver}"
+    if done(out):
+        print(f"[cd-{solver}] reusing {out}", flush=True)
+        return out
+    t0 = time.perf_counter()
+    distill_consistency(teacher, out, solver=solver, N=18, iters=args.cd_iters, overwrite=True,
+                        evaluate=False)
+    print(f"[cd-{solver}] {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def consistency_trained(teacher: Path, workdir: Path, args) -> Path:
+    from difflab.config import load_config
+    from difflab.train import read_run_config, train
+
+    out = workdir / "ct"
+    if done(out):
+        print(f"[ct] reusing {out}", flush=True)
+        return out
+    base = read_run_config(teacher).to_dict()  # the teacher's data, network and batch
+    base.update(method="consistency-training", steps=args.ct_steps, lr=args.ct_lr,
+                eval_sampler="consistency", eval_steps=1, eval_eta=0.0, n_eval=N_FD, out="")
+    cfg = load_config(None, base)
+    t0 = time.perf_counter()
+    train(cfg, out, overwrite=True, progress=False, evaluate_after=False)
+    (out / "metrics.json").write_text(json.dumps({"train_steps": cfg.steps}))  # done
+    print(f"[ct] {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--teacher", type=Path, default=Path("runs/bench-digits/linear-simple"))
+    p.add_argument("--workdir", type=Path, default=Path("runs/bench-distill"))
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "distill_digits")
+    p.add_argument("--draws", type=int, default=3, help="independent FD draws of 180 samples")
+    p.add_argument("--start-steps", type=int, default=64, help="first student's steps")
+    p.add_argument("--rounds", type=int, default=7, help="progressive rounds (64 → 1: 7)")
+    p.add_argument("--steps-per-round", type=int, default=1000)
+    p.add_argument("--init", default="copy", choices=("auto", "copy", "fresh"),
+                   help="first progressive student (copy: warm start from the ε-teacher)")
+    p.add_argument("--cd-iters", type=int, default=2000)
+    p.add_argument("--ct-steps", type=int, default=3000)
+    p.add_argument("--ct-lr", type=float, default=1e-3)
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: 1 draw, 2 rounds 2 → 1 of 5 updates, 5 CD/CT updates")
+    args = p.parse_args()
+    teacher_cells = TEACHER_FULL
+    if args.quick:
+        args.draws, args.start_steps, args.rounds, args.steps_per_round = 1, 2, 2, 5
+        args.cd_iters, args.ct_steps = 5, 5
+        args.workdir = args.workdir.with_name(args.workdir.name + "-quick")
+        args.out = args.out.with_name(args.out.name + "_quick")
+        teacher_cells = TEACHER_QUICK
+    if not (args.teacher / "config.json").is_file():
+        p.error(f"no teacher run at {args.teacher}: train one with 'difflab train --preset "
+                "digits --out DIR' (or benchmarks/digits_figures.py) and pass --teacher DIR")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(2)
+
+    rows = []
+    for sampler, steps, spacing in teacher_cells:
+        rows.append(fd_row(args.teacher, sampler, steps, spacing, args.draws, "teacher"))
+    for d in progressive(args.teacher, args.workdir, args):
+        n = int(d.name.split("-")[1])
+        if n <= 8:
+            rows.append(fd_row(d, "ddim", n, None, args.draws, "progressive (v)"))
+    for solver in ("euler", "heun"):
+        run = consistency_distilled(args.teacher, args.workdir, solver, args)
+        for steps in (1, 2):
+            rows.append(fd_row(run, "consistency", steps, None, args.draws, f"CD ({solver})"))
+    run = consistency_trained(args.teacher, args.workdir, args)
+    for steps in (1, 2):
+        rows.append(fd_row(run, "consistency", steps, None, args.draws, "CT"))
+    result = {"teacher": str(args.teacher), "draws": args.draws, "quick": args.quick,
+              "progressive": {"start_steps": args.start_steps, "rounds": args.rounds,
+                              "steps_per_round": args.steps_per_round, "init": args.init},
+              "cd_iters": args.cd_iters, "ct_steps": args.ct_steps, "ct_lr": args.ct_lr,
+              "rows": rows}
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    args.out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+
+
+def table(r: dict) -> str:
+    pr = r["progressive"]
+    lines = [f"Digits, teacher `{r['teacher']}`; FD: mean ± s.e. of {r['draws']} draws of "
+             f"{N_FD} (floor {r['rows'][0]['fd_floor']:.1f}). Progressive: v-students, "
+             f"{pr['rounds']} rounds from {pr['start_steps']} steps, {pr['steps_per_round']} "
+             f"updates each (init {pr['init']}); CD: N = 18, {r['cd_iters']} updates; CT: "
+             f"{r['ct_steps']} steps at lr {r['ct_lr']:g}.", "",
+             "| model | sampler | steps | spacing | NFE | FD | sample s |",
+             "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
+    for row in sorted(r["rows"], key=lambda x: (x["label"] != "teacher", x["nfe"])):
+        spacing = "—" if row["sampler"] == "consistency" else row["spacing"] or "default"
+        lines.append(f"| {row['label']} | {row['sampler']} | {row['steps']} | {spacing} | "
+                     f"{row['nfe']} | {row['fd']:.1f} ± {row['fd_se']:.1f} | "
+                     f"{row['seconds']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
