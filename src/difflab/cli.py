@@ -1,4 +1,4 @@
-"""The ``difflab`` command: ``train``, ``sample``, ``eval`` and ``train-classifier``.
+"""The ``difflab`` command: ``train``, ``sample``, ``eval``, ``train-classifier`` and ``distill``.
 
 Strings live here and only here: the CLI turns names into objects and passes them to the library.
 Every user error — a bad flag, an unknown dataset or sampler, a step count outside 1..T, a
