@@ -288,3 +288,22 @@ def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, caps
     capsys.readouterr()
     assert main(["distill", str(teacher), "--method", "consistency", "--guidance", "1"]) == 2
     assert "applies to --method progressive" in capsys.readouterr().err
+
+
+def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path, capsys):
+    teacher = tmp_path / "cond"
+    assert main(["train", "--dataset", "digits", "--cond", "class", "--steps", "3", "--batch",
+                 "8", "--model-channels", "8", "--num-res-blocks", "1", "--attention", "",
+                 "--warmup", "1", "--T", "64", "--n-eval", "10", "--eval-steps", "2",
+                 "--no-progress", "--out", str(teacher)]) == 0
+    out = tmp_path / "cd"
+    assert main(["distill", str(teacher), "--method", "consistency", "--iters", "2",
+                 "--batch", "8", "--N", "4", "--out", str(out), "--no-progress"]) == 0
+    assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
+    capsys.readouterr()
+    x = tmp_path / "x.npy"
+    assert main(["sample", str(out), "--class", "5", "-n", "3", "--out", str(x)]) == 0
+    assert np.load(x).shape == (3, 1, 8, 8)
+    capsys.readouterr()
+    assert main(["sample", str(out), "--class", "5", "--guidance", "2", "--out", str(x)]) == 2
+    assert "consistency model" in capsys.readouterr().err

@@ -161,7 +161,8 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
 
 class Bound(nn.Module):
     """``model`` with its conditions fixed: Bound(m, y=labels)(x_t, t) = m(x_t, t, y=labels),
-    so samplers that know nothing of conditions sample a conditional model."""
+    so samplers that know nothing of conditions sample a conditional model. ``.model`` and
+    ``.cond`` give them back (the consistency sampler needs the model itself)."""
 
     def __init__(self, model, **cond):
         super().__init__()
@@ -182,6 +183,11 @@ def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float 
     (conditional) model."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"unknown threshold {threshold!r}; choose one of {', '.join(THRESHOLDS)}")
+    from .samplers.consistency import is_consistency_model
+
+    if is_consistency_model(model) and (w or classifier is not None or threshold != "none"):
+        raise ValueError("guidance and thresholding act on an ε-model; this run is a "
+                         "consistency model (distil the guided teacher instead)")
     m = model
     if classifier is not None:
         if "y" not in cond:

@@ -10,10 +10,18 @@ import torch
 from torch import Tensor
 
 
+def _unbind(model) -> tuple[object, dict]:
+    """A model bound to its conditions (:class:`difflab.conditioning.Bound`) as (model, cond)."""
+    from ..conditioning import Bound  # lazy: conditioning imports the samplers' neighbours
+
+    return (model.model, model.cond) if isinstance(model, Bound) else (model, {})
+
+
 def is_consistency_model(model) -> bool:
+    """Whether ``model`` is a consistency model f_θ, bare or bound to its conditions."""
     from ..distill.consistency import ConsistencyModel  # lazy: distill imports the samplers
 
-    return isinstance(model, ConsistencyModel)
+    return isinstance(_unbind(model)[0], ConsistencyModel)
 
 
 def consistency(model, schedule, x_T: Tensor, steps: int = 1,
@@ -30,4 +38,7 @@ def consistency(model, schedule, x_T: Tensor, steps: int = 1,
         raise ValueError("sampler 'consistency' needs a consistency model (a run of 'difflab "
                          "distill --method consistency' or 'difflab train --method "
                          "consistency-training'); sample an ε-model with ddim, heun, dpm++, …")
+    model, bound = _unbind(model)
+    if bound:
+        kwargs["cond"] = {**bound, **(kwargs.get("cond") or {})}
     return consistency_sample(model, schedule, x_T, steps, generator, **kwargs)
