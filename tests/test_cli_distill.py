@@ -267,12 +267,17 @@ def test_distill_help(capsys):
     assert code == 0 and "distill" in out
 
 
-def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, capsys):
-    teacher = tmp_path / "cond"
-    assert main(["train", "--dataset", "digits", "--cond", "class", "--steps", "4", "--batch",
+def _class_teacher(run_dir: Path) -> Path:
+    """A tiny class-conditional digits run (T = 64)."""
+    assert main(["train", "--dataset", "digits", "--cond", "class", "--steps", "3", "--batch",
                  "8", "--model-channels", "8", "--num-res-blocks", "1", "--attention", "",
                  "--warmup", "1", "--T", "64", "--n-eval", "10", "--eval-steps", "2",
-                 "--no-progress", "--out", str(teacher)]) == 0
+                 "--no-progress", "--out", str(run_dir)]) == 0
+    return run_dir
+
+
+def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, capsys):
+    teacher = _class_teacher(tmp_path / "cond")
     out = tmp_path / "students"
     code = main(["distill", str(teacher), "--method", "progressive", "--rounds", "2",
                  "--start-steps", "4", "--steps-per-round", "2", "--batch", "8",
@@ -291,11 +296,7 @@ def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, caps
 
 
 def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path, capsys):
-    teacher = tmp_path / "cond"
-    assert main(["train", "--dataset", "digits", "--cond", "class", "--steps", "3", "--batch",
-                 "8", "--model-channels", "8", "--num-res-blocks", "1", "--attention", "",
-                 "--warmup", "1", "--T", "64", "--n-eval", "10", "--eval-steps", "2",
-                 "--no-progress", "--out", str(teacher)]) == 0
+    teacher = _class_teacher(tmp_path / "cond")
     out = tmp_path / "cd"
     assert main(["distill", str(teacher), "--method", "consistency", "--iters", "2",
                  "--batch", "8", "--N", "4", "--out", str(out), "--no-progress"]) == 0

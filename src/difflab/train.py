@@ -166,6 +166,16 @@ def torch_threads(n: int):
         torch.set_num_threads(old)
 
 
+def open_run_dir(run_dir: Path, cfg: TrainConfig, *, resume: bool, overwrite: bool) -> None:
+    """Check the run directory to resume, or create a fresh one (refusing to replace a run
+    without ``overwrite``) and write its config.json."""
+    if resume:
+        ckpt.check_run_dir(run_dir)
+    else:
+        ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
+        ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
+
+
 def default_run_dir(cfg: TrainConfig) -> Path:
     """runs/<dataset>-<YYYYmmdd-HHMMSS>, with -2, -3, … if that exists already."""
     base = Path("runs") / f"{cfg.dataset}-{datetime.now():%Y%m%d-%H%M%S}"
@@ -248,11 +258,7 @@ def train(
                                  evaluate_after=evaluate_after)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
-    if resume:
-        ckpt.check_run_dir(run_dir)
-    else:
-        ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-        ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
+    open_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
 
     # torch's global RNG (dropout draws from it) is seeded here and saved in every checkpoint,
     # inside fork_rng so that the caller's global RNG is left as it was

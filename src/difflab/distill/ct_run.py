@@ -42,15 +42,11 @@ def train_consistency(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = F
         raise ValueError(f"method {cfg.method!r} runs are written by 'difflab distill', not "
                          "'difflab train'")
     from ..losslog import LossLog
-    from ..train import build_model, build_schedule, torch_threads, training_data
+    from ..train import build_model, build_schedule, open_run_dir, torch_threads, training_data
 
     run_dir = Path(run_dir)
     data = training_data(cfg)  # bad data fails before any writing
-    if resume:
-        ckpt.check_run_dir(run_dir)
-    else:
-        ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-        ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
+    open_run_dir(run_dir, cfg, resume=resume, overwrite=overwrite)
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
