@@ -176,8 +176,10 @@ def write_markdown(res: dict, runs: dict, args, path: Path) -> None:
     floor = next(iter(res["cfg"].values()))["fd_floor"]
     lines = [f"# Guidance on digits ({args.draws} draws of n = 180, DDIM {args.eval_steps} "
              f"steps; FD floor {floor:.1f})", "",
-             f"Runs: {', '.join(f'{k} = `{v}`' for k, v in runs.items())}. Classifier test "
-             f"accuracy at t: {res['classifier_test_accuracy_at_t']}.", "",
+             f"Runs: {', '.join(f'{k} = `{v}`' for k, v in runs.items())}. Noisy classifier's "
+             "test accuracy at t: " + ", ".join(
+                 f"{t}: {a:.2f}" for t, a in sorted(res["classifier_test_accuracy_at_t"].items(),
+                                                    key=lambda kv: int(kv[0]))) + ".", "",
              "| w | CFG accuracy | CFG FD | classifier guidance accuracy | classifier guidance "
              "FD |",
              "|---:|---|---|---|---|"]
