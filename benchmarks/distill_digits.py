@@ -164,19 +164,29 @@ def main() -> None:
     torch.set_num_threads(2)
 
     rows = []
+    cache_path = args.out.with_name(args.out.name + "_partial.json")  # resume an interrupted run
+    cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+
+    def row(run: Path, sampler: str, steps: int, spacing: str | None, label: str) -> None:
+        key = f"{label} {sampler} {steps} {spacing}"
+        if key not in cache:
+            cache[key] = fd_row(run, sampler, steps, spacing, args.draws, label)
+            cache_path.write_text(json.dumps(cache, indent=1))
+        rows.append(cache[key])
+
     for sampler, steps, spacing in teacher_cells:
-        rows.append(fd_row(args.teacher, sampler, steps, spacing, args.draws, "teacher"))
+        row(args.teacher, sampler, steps, spacing, "teacher")
     for d in progressive(args.teacher, args.workdir, args):
         n = int(d.name.split("-")[1])
         if n <= 8:
-            rows.append(fd_row(d, "ddim", n, None, args.draws, "progressive (v)"))
+            row(d, "ddim", n, None, "progressive (v)")
     for solver in ("euler", "heun"):
         run = consistency_distilled(args.teacher, args.workdir, solver, args)
         for steps in (1, 2):
-            rows.append(fd_row(run, "consistency", steps, None, args.draws, f"CD ({solver})"))
+            row(run, "consistency", steps, None, f"CD ({solver})")
     run = consistency_trained(args.teacher, args.workdir, args)
     for steps in (1, 2):
-        rows.append(fd_row(run, "consistency", steps, None, args.draws, "CT"))
+        row(run, "consistency", steps, None, "CT")
     result = {"teacher": str(args.teacher), "draws": args.draws, "quick": args.quick,
               "progressive": {"start_steps": args.start_steps, "rounds": args.rounds,
                               "steps_per_round": args.steps_per_round, "init": args.init},
