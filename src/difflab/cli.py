@@ -30,11 +30,6 @@ SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
 SPACING_NAMES = ("linspace", "leading", "trailing")
 OUT_SUFFIXES = (".npy", ".png", ".gif")
 THRESHOLD_NAMES = ("none", "static", "dynamic")
-# the TrainConfig fields of `train-classifier`: its data, noise, encoder and optimiser
-CLASSIFIER_FIELDS = ("dataset", "image_size", "data", "channels", "schedule", "T",
-                     "model_channels", "channel_mult", "num_res_blocks", "attention", "dropout",
-                     "num_classes", "steps", "batch", "lr", "weight_decay", "seed", "threads",
-                     "out")
 GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 10_000  # sample --out x.gif
 NLL_N_IMAGES, NLL_N_POINTS, NLL_ODE_STEPS = 64, 1000, 100  # eval --nll defaults
 
@@ -139,24 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after K total steps with a checkpoint (resume later with --resume)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    tc = sub.add_parser("train-classifier", help="train a noisy classifier f(y | x_t, t) for "
-                        "classifier guidance (eq 24-25)",
-                        description="Train the noisy classifier of classifier guidance (the "
-                        "U-Net's down-sampling half with a pooled head, ADM) on x_t of the "
-                        "forward process, and write a run directory to pass to 'difflab sample "
-                        "--classifier'. Its schedule and T must match the diffusion run's.")
-    tc.add_argument("--preset", metavar="NAME_OR_PATH", default="digits",
-                    help="TOML preset whose data, schedule and U-Net widths to use "
-                    "(default: digits)")
-    for f in fields(TrainConfig):
-        if f.name in CLASSIFIER_FIELDS:
-            kind = {"int": int, "float": float, "str": str}[str(f.type)]
-            tc.add_argument(_flag(f.name), dest=f.name, type=kind, default=None,
-                            metavar=f.name.upper() if f.name != "T" else "T",
-                            help=_HELP.get(f.name, f.name.replace("_", " ")))
-    tc.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    tc.add_argument("--no-progress", action="store_true", help="no progress bar")
+    from .cli_cond import add_parser as add_train_classifier
 
+    add_train_classifier(sub)
     for name, what in (("sample", "draw samples from a trained run"),
                        ("eval", "print SWD (2-D) or FD (images) and its floor for a sampler, "
                                 "or with --nll test-set bits/dim (JSON)")):
@@ -290,85 +270,6 @@ def _sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int]:
     return sampler, steps, eta, n
 
 
-def _guided(args, cfg, model, schedule, sampler: str, steps: int, n: int):
-    """The run's model with the --class/--prompt/--guidance/--classifier/--threshold flags
-    applied (see difflab.conditioning.guided); returns (model, labels (n,) or None)."""
-    import math
-
-    from .conditioning import guided, sample_conditions
-    from .config import int_list
-
-    given = [f for f in ("labels", "prompt", "guidance", "classifier", "threshold")
-             if getattr(args, f) is not None]
-    if cfg.cond == "none" and not given:
-        return model, None
-    if not is_image(cfg.dataset):
-        raise UsageError(f"{_flag(given[0]).replace('labels', 'class')} applies to image runs "
-                         "only")
-    w = args.guidance
-    if w is not None and (not math.isfinite(w) or w < 0):
-        raise UsageError(f"--guidance must be a number >= 0, got {w}")
-    labels = None
-    if args.labels is not None:
-        try:
-            labels = int_list(args.labels)
-        except ValueError as err:
-            raise UsageError(f"--class: {err}") from None
-        if not labels:
-            raise UsageError("--class needs at least one label, e.g. --class 7")
-    classifier = None
-    if args.classifier is not None:
-        from .classifier_run import check_compatible, load_classifier_run
-
-        ccfg, classifier = load_classifier_run(args.classifier)
-        check_compatible(ccfg, cfg)
-        if labels is None:
-            labels = tuple(range(ccfg.num_classes))
-        if any(not 0 <= k < ccfg.num_classes for k in labels):
-            raise UsageError(f"--class labels must lie in 0..{ccfg.num_classes - 1} for this "
-                             f"classifier, got {args.labels}")
-        w = 1.0 if w is None else w
-    elif cfg.cond == "none" and (labels is not None or w):
-        raise UsageError("this run is unconditional: --class and --guidance need a conditional "
-                         "run (train with --cond class or text) or a --classifier")
-    elif w is None:
-        w = cfg.eval_guidance
-    if cfg.cond == "text" and args.prompt is None and cfg.dataset == "folder":
-        raise UsageError("a text-conditional folder run needs --prompt")
-    try:
-        cond, y = sample_conditions(cfg, n, labels, args.prompt)
-    except ValueError as err:
-        raise UsageError(str(err).replace("class labels", "--class labels")) from None
-    return guided(model, schedule, cfg, cond, w=w, classifier=classifier,
-                  threshold=args.threshold or "none", sampler=sampler, steps=steps,
-                  variance=cfg.variance), y
-
-
-def cmd_train_classifier(args) -> int:
-    from .classifier_run import train_classifier_run
-
-    overrides = {k: getattr(args, k) for k in CLASSIFIER_FIELDS}
-    try:
-        cfg = load_config(args.preset, overrides)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
-    if not is_image(cfg.dataset):
-        raise UsageError(f"train-classifier needs image data with labels (digits, mnist, "
-                         f"folder), not {cfg.dataset!r}")
-    from .train import default_run_dir
-
-    run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg).with_name(
-        default_run_dir(cfg).name + "-classifier")
-    run_dir = train_classifier_run(cfg, run_dir, overwrite=args.overwrite,
-                                   progress=_progress(args))
-    m = ckpt.read_json(run_dir / ckpt.METRICS)
-    acc = ", ".join(f"t={t}: {a:.2f}" for t, a in sorted(m["test_accuracy_at_t"].items(),
-                                                             key=lambda kv: int(kv[0])))
-    print(f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s; test accuracy {acc}")
-    print(run_dir)
-    return 0
-
-
 def cmd_sample(args) -> int:
     import numpy as np
 
@@ -385,7 +286,9 @@ def cmd_sample(args) -> int:
     sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
     image = is_image(cfg.dataset)
     shape = image_shape(cfg) if image else (2,)
-    model = _guided(args, cfg, model, schedule, sampler, steps, n)[0]
+    from .cli_cond import guided_from_args
+
+    model = guided_from_args(args, cfg, model, schedule, sampler, steps, n)[0]
     frames = None
     if out.suffix == ".gif":
         frames = Frames(keep=min(n, GIF_IMAGES if image else GIF_POINTS),
@@ -425,7 +328,9 @@ def cmd_eval(args) -> int:
             raise UsageError(f"{_flag(flag)} applies to --nll only")
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
-    model, labels = _guided(args, cfg, model, schedule, sampler, steps, n)
+    from .cli_cond import guided_from_args, weight_used
+
+    model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)
     if is_image(cfg.dataset):
         from .image_eval import evaluate_images
 
@@ -434,7 +339,7 @@ def cmd_eval(args) -> int:
                                       spacing=spacing_for(cfg, sampler, args.spacing), n=n,
                                       seed=args.seed, variance=cfg.variance,
                                       progress=_progress(args), labels=labels)[0]
-        metrics.update({k: v for k, v in (("guidance", _weight(args, cfg)),
+        metrics.update({k: v for k, v in (("guidance", weight_used(args, cfg)),
                                            ("classifier", args.classifier),
                                            ("threshold", args.threshold),
                                            ("prompt", args.prompt), ("class", args.labels))
@@ -448,15 +353,6 @@ def cmd_eval(args) -> int:
                           progress=_progress(args))
     print(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
-
-
-def _weight(args, cfg) -> float | None:
-    """The guidance weight an eval used (None: no guidance applies)."""
-    if args.guidance is not None:
-        return args.guidance
-    if args.classifier is not None:
-        return 1.0
-    return cfg.eval_guidance if cfg.cond != "none" else None
 
 
 def _eval_nll(args) -> int:
@@ -484,6 +380,12 @@ def cmd_distill(args) -> int:
     from .cli_distill import cmd_distill as distill
 
     return distill(args)
+
+
+def cmd_train_classifier(args) -> int:
+    from .cli_cond import cmd_train_classifier as train_classifier
+
+    return train_classifier(args)
 
 
 COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval,
