@@ -46,7 +46,7 @@ from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, alpha_bar_table, loop, predict
 from .edm import timesteps_for_sigmas
-from .timesteps import SPACINGS, resolve, timesteps
+from .timesteps import SPACINGS, capped
 
 DPM_SPACINGS = (*SPACINGS, "logsnr")
 LAMBDA_MIN = -5.1  # diffusers' lambda_min_clipped recommended for the cosine schedule
@@ -72,18 +72,11 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
     t_max = schedule.T if lambda_min is None else max(int((lam >= lambda_min).sum()), 1)
-    if steps is None:
-        return torch.arange(t_max, 0, -1)
-    if not isinstance(steps, int) or isinstance(steps, bool):
-        return resolve(schedule.T, steps)
-    if spacing not in DPM_SPACINGS:
+    if spacing not in DPM_SPACINGS and isinstance(steps, int):
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(DPM_SPACINGS)}")
-    if not 1 <= steps <= schedule.T:
-        raise ValueError(f"steps must be an integer in 1..T (T={schedule.T}), got {steps!r}")
-    if steps >= t_max:  # more steps than timesteps below the clip: take them all
-        return torch.arange(t_max, 0, -1)
-    if spacing != "logsnr":
-        return timesteps(t_max, steps, spacing)
+    grid = capped(schedule.T, t_max, steps, spacing, own="logsnr")
+    if grid is not None:
+        return grid
     grid = torch.linspace(lam[t_max - 1].item(), lam[0].item(), steps + 1, dtype=torch.float64)
     return timesteps_for_sigmas(schedule, (-grid[:-1]).exp(), t_max)  # σ = e^{−λ}
 

@@ -30,7 +30,7 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, alpha_bar_table, loop, noise_like, predict
-from .timesteps import SPACINGS, resolve, timesteps
+from .timesteps import SPACINGS, capped
 
 EDM_SIGMA_MAX = 80.0  # Karras et al. 2022, Table 1 ("ours", also used for their VP models)
 EDM_SPACINGS = ("karras", *SPACINGS)
@@ -99,16 +99,9 @@ def edm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     if spacing not in EDM_SPACINGS:
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(EDM_SPACINGS)}")
     t_max = _t_max(schedule, sigma_max)
-    if steps is None:
-        return torch.arange(t_max, 0, -1)
-    if not isinstance(steps, int) or isinstance(steps, bool):
-        return resolve(schedule.T, steps)
-    if not 1 <= steps <= schedule.T:
-        raise ValueError(f"steps must be an integer in 1..T (T={schedule.T}), got {steps!r}")
-    if steps >= t_max:  # more steps than timesteps below the cap: take them all
-        return torch.arange(t_max, 0, -1)
-    if spacing != "karras":
-        return timesteps(t_max, steps, spacing)
+    grid = capped(schedule.T, t_max, steps, spacing, own="karras")
+    if grid is not None:
+        return grid
     sig = schedule_sigmas(schedule)
     return timesteps_for_sigmas(schedule, karras_sigmas(steps, sig[0].item(),
                                                         sig[t_max - 1].item(), rho)[:-1], t_max)

@@ -61,6 +61,23 @@ def resolve(T: int, steps: int | Sequence[int] | Tensor | None, spacing: str = "
     return ts
 
 
+def capped(T: int, t_max: int, steps: int | Sequence[int] | None, spacing: str,
+           own: str) -> Tensor | None:
+    """The grid of a sampler that only visits t ≤ t_max (DPM-Solver++'s λ clip, EDM's σ cap):
+    None → every t ≤ t_max; an explicit list → those timesteps, unclipped; S ≥ t_max (but ≤ T)
+    → every t ≤ t_max; a spacing of this module → that grid on 1..t_max. Returns None when
+    ``spacing`` is the sampler's ``own`` grid ("logsnr", "karras"), which it builds itself."""
+    if steps is None:
+        return torch.arange(t_max, 0, -1)
+    if not isinstance(steps, int) or isinstance(steps, bool):
+        return resolve(T, steps)
+    if not 1 <= steps <= T:
+        raise ValueError(f"steps must be an integer in 1..T (T={T}), got {steps!r}")
+    if steps >= t_max:  # more steps than timesteps below the cap: take them all
+        return torch.arange(t_max, 0, -1)
+    return None if spacing == own else timesteps(t_max, steps, spacing)
+
+
 def pairs(ts: Tensor) -> list[tuple[int, int]]:
     """[(τ_S, τ_{S−1}), …, (τ_1, 0)]: each update's (t, s), s < t, ending at s = 0."""
     nxt = torch.cat([ts[1:], ts.new_zeros(1)])
