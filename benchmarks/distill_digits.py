@@ -93,6 +93,7 @@ def progressive(teacher: Path, workdir: Path, args) -> list[Path]:
     dirs = distill_progressive(teacher, out, rounds=args.rounds, start_steps=args.start_steps,
                                steps_per_round=args.steps_per_round, prediction="v",
                                init=args.init, overwrite=True, evaluate=False,
+                               threads=args.threads,
                                report=lambda d, m: print(f"[progressive] {d.name}: "
                                                          f"{m['train_seconds']:.0f} s",
                                                          flush=True))
@@ -108,8 +109,8 @@ def consistency_distilled(teacher: Path, workdir: Path, solver: str, args) -> Pa
         print(f"[cd-{solver}] reusing {out}", flush=True)
         return out
     t0 = time.perf_counter()
-    distill_consistency(teacher, out, solver=solver, N=18, iters=args.cd_iters, overwrite=True,
-                        evaluate=False)
+    distill_consistency(teacher, out, solver=solver, N=18, iters=args.cd_iters,
+                        init=args.cd_init, overwrite=True, evaluate=False, threads=args.threads)
     print(f"[cd-{solver}] {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
@@ -124,6 +125,7 @@ def consistency_trained(teacher: Path, workdir: Path, args) -> Path:
         return out
     base = read_run_config(teacher).to_dict()  # the teacher's data, network and batch
     base.update(method="consistency-training", steps=args.ct_steps, lr=args.ct_lr,
+                threads=args.threads if args.threads is not None else base["threads"],
                 eval_sampler="consistency", eval_steps=1, eval_eta=0.0, n_eval=N_FD, out="")
     cfg = load_config(None, base)
     t0 = time.perf_counter()
@@ -145,8 +147,15 @@ def main() -> None:
     p.add_argument("--init", default="copy", choices=("auto", "copy", "fresh"),
                    help="first progressive student (copy: warm start from the ε-teacher)")
     p.add_argument("--cd-iters", type=int, default=2000)
+    p.add_argument("--cd-init", default="fresh", choices=("fresh", "copy"),
+                   help="CD student: fresh F_θ, or a v-parameterised copy of the teacher")
     p.add_argument("--ct-steps", type=int, default=3000)
     p.add_argument("--ct-lr", type=float, default=1e-3)
+    p.add_argument("--parts", default="teacher,progressive,cd,ct",
+                   help="comma-separated subset to train and measure; two processes with "
+                        "disjoint parts can share the row cache (a last run writes the table)")
+    p.add_argument("--threads", type=int, help="torch threads of the training (default: the "
+                   "teacher's); 1 each for two --parts processes on 2 cores")
     p.add_argument("--quick", action="store_true",
                    help="smoke test: 1 draw, 2 rounds 2 → 1 of 5 updates, 5 CD/CT updates")
     args = p.parse_args()
@@ -161,37 +170,56 @@ def main() -> None:
         p.error(f"no teacher run at {args.teacher}: train one with 'difflab train --preset "
                 "digits --out DIR' (or benchmarks/digits_figures.py) and pass --teacher DIR")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads or 2)
 
     rows = []
     cache_path = args.out.with_name(args.out.name + "_partial.json")  # resume an interrupted run
     cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
 
-    def row(run: Path, sampler: str, steps: int, spacing: str | None, label: str) -> None:
-        key = f"{label} {sampler} {steps} {spacing}"
+    parts = set(args.parts.split(","))
+    budget = {"teacher": "", "progressive": f"{args.start_steps}/{args.rounds}x"
+              f"{args.steps_per_round}/{args.init}", "cd": f"{args.cd_iters}/{args.cd_init}",
+              "ct": f"{args.ct_steps}/{args.ct_lr:g}"}
+
+    def row(run: Path, sampler: str, steps: int, spacing: str | None, label: str,
+            part: str) -> None:
+        key = f"{label} {sampler} {steps} {spacing} {budget[part]}".rstrip()
         if key not in cache:
-            cache[key] = fd_row(run, sampler, steps, spacing, args.draws, label)
-            cache_path.write_text(json.dumps(cache, indent=1))
+            value = fd_row(run, sampler, steps, spacing, args.draws, label)
+            if cache_path.exists():  # another process (--parts) may have added rows
+                cache.update(json.loads(cache_path.read_text()))
+            cache[key] = value
+            tmp = cache_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(cache, indent=1))
+            tmp.replace(cache_path)
         rows.append(cache[key])
 
-    for sampler, steps, spacing in teacher_cells:
-        row(args.teacher, sampler, steps, spacing, "teacher")
-    for d in progressive(args.teacher, args.workdir, args):
-        n = int(d.name.split("-")[1])
-        if n <= 8:
-            row(d, "ddim", n, None, "progressive (v)")
-    for solver in ("euler", "heun"):
-        run = consistency_distilled(args.teacher, args.workdir, solver, args)
+    if "teacher" in parts:
+        for sampler, steps, spacing in teacher_cells:
+            row(args.teacher, sampler, steps, spacing, "teacher", "teacher")
+    if "progressive" in parts:
+        for d in progressive(args.teacher, args.workdir, args):
+            n = int(d.name.split("-")[1])
+            if n <= 8:
+                row(d, "ddim", n, None, "progressive (v)", "progressive")
+    if "cd" in parts:
+        for solver in ("euler", "heun"):
+            run = consistency_distilled(args.teacher, args.workdir, solver, args)
+            for steps in (1, 2):
+                row(run, "consistency", steps, None, f"CD ({solver})", "cd")
+    if "ct" in parts:
+        run = consistency_trained(args.teacher, args.workdir, args)
         for steps in (1, 2):
-            row(run, "consistency", steps, None, f"CD ({solver})")
-    run = consistency_trained(args.teacher, args.workdir, args)
-    for steps in (1, 2):
-        row(run, "consistency", steps, None, "CT")
+            row(run, "consistency", steps, None, "CT", "ct")
     result = {"teacher": str(args.teacher), "draws": args.draws, "quick": args.quick,
               "progressive": {"start_steps": args.start_steps, "rounds": args.rounds,
                               "steps_per_round": args.steps_per_round, "init": args.init},
               "cd_iters": args.cd_iters, "ct_steps": args.ct_steps, "ct_lr": args.ct_lr,
               "rows": rows}
+    if parts != {"teacher", "progressive", "cd", "ct"}:
+        print(f"--parts {args.parts}: rows cached in {cache_path}; rerun without --parts for "
+              "the table")
+        return
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
     args.out.with_suffix(".md").write_text(table(result))
     print(table(result))

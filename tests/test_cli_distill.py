@@ -142,6 +142,38 @@ def test_consistency_distillation_samples_in_1_and_2_steps(consistency, tmp_path
                "--out", tmp_path / "x.gif")[0] == 0  # frames from the callback
 
 
+def test_consistency_student_starts_as_the_teachers_network(progressive, teacher, tmp_path,
+                                                           capsys):
+    """--init copy (auto for an ε or v teacher): F_θ is the teacher's network read as a v-model
+    (ConsistencyModel.v_from_schedule), so a progressive v-student is an exact start: before
+    any learning f_θ(x̃, σ_t) is its one-step x̂_0 (to the σ_min shift of the boundary)."""
+    student = progressive / "steps-4"  # a v-student of the tiny teacher
+    out = tmp_path / "cd-copy"
+    code, _, err = run(capsys, "distill", student, "--method", "consistency", "--iters", "1",
+                       "--lr", "1e-30", "--threads", "1", "--no-eval", "--out", out, *QUICK)
+    assert code == 0, err
+    cfg, f, schedule = load_run(out)
+    assert (cfg.prediction, cfg.threads) == ("v", 1) and f.sigma_data == 1.0
+    s_cfg, eps_model, _ = load_run(student)
+    g = torch.Generator().manual_seed(0)
+    for t in (20, 500, 1000):
+        x_t = torch.randn(256, 2, generator=g)
+        ab = schedule.alpha_bars[t - 1]
+        tt = torch.full((256,), t)
+        x0_student = (x_t - (1 - ab).sqrt() * eps_model(x_t, tt)) / ab.sqrt()  # Weng eq. (11)
+        sigma = float(((1 - ab) / ab).sqrt())
+        with torch.no_grad():
+            x0_cm = f(x_t / ab.sqrt(), sigma)
+        torch.testing.assert_close(x0_cm, x0_student, rtol=0.02, atol=0.02 * sigma)
+    fresh = tmp_path / "cd-fresh"
+    code, _, err = run(capsys, "distill", teacher, "--method", "consistency", "--iters", "2",
+                       "--init", "fresh", "--no-eval", "--out", fresh, *QUICK)
+    assert code == 0, err
+    cfg, f, _ = load_run(fresh)
+    assert cfg.prediction == "eps" and f.sigma_data == 0.5  # EDM's preconditioning
+    assert json.loads((fresh / "metrics.json").read_text())["init"] == "fresh"
+
+
 def test_train_consistency_training(tmp_path, capsys):
     out = tmp_path / "ct"
     argv = ["train", *TINY, "--steps", "20", "--method", "consistency-training", "--out", out]
@@ -188,6 +220,9 @@ def test_consistency_training_stops_and_resumes_exactly(tmp_path, capsys):
 # --- one-line errors --------------------------------------------------------------------------
 def test_bad_input_exits_2_with_one_line(teacher, consistency, tmp_path, capsys):
     t, o = str(teacher), ["--out", str(tmp_path / "x"), "--no-progress"]
+    learned = tmp_path / "learned"
+    assert main(["train", *TINY, "--steps", "5", "--variance", "learned", "--loss", "hybrid",
+                 "--n-eval", "50", "--out", str(learned)]) == 0
     cases = {
         "unknown method": ["distill", t, "--method", "magic", *o],
         "no method": ["distill", t, *o],
@@ -207,6 +242,9 @@ def test_bad_input_exits_2_with_one_line(teacher, consistency, tmp_path, capsys)
                             *o],
         "bad solver": ["distill", t, "--method", "consistency", "--solver", "rk4", *o],
         "N 1": ["distill", t, "--method", "consistency", "--N", "1", *o],
+        "threads −1": ["distill", t, "--method", "consistency", "--threads", "-1", *o],
+        "copy a learned Σ": ["distill", str(learned), "--method", "consistency", "--init",
+                             "copy", *o],
         "no run": ["distill", str(tmp_path / "nope"), "--method", "consistency", *o],
         "distil a consistency run": ["distill", str(consistency), "--method", "progressive",
                                      "--rounds", "1", *o],

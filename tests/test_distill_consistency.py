@@ -73,6 +73,43 @@ def test_boundary_condition_holds_bit_for_bit_for_any_network():
         sigma_table(LINEAR)[-1])
 
 
+def test_v_preconditioning_is_the_v_models_x0_and_keeps_the_boundary():
+    """ConsistencyModel.v_from_schedule: F_θ sees (x_t, t) as a v-model of the schedule does,
+    f_θ = x̂_0 = √ᾱ x_t − √(1−ᾱ) v̂ (Salimans & Ho 2022) up to the σ_min shift, and
+    f_θ(x̃, σ_min) = x̃ exactly."""
+    from difflab.distill import schedule_time
+    from difflab.distill.progressive import V
+
+    seen = []
+
+    class VNet(torch.nn.Module):  # records its inputs; a smooth, non-trivial "v̂"
+        def forward(self, x, t):
+            seen.append((x.clone(), t.clone()))
+            return torch.tanh(x) * (t[:, None] / 1000.0) + 0.3
+
+    table = sigma_table(LINEAR)  # (T+1,)
+    c_noise = schedule_time(LINEAR)
+    steps = torch.tensor([1, 2, 37, 500, 999, 1000])
+    torch.testing.assert_close(c_noise(table[steps]), steps.double())  # t(σ_t) = t
+    mid = c_noise((table[37] * table[38]).sqrt().reshape(1))  # halfway in log σ
+    assert 37.4 < float(mid) < 37.6
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    ab = LINEAR.alpha_bars.double()[steps - 1]  # ᾱ_t, (6,)
+    x_tilde = x_t / ab.sqrt()[:, None]
+    exact = ConsistencyModel(VNet(), 1e-12, float(table[-1]), 1.0, c_noise=c_noise,
+                             v_output=True)  # no σ_min shift to speak of
+    out = exact(x_tilde, table[steps])
+    x_in, t_in = seen[-1]
+    torch.testing.assert_close(x_in, x_t)  # c_in x̃ = √ᾱ x̃ = x_t
+    torch.testing.assert_close(t_in, steps.double())
+    torch.testing.assert_close(out, V.to_x0(x_t, VNet()(x_t, steps.double()), ab[:, None]))
+    f = ConsistencyModel.v_from_schedule(VNet(), LINEAR)
+    x = torch.randn(64, 3, generator=g) * 3
+    assert torch.equal(f(x, f.sigma_min), x)
+    assert (f.sigma_data, f.sigma_min) == (1.0, float(table[1]))
+
+
 def test_karras_grids():
     s = karras_sigmas(18, 0.002, 80.0)
     assert s[0] == 0.002 and s[-1] == 80.0 and bool((s[1:] > s[:-1]).all())

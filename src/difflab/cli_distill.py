@@ -18,7 +18,7 @@ from .cli import UsageError, _flag, _progress
 METHODS = ("progressive", "consistency")
 # flags of one method only: name → method (None = not given)
 _ONLY = {"rounds": "progressive", "start_steps": "progressive",
-         "steps_per_round": "progressive", "prediction": "progressive", "init": "progressive",
+         "steps_per_round": "progressive", "prediction": "progressive",
          "guidance": "progressive",
          "solver": "consistency", "N": "consistency", "distance": "consistency",
          "iters": "consistency", "mu": "consistency"}
@@ -46,6 +46,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, help="batch size (default: the teacher's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the batches, noise and any "
                    "fresh network (default 0)")
+    p.add_argument("--threads", type=int, metavar="N", help="torch threads (0: torch's "
+                   "default; default: the teacher run's)")
     p.add_argument("--no-eval", action="store_true", help="skip the SWD / FD evaluation and "
                    "pictures after each run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -61,9 +63,10 @@ def add_parser(sub) -> None:
     g.add_argument("--guidance", type=float, metavar="W", help="distil the teacher with "
                    "classifier-free guidance of weight W (a class-conditional teacher; "
                    "default 0)")
-    g.add_argument("--init", choices=("auto", "copy", "fresh"), help="first student: a copy "
-                   "of the teacher, a fresh network, or auto (a copy when it predicts the "
-                   "same thing; default)")
+    p.add_argument("--init", choices=("auto", "copy", "fresh"), help="the (first) student: a "
+                   "copy of the teacher's network, a fresh one, or auto (default; progressive: "
+                   "a copy when it predicts the same thing; consistency: a copy, read as a "
+                   "v-network, where the teacher predicts ε or v with a fixed variance)")
     g = p.add_argument_group("consistency")
     g.add_argument("--solver", choices=("euler", "heun"), help="ODE solver Φ (default heun)")
     g.add_argument("--N", type=int, dest="N", help="discretisation levels (default 18)")
@@ -90,7 +93,8 @@ def cmd_distill(args) -> int:
         raise UsageError(f"--mu must lie in [0, 1), got {args.mu}")
     run = Path(args.run)
     out = Path(args.out) if args.out else run.with_name(f"{run.name}-{args.method}")
-    common = dict(lr=args.lr, batch=args.batch, seed=args.seed, overwrite=args.overwrite,
+    common = dict(lr=args.lr, batch=args.batch, seed=args.seed, threads=args.threads,
+                  overwrite=args.overwrite,
                   progress=_progress(args), evaluate=not args.no_eval)
     if args.method == "progressive":
         if args.rounds is None:
@@ -106,7 +110,7 @@ def cmd_distill(args) -> int:
     out_dir, metrics = distill_consistency(
         run, out, solver=args.solver or "heun", N=18 if args.N is None else args.N,
         distance=args.distance or "l2", iters=args.iters or 2000,
-        mu=0.95 if args.mu is None else args.mu, **common)
+        mu=0.95 if args.mu is None else args.mu, init=args.init or "auto", **common)
     print(_summary(out_dir, metrics))
     print(out_dir)
     return 0

@@ -269,7 +269,8 @@ def _check_method(cfg: TrainConfig) -> None:
         raise ValueError(f"config key 'prediction' must be one of {', '.join(PREDICTIONS)}, "
                          f"got {cfg.prediction!r}")
     progressive = cfg.method == "progressive"
-    if cfg.prediction != "eps" and not progressive:
+    v_consistency = cfg.method == "consistency-distillation" and cfg.prediction == "v"
+    if cfg.prediction != "eps" and not (progressive or v_consistency):
         raise ValueError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
                          "'method' = 'progressive' (only distilled students predict x0 or v)")
     if progressive and not 1 <= cfg.distilled_steps <= cfg.T // 2:

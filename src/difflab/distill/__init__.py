@@ -19,6 +19,7 @@ from .consistency import (
     karras_sigmas,
     karras_timesteps,
     log_sigma_noise,
+    schedule_time,
     sigma_table,
 )
 from .consistency_training import (
@@ -52,6 +53,7 @@ __all__ = [
     "consistency_distill", "consistency_sample", "consistency_train", "ct_ema_decay", "ct_loss",
     "ct_num_levels", "distilled_steps", "euler_step", "feature_distance", "heun_step",
     "karras_sigmas", "karras_timesteps", "l1", "l2", "log_sigma_noise", "progressive_distill",
-    "progressive_loss", "progressive_round", "pseudo_huber", "sigma_table", "snr_plus_one",
+    "progressive_loss", "progressive_round", "pseudo_huber", "schedule_time", "sigma_table",
+    "snr_plus_one",
     "teacher_grid", "teacher_target", "truncated_snr",
 ]

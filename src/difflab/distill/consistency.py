@@ -89,16 +89,38 @@ def log_sigma_noise(scale: float = 10.0) -> Callable[[Tensor], Tensor]:
     return c_noise
 
 
+def schedule_time(schedule: Schedule) -> Callable[[Tensor], Tensor]:
+    """c_noise(σ) = t(σ): the schedule's own (fractional) timestep of the level σ, log σ
+    interpolated linearly between the steps 1..T (clamped there), float64 (B,) → (B,).
+
+    With it (and c_in = √ᾱ) a consistency network sees what an ε-model of that schedule sees,
+    x_t and t — what lets ``ConsistencyModel.v_from_schedule`` start from a teacher's weights.
+    At σ = σ_t it returns t exactly."""
+    log_sig = schedule_sigmas(schedule).log()  # (T,), increasing; entry [t−1] is step t
+
+    def c_noise(sigma: Tensor) -> Tensor:
+        ls = sigma.log().to(log_sig.device).clamp(float(log_sig[0]), float(log_sig[-1]))
+        hi = torch.searchsorted(log_sig, ls).clamp(1, len(log_sig) - 1)  # (B,)
+        lo = hi - 1
+        frac = (ls - log_sig[lo]) / (log_sig[hi] - log_sig[lo])
+        return (lo + 1 + frac).to(sigma.device)  # step lo+1 … hi+1
+
+    return c_noise
+
+
 class ConsistencyModel(nn.Module):
     """f_θ(x̃, σ) = c_skip(σ) x̃ + c_out(σ) F_θ(c_in(σ) x̃, c_noise(σ)) — Weng eq. (30).
 
     net: F_θ, called as net(x (B, …), c_noise (B,) float, **cond) -> (B, …). sigma_data: σ_d of
     the preconditioning (0.5 for images in [−1, 1] as in the paper; about the data's std).
+    v_output: F_θ predicts v = √ᾱ ε − √(1−ᾱ) x_0 (Salimans & Ho 2022), so c_out changes sign;
+    with σ_d = 1 and c_in = 1/√(σ² + 1) = √ᾱ this is x̂_0 = √ᾱ x_t − √(1−ᾱ) v̂ up to the σ_min
+    shift that makes the boundary exact — see :meth:`v_from_schedule`.
     """
 
     def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float,
                  sigma_data: float = 0.5,
-                 c_noise: Callable[[Tensor], Tensor] | None = None):
+                 c_noise: Callable[[Tensor], Tensor] | None = None, v_output: bool = False):
         super().__init__()
         if not 0 < sigma_min < sigma_max or sigma_data <= 0:
             raise ValueError("need 0 < sigma_min < sigma_max and sigma_data > 0")
@@ -106,6 +128,7 @@ class ConsistencyModel(nn.Module):
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.sigma_data = float(sigma_data)
         self.c_noise = c_noise if c_noise is not None else log_sigma_noise()
+        self.out_sign = -1.0 if v_output else 1.0
 
     @classmethod
     def from_schedule(cls, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5,
@@ -114,11 +137,22 @@ class ConsistencyModel(nn.Module):
         table = sigma_table(schedule)
         return cls(net, float(table[1]), float(table[-1]), sigma_data, **kwargs)
 
+    @classmethod
+    def v_from_schedule(cls, net: nn.Module, schedule: Schedule) -> ConsistencyModel:
+        """f_θ whose F_θ is a v-network of ``schedule``'s own coordinates: it is called on
+        (x_t = √ᾱ x̃, t(σ)) exactly as an ε- or v-model of the schedule, and
+        f_θ = c_skip x̃ − c_out v̂ with σ_d = 1. So F_θ can start as a copy of the teacher's
+        network (as progressive distillation's students do; an ε-network's output is close to
+        v at low noise, where v → ε), and a v-student of progressive distillation is an exact
+        start: away from σ_min, f_θ is its one-step x̂_0."""
+        return cls.from_schedule(net, schedule, 1.0, c_noise=schedule_time(schedule),
+                                 v_output=True)
+
     def scalings(self, sigma: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in) at σ (float64 tensor): Song et al. 2023, App. C."""
         sd2, d = self.sigma_data**2, sigma - self.sigma_min
         c_skip = sd2 / (d**2 + sd2)
-        c_out = self.sigma_data * d / (sigma**2 + sd2).sqrt()
+        c_out = self.out_sign * self.sigma_data * d / (sigma**2 + sd2).sqrt()
         c_in = 1 / (sigma**2 + sd2).sqrt()
         return c_skip, c_out, c_in
 

@@ -61,8 +61,17 @@ def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.M
     if cfg.method == "progressive":
         return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
     if cfg.method in CONSISTENCY_METHODS:
-        return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+        return consistency_model(cfg, net, schedule)
     return net
+
+
+def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ConsistencyModel:
+    """f_θ around the network F_θ of a consistency run: EDM's preconditioning with σ_d = 0.5
+    (``prediction = "eps"``, the default: F_θ is a fresh network) or the v-preconditioning in
+    the schedule's own coordinates (``prediction = "v"``: F_θ started as the teacher's copy)."""
+    if cfg.prediction == "v":
+        return ConsistencyModel.v_from_schedule(net, schedule)
+    return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
 
 
 class EpsOnly(nn.Module):
@@ -78,13 +87,20 @@ class EpsOnly(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def _teacher(run: str | Path) -> tuple[TrainConfig, nn.Module, Schedule]:
+def _teacher(run: str | Path, threads: int | None = None
+             ) -> tuple[TrainConfig, nn.Module, Schedule]:
+    """The teacher run's config (its torch threads replaced by ``threads`` when given, which the
+    students then inherit), its EMA ε-model and schedule."""
     from ..train import load_run
 
+    if threads is not None and threads < 0:
+        raise ValueError(f"--threads must be at least 0, got {threads}")
     cfg, model, schedule = load_run(run)
     if cfg.method in CONSISTENCY_METHODS:
         raise ValueError(f"{run} is a consistency model; distil a diffusion run or a "
                          "progressive student")
+    if threads is not None:
+        cfg = dataclasses.replace(cfg, threads=threads)
     return cfg, EpsOnly(model).eval(), schedule
 
 
@@ -213,6 +229,7 @@ def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
                         prediction: str = "v", init: str = "auto", lr: float | None = None,
                         batch: int | None = None, seed: int = 0, overwrite: bool = False,
                         progress: bool = False, evaluate: bool = True, guidance: float = 0.0,
+                        threads: int | None = None,
                         report: Callable[[Path, dict], None] | None = None) -> list[Path]:
     """Progressive distillation of ``run``'s EMA network (Salimans & Ho 2022, Alg. 2) for
     ``rounds`` rounds of ``steps_per_round`` updates; returns the round directories
@@ -226,9 +243,10 @@ def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
     decayed linearly to 0 each round (default a tenth of the teacher's); batch: default the
     teacher's. guidance: w of classifier-free guidance for a class-conditional teacher (see
     :func:`guided_teacher`); the students are then conditional models with the guidance built
-    in, sampled with w = 0. ``report(dir, metrics)`` after each round.
+    in, sampled with w = 0. threads: torch threads (default the teacher's). ``report(dir,
+    metrics)`` after each round.
     """
-    t_cfg, teacher, schedule = _teacher(run)
+    t_cfg, teacher, schedule = _teacher(run, threads)
     if not (guidance >= 0 and guidance < float("inf")):
         raise ValueError(f"--guidance must be a number >= 0, got {guidance}")
     teacher = guided_teacher(t_cfg, teacher, guidance)
@@ -320,13 +338,17 @@ def distance_fn(name: str, cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tenso
 def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun", N: int = 18,
                         distance: str = "l2", iters: int = 2000, lr: float | None = None,
                         batch: int | None = None, seed: int = 0, mu: float = 0.95,
-                        overwrite: bool = False, progress: bool = False,
-                        evaluate: bool = True) -> tuple[Path, dict]:
-    """Consistency distillation of ``run``'s EMA ε-model into a fresh f_θ (Song et al. 2023,
-    Alg. 2; Weng eq. 31): N Karras levels snapped to the schedule's steps, Φ = one ``solver``
-    step of the teacher's probability-flow ODE, target decay μ. lr: AdamW, decayed linearly to
-    0 (default 4e-4, Song et al.'s CIFAR-10 value); batch: default the teacher's. Returns
-    (run directory, metrics)."""
+                        init: str = "auto", overwrite: bool = False, progress: bool = False,
+                        evaluate: bool = True, threads: int | None = None
+                        ) -> tuple[Path, dict]:
+    """Consistency distillation of ``run``'s EMA ε-model into f_θ (Song et al. 2023, Alg. 2;
+    Weng eq. 31): N Karras levels snapped to the schedule's steps, Φ = one ``solver`` step of
+    the teacher's probability-flow ODE, target decay μ. lr: AdamW, decayed linearly to 0
+    (default 4e-4, Song et al.'s CIFAR-10 value); batch: default the teacher's. init: "fresh"
+    (a new F_θ, EDM preconditioning), "copy" (F_θ starts as the teacher's network, read as a
+    v-network: ``ConsistencyModel.v_from_schedule``; Song et al. also start from the teacher's
+    weights) or "auto" (copy where the teacher predicts ε or v with a fixed variance).
+    threads: torch threads (default the teacher's). Returns (run directory, metrics)."""
     from ..train import build_model
 
     if solver not in SOLVERS:
@@ -335,17 +357,27 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
         raise ValueError(f"--N must be at least 2 (levels of the ODE), got {N}")
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
-    t_cfg, teacher, schedule = _teacher(run)
+    t_cfg, teacher, schedule = _teacher(run, threads)
+    copyable = t_cfg.variance != "learned" and t_cfg.prediction in ("eps", "v")
+    if init not in ("auto", "fresh", "copy"):
+        raise ValueError(f"--init must be auto, fresh or copy, got {init!r}")
+    if init == "auto":
+        init = "copy" if copyable else "fresh"
     out = Path(out)
     check_free(out, overwrite)
     lr = 4e-4 if lr is None else lr
     batch = t_cfg.batch if batch is None else batch
+    if init == "copy" and not copyable:
+        raise ValueError("--init copy needs a teacher whose network predicts ε or v with a "
+                         f"fixed variance ({run} has variance {t_cfg.variance!r}, prediction "
+                         f"{t_cfg.prediction!r}); use --init fresh")
     cfg = dataclasses.replace(t_cfg, **_STUDENT, method="consistency-distillation",
-                              prediction="eps", distilled_steps=0, eval_sampler="consistency",
-                              eval_steps=1, eval_spacing="auto", steps=iters, lr=lr,
-                              batch=batch, seed=seed)
+                              prediction="v" if init == "copy" else "eps", distilled_steps=0,
+                              eval_sampler="consistency", eval_steps=1, eval_spacing="auto",
+                              steps=iters, lr=lr, batch=batch, seed=seed)
     d = distance_fn(distance, cfg)
-    model = ConsistencyModel.from_schedule(build_model(cfg), schedule, SIGMA_DATA)
+    net = _raw_net(t_cfg, run).requires_grad_(True) if init == "copy" else build_model(cfg)
+    model = consistency_model(cfg, net, schedule)
     target = copy.deepcopy(model).requires_grad_(False)  # θ⁻
     log = BarLog(iters, "consistency distillation", progress)
     t0 = time.perf_counter()
@@ -360,7 +392,7 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
         log.close()
     save_run(out, cfg, model.net, target.net, overwrite)
     extra = {"method": cfg.method, "teacher": str(run), "solver": solver, "N": N,
-             "distance": distance, "mu": mu, "train_steps": iters,
+             "distance": distance, "mu": mu, "init": init, "train_steps": iters,
              "train_seconds": time.perf_counter() - t0}
     return out, _finish(out, cfg, target.eval(), schedule, log, extra, evaluate)
 
@@ -379,5 +411,6 @@ def _threads(cfg: TrainConfig):
 
 
 __all__ = ["DISTANCES", "PREDICTIONS", "SOLVERS", "EpsOnly", "check_free", "cond_data",
+           "consistency_model",
            "distance_fn", "distill_consistency", "distill_progressive", "round_steps",
            "sampling_model", "save_run"]
