@@ -9,6 +9,7 @@ import math
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -16,7 +17,7 @@ from difflab import checkpoint as ckpt
 from difflab.cli import main
 from difflab.conditioning import TrainConditions, guided, sample_conditions
 from difflab.config import load_config
-from difflab.guidance import ClassifierFree, Thresholded
+from difflab.guidance import ClassifierFree, Thresholded, dynamic_threshold
 from difflab.train import build_model, build_schedule, train
 
 TINY = ["--dataset", "digits", "--steps", "8", "--batch", "16", "--model-channels", "8",
@@ -119,6 +120,11 @@ def test_guided_is_the_plain_model_at_w0_and_eq26_above():
         torch.testing.assert_close(got, (w + 1) * eps_c - w * eps_u, atol=1e-5, rtol=1e-5)
     wrapped = guided(net, schedule, cfg, cond, w=w, threshold="dynamic").model
     assert isinstance(wrapped, Thresholded) and isinstance(wrapped.model, ClassifierFree)
+    x0 = 3 * torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    for p in (0.995, 0.8):  # the percentile reaches the threshold
+        thr = guided(net, schedule, cfg, cond, w=w, threshold="dynamic", threshold_p=p).model
+        assert torch.equal(thr.threshold(x0), dynamic_threshold(x0, p=p))
+    assert not torch.equal(dynamic_threshold(x0, p=0.8), dynamic_threshold(x0))
 
 
 def test_sample_conditions_errors():
@@ -157,6 +163,11 @@ def test_sample_and_eval_with_guidance(runs, tmp_path, capsys):
     code, _, err = run(capsys, "sample", runs["class"], "--class", "7", "--guidance", "2",
                        "--threshold", "dynamic", "-n", "6", "--steps", "3", "--out", out)
     assert code == 0, err
+    code, _, err = run(capsys, "sample", runs["class"], "--class", "7", "--guidance", "2",
+                       "--threshold", "dynamic", "--threshold-p", "0.9", "-n", "6", "--steps",
+                       "3", "--out", tmp_path / "p.npy")
+    assert code == 0, err
+    assert not np.array_equal(np.load(out), np.load(tmp_path / "p.npy"))  # p reached x̂_0
     code, text, err = run(capsys, "eval", runs["plain"], "--classifier", runs["classifier"],
                           "--class", "3", "-n", "10", "--steps", "3", "--guidance", "4")
     assert code == 0, err
@@ -187,6 +198,10 @@ def test_bad_conditioning_input_exits_2_with_one_line(runs, tmp_path, capsys):
         "run as the classifier": ["eval", runs["plain"], "--classifier", runs["plain"]],
         "schedule mismatch": ["eval", runs["plain"], "--classifier", mismatched],
         "bad threshold": ["sample", runs["class"], "--threshold", "soft", *o],
+        "threshold p without dynamic": ["sample", runs["class"], "--threshold", "static",
+                                        "--threshold-p", "0.9", *o],
+        "threshold p above 1": ["sample", runs["class"], "--threshold", "dynamic",
+                                "--threshold-p", "1.5", *o],
         "classifier on 2-D data": ["train-classifier", "--dataset", "moons", "--out",
                                    tmp_path / "c"],
         "existing classifier": ["train-classifier", "--out", runs["classifier"]],

@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--threshold", choices=THRESHOLD_NAMES,
                        help="Imagen's thresholding of x̂_0: static (clip to [-1, 1]) or dynamic "
                        "(default: none)")
+        p.add_argument("--threshold-p", type=float, metavar="P",
+                       help="percentile of |x̂_0| that dynamic thresholding scales to 1, in "
+                       "(0, 1] (default 0.995, Imagen's)")
         if name == "sample":
             p.add_argument("--out", required=True, metavar="FILE",
                            help="output file: .npy (float32 array (n, 2) or (n, C, H, W)), "
@@ -342,6 +345,7 @@ def cmd_eval(args) -> int:
         metrics.update({k: v for k, v in (("guidance", weight_used(args, cfg)),
                                            ("classifier", args.classifier),
                                            ("threshold", args.threshold),
+                                           ("threshold_p", args.threshold_p),
                                            ("prompt", args.prompt), ("class", args.labels))
                         if v is not None})
         print(json.dumps(metrics, indent=2, sort_keys=True))
@@ -361,7 +365,7 @@ def _eval_nll(args) -> int:
     from .train import load_run, torch_threads
 
     for flag in ("sampler", "steps", "eta", "spacing", "labels", "prompt", "guidance",
-                 "classifier", "threshold"):
+                 "classifier", "threshold", "threshold_p"):
         if getattr(args, flag) is not None:
             raise UsageError(f"{_flag(flag)} does not apply to --nll (it scores test data, "
                              "it does not sample)")

@@ -50,13 +50,18 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     from .conditioning import guided, sample_conditions
     from .config import int_list
 
-    given = [f for f in ("labels", "prompt", "guidance", "classifier", "threshold")
-             if getattr(args, f) is not None]
+    given = [f for f in ("labels", "prompt", "guidance", "classifier", "threshold",
+                         "threshold_p") if getattr(args, f) is not None]
     if cfg.cond == "none" and not given:
         return model, None
     if not is_image(cfg.dataset):
         raise UsageError(f"{_flag(given[0]).replace('labels', 'class')} applies to image runs "
                          "only")
+    if args.threshold_p is not None:
+        if args.threshold != "dynamic":
+            raise UsageError("--threshold-p applies to --threshold dynamic only")
+        if not 0 < args.threshold_p <= 1:
+            raise UsageError(f"--threshold-p must lie in (0, 1], got {args.threshold_p}")
     w = args.guidance
     if w is not None and (not math.isfinite(w) or w < 0):
         raise UsageError(f"--guidance must be a number >= 0, got {w}")
@@ -92,7 +97,8 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     except ValueError as err:
         raise UsageError(str(err).replace("class labels", "--class labels")) from None
     return guided(model, schedule, cfg, cond, w=w, classifier=classifier,
-                  threshold=args.threshold or "none", sampler=sampler, steps=steps,
+                  threshold=args.threshold or "none", threshold_p=args.threshold_p or 0.995,
+                  sampler=sampler, steps=steps,
                   variance=cfg.variance), y
 
 

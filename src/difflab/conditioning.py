@@ -17,6 +17,7 @@ caption), and a batch draws one of them per example and then replaces it by ∅ 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -173,14 +174,15 @@ class Bound(nn.Module):
 
 
 def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float = 0.0,
-           classifier=None, threshold: str = "none", sampler: str = "ddim",
-           steps: int | None = None, variance: str | None = None) -> nn.Module:
+           classifier=None, threshold: str = "none", threshold_p: float = 0.995,
+           sampler: str = "ddim", steps: int | None = None,
+           variance: str | None = None) -> nn.Module:
     """The ε-model a sampler sees: ``model`` with classifier-free guidance of weight ``w``
     (Weng eq. 26) or, with ``classifier``, classifier guidance of weight ``w`` (eq. 25; for
     ``ddpm`` on the full chain, ``steps`` None or T, Dhariwal & Nichol's Algorithm 1, the mean
     shift with ``variance``), then Imagen's ``threshold``
-    ("none", "static", "dynamic") on x̂_0, bound to ``cond``. w = 0 and no threshold: the plain
-    (conditional) model."""
+    ("none", "static", "dynamic", the latter at percentile ``threshold_p``) on x̂_0, bound to
+    ``cond``. w = 0 and no threshold: the plain (conditional) model."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"unknown threshold {threshold!r}; choose one of {', '.join(THRESHOLDS)}")
     from .samplers.consistency import is_consistency_model
@@ -205,7 +207,11 @@ def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float 
         m = ClassifierFree(m, w, null_cond(cfg))
     elif w < 0:
         raise ValueError(f"guidance weight must be >= 0, got {w}")
-    if THRESHOLDS[threshold] is not None:
+    if not 0 < threshold_p <= 1:
+        raise ValueError(f"threshold_p must lie in (0, 1], got {threshold_p}")
+    if threshold == "dynamic":
+        m = Thresholded(m, schedule, functools.partial(dynamic_threshold, p=threshold_p))
+    elif THRESHOLDS[threshold] is not None:
         m = Thresholded(m, schedule, THRESHOLDS[threshold])
     if cfg.cond != "class" and classifier is None:
         cond = {k: v for k, v in cond.items() if k != "y"}
