@@ -6,7 +6,7 @@ text prompts.
   `digits` run: the committed classifier's accuracy on the requested class, and FD to the train
   split, for w ∈ {0, 0.5, 1, 2, 4, 8}. The post's claim: accuracy (fidelity) rises with w while
   FD, which also measures diversity and coverage of the classes, first falls and then rises.
-- **Thresholding** (Imagen) at large CFG weights: none, static, dynamic.
+- **Thresholding** (Imagen) at large CFG weights: none, static, dynamic (p = 0.995, 0.95, 0.9).
 - **Text**: the `digits-text` run sampled with prompts such as "a handwritten three"; accuracy
   on the digit the prompt names, for template prompts and for paraphrases not in the templates.
 
@@ -148,9 +148,11 @@ def main() -> None:
         res["classifier"][wt] = cache.get(f"classifier w={wt}", runs["uncond"], w=wt,
                                           classifier=classifier, labels=range(10), **kw)
     for wt in (4.0, 8.0):
-        for th in ("none", "static", "dynamic"):
+        for th in ("none", "static", "dynamic", "dynamic p=0.95", "dynamic p=0.9"):
+            name, _, p_value = th.partition(" p=")  # dynamic at a lower percentile
+            extra = {"threshold_p": float(p_value)} if p_value else {}
             res["threshold"][f"{wt}/{th}"] = cache.get(f"threshold w={wt} {th}", runs["cond"],
-                                                       w=wt, threshold=th, **kw)
+                                                       w=wt, threshold=name, **extra, **kw)
     runs["text"] = ensure(["train", "--preset", "digits-text", *steps], w / "digits-text",
                           "metrics.json")  # last: it may still be training from another shell
     for wt in (0.0, 2.0):
