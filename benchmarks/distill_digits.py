@@ -147,8 +147,9 @@ def main() -> None:
     p.add_argument("--init", default="copy", choices=("auto", "copy", "fresh"),
                    help="first progressive student (copy: warm start from the ε-teacher)")
     p.add_argument("--cd-iters", type=int, default=2000)
-    p.add_argument("--cd-init", default="fresh", choices=("fresh", "copy"),
-                   help="CD student: fresh F_θ, or a v-parameterised copy of the teacher")
+    p.add_argument("--cd-init", default="copy", choices=("fresh", "copy"),
+                   help="CD student: a v-parameterised copy of the teacher (default, as "
+                   "'difflab distill'), or a fresh F_θ")
     p.add_argument("--ct-steps", type=int, default=3000)
     p.add_argument("--ct-lr", type=float, default=1e-3)
     p.add_argument("--parts", default="teacher,progressive,cd,ct",
@@ -214,7 +215,8 @@ def main() -> None:
     result = {"teacher": str(args.teacher), "draws": args.draws, "quick": args.quick,
               "progressive": {"start_steps": args.start_steps, "rounds": args.rounds,
                               "steps_per_round": args.steps_per_round, "init": args.init},
-              "cd_iters": args.cd_iters, "ct_steps": args.ct_steps, "ct_lr": args.ct_lr,
+              "cd_iters": args.cd_iters, "cd_init": args.cd_init, "ct_steps": args.ct_steps,
+              "ct_lr": args.ct_lr,
               "rows": rows}
     if parts != {"teacher", "progressive", "cd", "ct"}:
         print(f"--parts {args.parts}: rows cached in {cache_path}; rerun without --parts for "
@@ -230,7 +232,8 @@ def table(r: dict) -> str:
     lines = [f"Digits, teacher `{r['teacher']}`; FD: mean ± s.e. of {r['draws']} draws of "
              f"{N_FD} (floor {r['rows'][0]['fd_floor']:.1f}). Progressive: v-students, "
              f"{pr['rounds']} rounds from {pr['start_steps']} steps, {pr['steps_per_round']} "
-             f"updates each (init {pr['init']}); CD: N = 18, {r['cd_iters']} updates; CT: "
+             f"updates each (init {pr['init']}); CD: N = 18, {r['cd_iters']} updates, "
+             f"student init {r.get('cd_init', 'fresh')}; CT: "
              f"{r['ct_steps']} steps at lr {r['ct_lr']:g}.", "",
              "| model | sampler | steps | spacing | NFE | FD | sample s |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
