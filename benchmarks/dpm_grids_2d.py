@@ -11,6 +11,7 @@ for each of --seeds starting noises x_T; DDPM (β̃) with 1000 steps from the sa
 reference.
 
     python benchmarks/dpm_grids_2d.py          # ≈ 2-4 min on 1 thread
+    python benchmarks/dpm_grids_2d.py --quick  # smoke test, ≈ 10 s
 
 Writes benchmarks/results/dpm_grids_2d.{md,json}.
 """
@@ -47,7 +48,12 @@ def swd(x: torch.Tensor, refs: list[torch.Tensor]) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 7, 13], help="x_T seeds")
+    p.add_argument("--quick", action="store_true", help="smoke test: one seed, n = 500, "
+                   "writes dpm_grids_2d_quick.*")
     args = p.parse_args()
+    global N
+    if args.quick:
+        N, args.seeds = 500, args.seeds[:1]
     torch.set_num_threads(1)
     refs = [truth(N, 1000 + r) for r in range(DRAWS)]  # samplers_2d's references
     result = {"n": N, "draws": DRAWS, "nfe": NFE, "seeds": args.seeds, "schedules": {}}
@@ -75,7 +81,7 @@ def main() -> None:
                 print(f"{sname} {name} {order}M: SWD {statistics.fmean(vals):.4f}, "
                       f"× DDPM-1000 {min(ratios):.2f}-{max(ratios):.2f}", flush=True)
         result["schedules"][sname] = {"ddpm_1000": ddpm, "rows": rows}
-    out = RESULTS / "dpm_grids_2d"
+    out = RESULTS / ("dpm_grids_2d_quick" if args.quick else "dpm_grids_2d")
     out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     out.with_suffix(".md").write_text(table(result))
     print(table(result))

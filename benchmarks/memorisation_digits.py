@@ -10,7 +10,8 @@ than 95 % of the test digits are (the 5th percentile of the test distances; abou
 images as novel as held-out digits) and than the closest test digit is ("near copies"). Also
 the FD of random sets of 180 train digits to the train split, beside the floor.
 
-    nice -n 10 .venv/bin/python benchmarks/memorisation_digits.py      # ≈ 2-5 min
+    nice -n 10 .venv/bin/python benchmarks/memorisation_digits.py          # ≈ 2-5 min
+    nice -n 10 .venv/bin/python benchmarks/memorisation_digits.py --quick  # smoke test
 
 Runs (defaults: those of benchmarks/guidance_digits.py and digits_figures.py): the
 unconditional `digits` run and the `digits-cond` run at w = 0 and w = 2. Writes
@@ -62,7 +63,13 @@ def main() -> None:
     p.add_argument("--uncond", type=Path, default=Path("runs/bench-digits/linear-simple"))
     p.add_argument("--cond", type=Path, default=Path("runs/bench-cond/digits-cond"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "memorisation_digits")
+    p.add_argument("--quick", action="store_true", help="smoke test: 1 draw of 20 samples, "
+                   "5 steps; writes memorisation_digits_quick.*")
     args = p.parse_args()
+    global N, DRAWS, STEPS
+    if args.quick:
+        N, DRAWS, STEPS = 20, 1, 5
+        args.out = args.out.with_name(args.out.name + "_quick")
     torch.set_num_threads(1)
     train, test = digits("train").x, digits("test").x  # (1617, 1, 8, 8), (180, 1, 8, 8)
     d_test = nn_distance(test, train)
