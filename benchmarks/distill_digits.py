@@ -8,15 +8,22 @@ The teacher is a `difflab train --preset digits` run directory (default
 written by the library calls behind `difflab distill` and `difflab train --method
 consistency-training` into `--workdir`; a finished run directory is reused (delete it to redo).
 
-    nice -n 19 .venv/bin/python benchmarks/distill_digits.py            # estimate: ~1.5-2 h
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py            # ~3 h on 2 cores
     nice -n 19 .venv/bin/python benchmarks/distill_digits.py --quick    # smoke test, 4-10 min
 
-Full-run estimate on 2 idle cores (digits U-Net at batch 128: ≈ 0.07 s a forward pass, 0.23 s
-a training step): progressive 7 rounds × 1000 updates (2 teacher passes + a student step,
-≈ 0.45 s) ≈ 55 min; consistency distillation 2 × 2000 updates (≈ 0.35-0.45 s) ≈ 25 min;
-consistency training 3000 steps (≈ 0.3 s) ≈ 15 min; FD draws (≈ 350 evaluations of 540
-images) ≈ 3 min. Not measured end to end: --quick took 4-9 min on a heavily loaded machine (a
-forward pass took 1.5 s there, ~20× idle); on a busy machine expect several times the estimate.
+Faster on 2 cores, as the committed results were made: two processes of one thread each with
+disjoint --parts (they share the row cache), then one plain run that reuses everything and
+writes the table:
+
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py --parts progressive --threads 1 &
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py --parts cd,cd-ablation,ct \
+        --threads 1
+    nice -n 19 .venv/bin/python benchmarks/distill_digits.py --threads 1
+
+Measured that way (a third process ran beside them part of the time): progressive 7 rounds ×
+1000 updates 5664 s (652-996 s a round); consistency distillation 2000 updates 1692 s (Euler),
+1551 s (Heun), 2269 s (Heun, fresh F_θ); consistency training 3000 steps 2244 s; FD rows a few
+seconds each. About 1 h 35 min wall in all.
 
 FD follows `benchmarks/digits_figures.py`: the Fréchet distance in the committed digits
 classifier's features against the train split, n = 180 per draw (the floor's size), mean ±
@@ -101,17 +108,17 @@ def progressive(teacher: Path, workdir: Path, args) -> list[Path]:
     return dirs
 
 
-def consistency_distilled(teacher: Path, workdir: Path, solver: str, args) -> Path:
+def consistency_distilled(teacher: Path, workdir: Path, solver: str, init: str, args) -> Path:
     from difflab.distill.runs import distill_consistency
 
-    out = workdir / f"cd-{solver}"
+    out = workdir / (f"cd-{solver}" if init == args.cd_init else f"cd-{solver}-{init}")
     if done(out):
-        print(f"[cd-{solver}] reusing {out}", flush=True)
+        print(f"[{out.name}] reusing {out}", flush=True)
         return out
     t0 = time.perf_counter()
-    distill_consistency(teacher, out, solver=solver, N=18, iters=args.cd_iters,
-                        init=args.cd_init, overwrite=True, evaluate=False, threads=args.threads)
-    print(f"[cd-{solver}] {time.perf_counter() - t0:.0f} s", flush=True)
+    distill_consistency(teacher, out, solver=solver, N=18, iters=args.cd_iters, init=init,
+                        overwrite=True, evaluate=False, threads=args.threads)
+    print(f"[{out.name}] {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
 
@@ -152,7 +159,7 @@ def main() -> None:
                    "'difflab distill'), or a fresh F_θ")
     p.add_argument("--ct-steps", type=int, default=3000)
     p.add_argument("--ct-lr", type=float, default=1e-3)
-    p.add_argument("--parts", default="teacher,progressive,cd,ct",
+    p.add_argument("--parts", default="teacher,progressive,cd,cd-ablation,ct",
                    help="comma-separated subset to train and measure; two processes with "
                         "disjoint parts can share the row cache (a last run writes the table)")
     p.add_argument("--threads", type=int, help="torch threads of the training (default: the "
@@ -180,6 +187,7 @@ def main() -> None:
     parts = set(args.parts.split(","))
     budget = {"teacher": "", "progressive": f"{args.start_steps}/{args.rounds}x"
               f"{args.steps_per_round}/{args.init}", "cd": f"{args.cd_iters}/{args.cd_init}",
+              "cd-ablation": f"{args.cd_iters}/not-{args.cd_init}",
               "ct": f"{args.ct_steps}/{args.ct_lr:g}"}
 
     def row(run: Path, sampler: str, steps: int, spacing: str | None, label: str,
@@ -205,9 +213,14 @@ def main() -> None:
                 row(d, "ddim", n, None, "progressive (v)", "progressive")
     if "cd" in parts:
         for solver in ("euler", "heun"):
-            run = consistency_distilled(args.teacher, args.workdir, solver, args)
+            run = consistency_distilled(args.teacher, args.workdir, solver, args.cd_init, args)
             for steps in (1, 2):
                 row(run, "consistency", steps, None, f"CD ({solver})", "cd")
+    if "cd-ablation" in parts:  # the other start of F_θ, Heun only
+        other = "fresh" if args.cd_init == "copy" else "copy"
+        run = consistency_distilled(args.teacher, args.workdir, "heun", other, args)
+        for steps in (1, 2):
+            row(run, "consistency", steps, None, f"CD (heun, {other} F_θ)", "cd-ablation")
     if "ct" in parts:
         run = consistency_trained(args.teacher, args.workdir, args)
         for steps in (1, 2):
@@ -218,7 +231,7 @@ def main() -> None:
               "cd_iters": args.cd_iters, "cd_init": args.cd_init, "ct_steps": args.ct_steps,
               "ct_lr": args.ct_lr,
               "rows": rows}
-    if parts != {"teacher", "progressive", "cd", "ct"}:
+    if parts != {"teacher", "progressive", "cd", "cd-ablation", "ct"}:
         print(f"--parts {args.parts}: rows cached in {cache_path}; rerun without --parts for "
               "the table")
         return
