@@ -209,10 +209,11 @@ def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float 
         raise ValueError(f"guidance weight must be >= 0, got {w}")
     if not 0 < threshold_p <= 1:
         raise ValueError(f"threshold_p must lie in (0, 1], got {threshold_p}")
-    if threshold == "dynamic":
-        m = Thresholded(m, schedule, functools.partial(dynamic_threshold, p=threshold_p))
-    elif THRESHOLDS[threshold] is not None:
-        m = Thresholded(m, schedule, THRESHOLDS[threshold])
+    clip = THRESHOLDS[threshold]
+    if clip is dynamic_threshold:
+        clip = functools.partial(dynamic_threshold, p=threshold_p)
+    if clip is not None:
+        m = Thresholded(m, schedule, clip)
     if cfg.cond != "class" and classifier is None:
         cond = {k: v for k, v in cond.items() if k != "y"}
     return Bound(m, **cond)

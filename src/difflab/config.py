@@ -94,7 +94,9 @@ class TrainConfig:
     text_tokens: int = 32  # cond "text": caption tokens kept by the text encoder
     # fast sampling (difflab.distill): "diffusion" | "consistency-training" (train --method);
     # "progressive" | "consistency-distillation" are written by `difflab distill`, whose
-    # progressive students predict `prediction` and were distilled for `distilled_steps` steps
+    # progressive students predict `prediction` and were distilled for `distilled_steps` steps;
+    # consistency-distillation runs with prediction "v" read F_θ as a v-network (a copy of the
+    # teacher's, ConsistencyModel.v_from_schedule), with "eps" under EDM's preconditioning
     method: str = "diffusion"
     prediction: str = "eps"  # "eps" | "x0" | "v"
     distilled_steps: int = 0  # progressive students only: N of their DDIM (trailing) grid
