@@ -35,13 +35,13 @@ outright (its own Heun ladder is 37× the floor), and N = 48 ends worse than 24 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import time
 from pathlib import Path
 
 import torch
+from samplers_2d import write_results
 
 from difflab import metrics, oracle, schedules
 from difflab.distill import ConsistencyModel, consistency_distill, consistency_sample
@@ -174,18 +174,13 @@ def markdown(r: dict) -> str:
         first = [next((str(i) for i, v in zip(its, vals, strict=True) if v <= t), "—")
                  for t in thr]
         lines.append(f"| {name} | " + " | ".join(first) + " |")
-    lines += ["", "### 1-step SWD along training (draw A, mean over seeds)", "",
-              "| config | " + " | ".join(str(i) for i in its) + " |",
-              "| --- |" + " ---: |" * len(its)]
-    for name, runs in r["configs"].items():
-        vals = [mean([x["curve"][j]["swd1"] for x in runs]) for j in range(len(its))]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
-    lines += ["", "### 2-step SWD along training (draw A, mean over seeds)", "",
-              "| config | " + " | ".join(str(i) for i in its) + " |",
-              "| --- |" + " ---: |" * len(its)]
-    for name, runs in r["configs"].items():
-        vals = [mean([x["curve"][j]["swd2"] for x in runs]) for j in range(len(its))]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
+    for key, steps in (("swd1", 1), ("swd2", 2)):
+        lines += ["", f"### {steps}-step SWD along training (draw A, mean over seeds)", "",
+                  "| config | " + " | ".join(str(i) for i in its) + " |",
+                  "| --- |" + " ---: |" * len(its)]
+        for name, runs in r["configs"].items():
+            vals = [mean([x["curve"][j][key] for x in runs]) for j in range(len(its))]
+            lines.append(f"| {name} | " + " | ".join(f"{v:.3f}" for v in vals) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -264,13 +259,7 @@ def main(argv: list[str] | None = None) -> None:
              machine=platform.machine())
     md = markdown(r) + f"\nTotal time {r['seconds']} s (1 thread, nice -n 5, busy 2-core box).\n"
     print("\n" + md)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("cd_2d_quick" if args.quick else "cd_2d")
-    stem.with_suffix(".md").write_text(md, encoding="utf-8")
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n",
-                                         encoding="utf-8")
-    plot(r, stem.with_suffix(".png"))
-    print(f"wrote {stem}.{{md,json,png}}")
+    write_results(args.out / ("cd_2d_quick" if args.quick else "cd_2d"), md, r, plot)
 
 
 if __name__ == "__main__":

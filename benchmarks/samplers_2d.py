@@ -235,12 +235,16 @@ def main(argv: list[str] | None = None) -> None:
     md = markdown(r) + f"\nTotal time {r['seconds']} s ({args.threads} thread(s)).\n"
     print("\n" + md)
 
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / ("samplers_2d_quick" if args.quick else "samplers_2d")
+    write_results(args.out / ("samplers_2d_quick" if args.quick else "samplers_2d"), md, r, plot)
+
+
+def write_results(stem: Path, md: str, r: dict, plot_fn) -> None:
+    """STEM.md (the table), STEM.json (every number) and STEM.png (``plot_fn(r, path)``)."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".md").write_text(md, encoding="utf-8")
     stem.with_suffix(".json").write_text(json.dumps(r, indent=1, ensure_ascii=False) + "\n",
                                          encoding="utf-8")
-    plot(r, stem.with_suffix(".png"))
+    plot_fn(r, stem.with_suffix(".png"))
     print(f"wrote {stem}.{{md,json,png}}")
 
 
