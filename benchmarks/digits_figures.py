@@ -17,7 +17,7 @@ run directory is reused (delete `--workdir` to retrain), so an interrupted bench
     nice -n 19 .venv/bin/python benchmarks/digits_figures.py --quick    # smoke test, ~2 min
 
 FD is the Fréchet distance in the committed digits classifier's feature space against the
-train split (`difflab.fd`); its floor is what the 180 real test images score. FD is biased
+train split (`difflab.data.fd`); its floor is what the 180 real test images score. FD is biased
 upwards by ≈ tr(Σ)/n, so every FD here uses n = 180 samples (the floor's size) and is the mean
 over `--draws` independent draws of 180, ± its standard error. Bits/dim are on `--n-nll` test
 images, from the full VLB (all T terms, 17 grey levels) and from the probability-flow ODE
@@ -65,7 +65,7 @@ def train(name: str, steps: int, workdir: Path) -> Path:
 
 def fd_draws(run: Path, sampler: str, steps: int, draws: int, eta: float = 0.0) -> dict:
     """FD of ``draws`` independent sets of 180 samples (one seeded batch, split)."""
-    from difflab.fd import FDEvaluator
+    from difflab.data.fd import FDEvaluator
     from difflab.image_eval import image_shape
     from difflab.train import draw, load_run
 

@@ -61,8 +61,8 @@ def fd_row(run: Path, sampler: str, steps: int, spacing: str | None, draws: int,
            label: str) -> dict:
     """FD of ``draws`` independent sets of 180 samples of the run (one seeded batch, split)."""
     from difflab.config import spacing_for
-    from difflab.draw import draw
-    from difflab.fd import FDEvaluator
+    from difflab.runs.draw import draw
+    from difflab.data.fd import FDEvaluator
     from difflab.image_eval import image_shape
     from difflab.train import load_run
 
@@ -88,7 +88,7 @@ def done(run: Path) -> bool:
 
 
 def progressive(teacher: Path, workdir: Path, args) -> list[Path]:
-    from difflab.distill.runs import distill_progressive, round_steps
+    from difflab.runs.distill import distill_progressive, round_steps
 
     out = workdir / "progressive"
     steps = round_steps(args.start_steps, args.rounds, 1000)
@@ -109,7 +109,7 @@ def progressive(teacher: Path, workdir: Path, args) -> list[Path]:
 
 
 def consistency_distilled(teacher: Path, workdir: Path, solver: str, init: str, args) -> Path:
-    from difflab.distill.runs import distill_consistency
+    from difflab.runs.distill import distill_consistency
 
     out = workdir / (f"cd-{solver}" if init == args.cd_init else f"cd-{solver}-{init}")
     if done(out):

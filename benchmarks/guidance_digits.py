@@ -84,7 +84,7 @@ class Cache:
 
 def measure(run: Path, *, draws: int, steps: int, n: int = 180, **kw) -> dict:
     """FD and accuracy of ``run`` sampled with guidance ``kw`` (see conditioning.guided)."""
-    from difflab.conditioning import guided, sample_conditions
+    from difflab.build.conditioning import guided, sample_conditions
     from difflab.image_eval import evaluate_images
     from difflab.train import load_run
 
@@ -134,7 +134,7 @@ def main() -> None:
                               *steps[:2]],
                              w / "classifier", "metrics.json"),
     }
-    from difflab.classifier_run import load_classifier_run
+    from difflab.runs.classifier import load_classifier_run
 
     clf_cfg, classifier = load_classifier_run(runs["classifier"])
     clf_acc = json.loads((runs["classifier"] / "metrics.json").read_text())["test_accuracy_at_t"]

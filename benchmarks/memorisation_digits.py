@@ -38,8 +38,8 @@ def nn_distance(x: torch.Tensor, train: torch.Tensor) -> torch.Tensor:
 def samples(run: Path, w: float | None) -> torch.Tensor:
     """DRAWS × N samples of ``run`` (DDIM, STEPS steps); conditional runs: every class in turn,
     classifier-free guidance of weight w."""
-    from difflab.conditioning import guided, sample_conditions
-    from difflab.draw import draw
+    from difflab.build.conditioning import guided, sample_conditions
+    from difflab.runs.draw import draw
     from difflab.train import load_run
 
     cfg, model, schedule = load_run(run)
@@ -80,7 +80,7 @@ def main() -> None:
                           ("digits-cond, w = 2", args.cond, 2.0)):
         rows[label] = summary(nn_distance(samples(run, w), train), q05, q00)
         print(label, rows[label], flush=True)
-    from difflab.fd import FDEvaluator
+    from difflab.data.fd import FDEvaluator
 
     fd = FDEvaluator.for_dataset("digits", 8)  # FD of train images to their own split
     g = torch.Generator().manual_seed(0)

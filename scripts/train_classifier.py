@@ -24,7 +24,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from difflab.data import images
-from difflab.fd import asset_name, feature_stats, frechet_distance_from_stats
+from difflab.data.fd import asset_name, feature_stats, frechet_distance_from_stats
 from difflab.nn.classifier import Classifier, ClassifierConfig
 
 TARGETS = {  # (dataset, size): options of the loader, epochs

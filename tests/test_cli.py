@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab.cli import main
 
 TINY = ["--steps", "40", "--hidden", "16", "--depth", "1", "--t-dim", "8", "--batch", "64",

@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab import samplers, schedules
 from difflab.cli import main
 from difflab.config import TrainConfig, spacing_for
 from difflab.distill import ConsistencyModel, distilled_steps
-from difflab.distill.runs import round_steps
-from difflab.draw import draw, snapshot_marks
+from difflab.runs.distill import round_steps
+from difflab.runs.draw import draw, snapshot_marks
 from difflab.parameterization import EpsFromV, EpsFromX0
 from difflab.train import load_run
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab import schedules
 from difflab.cli import main
-from difflab.losslog import read_loss_csv
+from difflab.training.losslog import read_loss_csv
 from difflab.train import read_run_config, train
 
 IMG = ["--dataset", "digits", "--steps", "12", "--batch", "16", "--model-channels", "8",

@@ -1,4 +1,4 @@
-"""Conditional runs end to end: condition dropout in training (difflab.conditioning), the
+"""Conditional runs end to end: condition dropout in training (difflab.build.conditioning), the
 guided model the samplers see, and the CLI's --class/--prompt/--guidance/--classifier/--threshold
 and train-classifier, with one-line errors for bad input."""
 
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab.cli import main
-from difflab.conditioning import TrainConditions, guided, sample_conditions
+from difflab.build.conditioning import TrainConditions, guided, sample_conditions
 from difflab.config import load_config
 from difflab.guidance import ClassifierFree, Thresholded, dynamic_threshold
 from difflab.train import build_model, build_schedule, train

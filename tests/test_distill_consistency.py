@@ -26,7 +26,7 @@ from difflab.distill import (
     pseudo_huber,
     sigma_table,
 )
-from difflab.distill._loop import ema_
+from difflab.training.parts import ema_
 from difflab.nn.mlp import MLPDenoiser
 
 LINEAR = schedules.linear(1000)

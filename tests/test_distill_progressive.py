@@ -19,7 +19,7 @@ from difflab.distill import (
     teacher_target,
     truncated_snr,
 )
-from difflab.distill._loop import draw_batch
+from difflab.training.parts import draw_batch
 from difflab.nn.mlp import MLPDenoiser
 
 LINEAR, COSINE = schedules.linear(1000), schedules.cosine(1000)

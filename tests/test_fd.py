@@ -1,4 +1,4 @@
-"""difflab.fd: the Fréchet distance in closed form, and the committed feature classifiers."""
+"""difflab.data.fd: the Fréchet distance in closed form, and the committed feature classifiers."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from difflab.data import images
-from difflab.fd import (
+from difflab.data.fd import (
     FDEvaluator,
     feature_stats,
     frechet_distance,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab.cli import main
 from difflab.config import TrainConfig, load_config
 from difflab.train import build_model, train

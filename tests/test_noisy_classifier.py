@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from difflab import schedules
-from difflab.classifier_train import classifier_accuracy, train_noisy_classifier
+from difflab.training.classifier import classifier_accuracy, train_noisy_classifier
 from difflab.data.images import digits
 from difflab.guidance import classifier_grad
 from difflab.nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig

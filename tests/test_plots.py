@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 
 from difflab import schedules
-from difflab.draw import Frames, draw
-from difflab.losslog import LossLog, read_loss_csv
-from difflab.plots import plot_loss, save_reverse_process_gif
+from difflab.runs.draw import Frames, draw
+from difflab.training.losslog import LossLog, read_loss_csv
+from difflab.runs.plots import plot_loss, save_reverse_process_gif
 
 
 @pytest.mark.parametrize("steps,max_frames", [(1, 40), (5, 40), (40, 40), (41, 40), (1000, 7)])

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab.config import TrainConfig, load_config, read_preset
 from difflab.train import build_model, build_schedule, evaluate, load_run, lr_at, train
 

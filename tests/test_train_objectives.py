@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 
-from difflab import checkpoint as ckpt
+from difflab.runs import checkpoint as ckpt
 from difflab import schedules
 from difflab.config import TrainConfig
-from difflab.draw import draw
-from difflab.losslog import read_loss_csv
+from difflab.runs.draw import draw
+from difflab.training.losslog import read_loss_csv
 from difflab.parameterization import LearnedVariance
 from difflab.train import build_model, load_run, train
 from difflab.vlb import ImportanceSampler

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from ..parameterization import Model
 from ..schedules import Schedule
-from ._loop import adamw, draw_batch, ema_, frozen_copy, set_lr
+from ..training.parts import adamw, draw_batch, ema_, frozen_copy, set_lr
 from .consistency import ConsistencyModel, karras_sigmas, karras_timesteps, sigma_table
 from .distances import Distance, l2
 

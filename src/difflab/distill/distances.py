@@ -59,7 +59,7 @@ def classifier_features(dataset: str = "digits", size: int = 8) -> Callable[[Ten
     """features(x) (B, 128) of difflab's committed classifier for images x (B, 1, size, size) in
     [−1, 1] (MNIST 28×28 padded to 32 as ``fd.FDEvaluator`` does). Frozen weights; unlike the
     evaluator it does not clamp x, so that gradients reach every pixel."""
-    from ..fd import load_classifier
+    from ..data.fd import load_classifier
 
     padded = (dataset, size) == ("mnist", 28)
     clf, _ = load_classifier(dataset, 32 if padded else size)

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 from ..parameterization import EpsFromV, EpsFromX0, Model, x0_from_eps, x0_from_v
 from ..samplers.timesteps import timesteps
 from ..schedules import Schedule
-from ._loop import adamw, draw_batch, frozen_copy, set_lr
+from ..training.parts import adamw, draw_batch, frozen_copy, set_lr
 
 _F64 = torch.float64
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 def _unbind(model) -> tuple[object, dict]:
     """A model bound to its conditions (:class:`difflab.conditioning.Bound`) as (model, cond)."""
-    from ..conditioning import Bound  # lazy: conditioning imports the samplers' neighbours
+    from ..build.conditioning import Bound  # lazy: conditioning imports the samplers' neighbours
 
     return (model.model, model.cond) if isinstance(model, Bound) else (model, {})
 

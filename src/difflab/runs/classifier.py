@@ -19,9 +19,9 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
-from .classifier_train import classifier_accuracy, train_noisy_classifier
-from .config import TrainConfig, int_list, is_image
-from .nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
+from ..training.classifier import classifier_accuracy, train_noisy_classifier
+from ..config import TrainConfig, int_list, is_image
+from ..nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 
 WEIGHTS = ckpt.CLASSIFIER
 ACCURACY_TS = (1, 100, 250, 500, 750, 1000)  # as fractions of T = 1000: t · T / 1000
@@ -39,7 +39,7 @@ def classifier_config(cfg: TrainConfig, in_channels: int) -> NoisyClassifierConf
 
 def build_classifier(cfg: TrainConfig) -> NoisyClassifier:
     """The (untrained) classifier of ``cfg``, initialised from ``cfg.seed``."""
-    from .image_eval import image_shape
+    from ..build.data import image_shape
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -50,9 +50,10 @@ def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bo
                          progress: bool = False) -> Path:
     """Train the noisy classifier of ``cfg`` on its image train split; write the run; return
     its directory. Test accuracy is measured on x_t of the test split at :data:`ACCURACY_TS`."""
-    from .conditioning import resolve
-    from .image_eval import image_split
-    from .train import build_schedule, torch_threads
+    from ..build.conditioning import resolve
+    from ..build.data import image_split
+    from ..build.model import build_schedule
+    from ..training.backend import torch_threads
 
     if not is_image(cfg.dataset):
         raise ValueError(f"a noisy classifier needs image data with labels, not {cfg.dataset!r}")
@@ -98,7 +99,7 @@ def is_classifier_run(run_dir: str | Path) -> bool:
 
 def load_classifier_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
     """The config and the trained classifier (eval mode, frozen) of a classifier run."""
-    from .train import read_run_config
+    from .load import read_run_config
 
     cfg = read_run_config(run_dir)
     if not is_classifier_run(run_dir):
@@ -116,7 +117,7 @@ def load_classifier_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
 def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
     """ValueError unless the classifier was trained on the run's noise (schedule, T) and
     images (dataset, size, channels): its x_t must be the sampler's x_t."""
-    from .config import image_size
+    from ..config import image_size
 
     for key, a, b in (("schedule", classifier_cfg.schedule, cfg.schedule),
                       ("T", classifier_cfg.T, cfg.T),

@@ -22,6 +22,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 SCHEDULES = ("linear", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # see difflab.training.backend
+PRECISIONS = ("fp32", "bf16", "fp16")
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 MODELS = ("auto", "mlp", "unet")
@@ -112,6 +114,11 @@ class TrainConfig:
     ema_decay: float = 0.995  # with the warm-up min(decay, (1 + n) / (10 + n))
     seed: int = 0
     threads: int = 1  # torch intra-op threads; 0 leaves torch's default
+    # where and how the run trains (difflab.training.backend)
+    device: str = "auto"  # "auto" (CUDA if present, else CPU) | "cpu" | "cuda" | "mps"
+    precision: str = "fp32"  # "fp32" | "bf16" | "fp16" (autocast; fp16 with a grad scaler)
+    compile: bool = False  # torch.compile the network
+    grad_accum: int = 1  # micro-batches per update (batch = processes × grad_accum × micro)
     checkpoint_every: int = 1000  # steps between checkpoints (one more at the end)
     log_every: int = 10  # steps per row of loss.csv (each row: the mean loss of those steps)
     # evaluation after training
@@ -141,7 +148,7 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in fields(TrainConfig)}
-_TYPES = {"int": int, "float": float, "str": str}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
 
 
 def _typed(values: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +160,7 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
         want = _TYPES[str(_FIELDS[key].type)]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-        if not isinstance(value, want) or isinstance(value, bool):
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
             raise ValueError(
                 f"config key {key!r} must be {want.__name__}, got {type(value).__name__} {value!r}"
             )
@@ -163,8 +170,8 @@ def _typed(values: dict[str, Any]) -> dict[str, Any]:
 
 def validate(cfg: TrainConfig) -> None:
     """Range checks that need no other module; names of datasets and samplers are checked too."""
-    from .data.toy2d import DATASETS
-    from .samplers import SAMPLERS
+    from ..data.toy2d import DATASETS
+    from ..samplers import SAMPLERS
 
     def need(ok: bool, key: str, what: str) -> None:
         if not ok:
@@ -205,6 +212,9 @@ def validate(cfg: TrainConfig) -> None:
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
     for key in ("depth", "warmup", "seed", "threads"):
         need(getattr(cfg, key) >= 0, key, "must be at least 0")
+    need(cfg.device.split(":")[0] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+    need(cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(cfg.grad_accum >= 1, "grad_accum", "must be at least 1")
     need(1 <= cfg.eval_steps <= cfg.T, "eval_steps", f"must lie in 1..T (T={cfg.T})")
     for key in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "eval_eta"):
         need(math.isfinite(getattr(cfg, key)), key, "must be finite")
@@ -315,7 +325,7 @@ def image_size(cfg: TrainConfig) -> int:
 
 
 def builtin_presets() -> list[str]:
-    root = resources.files("difflab") / "presets"
+    root = resources.files("difflab") / "config" / "presets"
     return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".toml"))
 
 
@@ -327,7 +337,7 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
             raise ValueError(f"preset file {name_or_path!r} does not exist")
         text, where = path.read_bytes(), str(path)
     else:
-        res = resources.files("difflab") / "presets" / f"{name_or_path}.toml"
+        res = resources.files("difflab") / "config" / "presets" / f"{name_or_path}.toml"
         if not res.is_file():
             raise ValueError(
                 f"unknown preset {name_or_path!r}; built-in presets: "

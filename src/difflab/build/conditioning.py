@@ -24,10 +24,10 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor, nn
 
-from .config import TrainConfig
-from .data import captions as cap
-from .data.images import ImageData
-from .guidance import (
+from ..config import TrainConfig
+from ..data import captions as cap
+from ..data.images import ImageData
+from ..guidance import (
     AncestralClassifierGuidance,
     ClassifierFree,
     ClassifierGuidance,
@@ -35,7 +35,7 @@ from .guidance import (
     dynamic_threshold,
     static_threshold,
 )
-from .schedules import Schedule
+from ..schedules import Schedule
 
 THRESHOLDS = {"none": None, "static": static_threshold, "dynamic": dynamic_threshold}
 
@@ -69,7 +69,7 @@ class TrainConditions:
 
 
 def _text_table(captions: Sequence[str], cfg: TrainConfig) -> dict[str, Tensor]:
-    from .nn.text_encoder import load_text_encoder
+    from ..nn.text_encoder import load_text_encoder
 
     enc = load_text_encoder().encode(list(captions), max_length=cfg.text_tokens)
     return {"context": enc.tokens, "context_mask": enc.mask}  # (U, L, D), (U, L)
@@ -80,7 +80,7 @@ def null_cond(cfg: TrainConfig) -> dict[str, Tensor]:
     if cfg.cond == "class":
         return {"y": torch.tensor([cfg.num_classes])}
     if cfg.cond == "text":
-        from .nn.text_encoder import MiniLMConfig
+        from ..nn.text_encoder import MiniLMConfig
 
         L, D = cfg.text_tokens, MiniLMConfig().dim
         return {"context": torch.zeros(1, L, D),
@@ -185,7 +185,7 @@ def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float 
     ``cond``. w = 0 and no threshold: the plain (conditional) model."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"unknown threshold {threshold!r}; choose one of {', '.join(THRESHOLDS)}")
-    from .samplers.consistency import is_consistency_model
+    from ..samplers.consistency import is_consistency_model
 
     if is_consistency_model(model) and (w or classifier is not None or threshold != "none"):
         raise ValueError("guidance and thresholding act on an ε-model; this run is a "

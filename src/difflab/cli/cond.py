@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from . import checkpoint as ckpt
-from .cli import _HELP, UsageError, _flag, _progress
-from .config import TrainConfig, is_image, load_config
+from ..config import TrainConfig, is_image, load_config
+from ..runs import checkpoint as ckpt
+from . import _HELP, UsageError, _flag, _progress
 
 # the TrainConfig fields of `train-classifier`: its data, noise, encoder and optimiser
 CLASSIFIER_FIELDS = ("dataset", "image_size", "data", "channels", "schedule", "T",
@@ -47,8 +47,8 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     applied (see difflab.conditioning.guided); returns (model, labels (n,) or None)."""
     import math
 
-    from .conditioning import guided, sample_conditions
-    from .config import int_list
+    from ..build.conditioning import guided, sample_conditions
+    from ..config import int_list
 
     given = [f for f in ("labels", "prompt", "guidance", "classifier", "threshold",
                          "threshold_p") if getattr(args, f) is not None]
@@ -75,7 +75,7 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
             raise UsageError("--class needs at least one label, e.g. --class 7")
     classifier = None
     if args.classifier is not None:
-        from .classifier_run import check_compatible, load_classifier_run
+        from ..runs.classifier import check_compatible, load_classifier_run
 
         ccfg, classifier = load_classifier_run(args.classifier)
         check_compatible(ccfg, cfg)
@@ -112,7 +112,7 @@ def weight_used(args, cfg) -> float | None:
 
 
 def cmd_train_classifier(args) -> int:
-    from .classifier_run import train_classifier_run
+    from ..runs.classifier import train_classifier_run
 
     overrides = {k: getattr(args, k) for k in CLASSIFIER_FIELDS}
     try:
@@ -122,7 +122,7 @@ def cmd_train_classifier(args) -> int:
     if not is_image(cfg.dataset):
         raise UsageError(f"train-classifier needs image data with labels (digits, mnist, "
                          f"folder), not {cfg.dataset!r}")
-    from .train import default_run_dir
+    from ..runs.train import default_run_dir
 
     run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg).with_name(
         default_run_dir(cfg).name + "-classifier")

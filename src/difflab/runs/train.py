@@ -26,20 +26,20 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt
-from . import schedules
-from .config import TrainConfig, int_list, is_image, spacing_for
-from .data import toy2d
+from .. import schedules
+from ..config import TrainConfig, int_list, is_image, spacing_for
+from ..data import toy2d
 from .draw import Frames, draw, snapshot_marks  # noqa: F401 - draw and snapshot_marks re-exported
-from .losses import l_simple
-from .losslog import LossLog
-from .metrics import swd, swd_floor
-from .nn.mlp import MLPDenoiser
-from .parameterization import LearnedVariance
-from .schedules import Schedule
-from .vlb import ImportanceSampler, l_hybrid
+from ..losses import l_simple
+from ..training.losslog import LossLog
+from ..metrics import swd, swd_floor
+from ..nn.mlp import MLPDenoiser
+from ..parameterization import LearnedVariance
+from ..schedules import Schedule
+from ..vlb import ImportanceSampler, l_hybrid
 
 if TYPE_CHECKING:
-    from .conditioning import TrainConditions
+    from ..build.conditioning import TrainConditions
 
 
 # --- pieces ---
@@ -60,8 +60,8 @@ def build_model(cfg: TrainConfig) -> nn.Module:
             net = MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim,
                               out_dim=4 if learned else 2)
         else:
-            from .image_eval import image_shape
-            from .nn.unet import UNet, UNetConfig
+            from ..image_eval import image_shape
+            from ..nn.unet import UNet, UNetConfig
 
             mult = int_list(cfg.channel_mult)
             widths = [cfg.model_channels * m for m in mult]
@@ -76,7 +76,7 @@ def build_model(cfg: TrainConfig) -> nn.Module:
 
 
 def _text_dim() -> int:
-    from .nn.text_encoder import MiniLMConfig
+    from ..nn.text_encoder import MiniLMConfig
 
     return MiniLMConfig().dim  # D of the frozen text encoder's tokens
 
@@ -100,7 +100,7 @@ def data_levels(cfg: TrainConfig) -> int | None:
     discretised decoder L_0; None for 2-D data, which is continuous."""
     if not is_image(cfg.dataset):
         return None
-    from .data import images
+    from ..data import images
 
     own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS}
     return own.get(cfg.dataset, 256)  # folders: 8-bit images
@@ -110,7 +110,7 @@ def training_data(cfg: TrainConfig) -> Tensor:
     """The fixed training set: (n_train, 2) toy points, or the image train split (N, C, H, W).
     The one place that dispatches on the kind of data."""
     if is_image(cfg.dataset):
-        from .image_eval import image_split
+        from ..image_eval import image_split
 
         return image_split(cfg, "train").x
     return toy2d.sample(cfg.dataset, cfg.n_train, cfg.seed)
@@ -122,8 +122,8 @@ def training_set(cfg: TrainConfig) -> tuple[Tensor, TrainConfig, TrainConditions
     unconditional)."""
     if cfg.cond == "none":
         return training_data(cfg), cfg, None
-    from .conditioning import resolve, train_conditions
-    from .image_eval import image_split
+    from ..build.conditioning import resolve, train_conditions
+    from ..image_eval import image_split
 
     data = image_split(cfg, "train")
     cfg = resolve(cfg, data)
@@ -251,7 +251,7 @@ def train(
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
     if cfg.method != "diffusion":  # consistency training (Weng eq. 32), or a distilled run
-        from .distill.ct_run import train_consistency
+        from ..runs.consistency_training import train_consistency
 
         return train_consistency(cfg, run_dir, resume=resume, overwrite=overwrite,
                                  progress=progress, max_steps=max_steps,
@@ -334,7 +334,7 @@ def train(
         if step == 0:  # nothing trained (max_steps=0): still leave a resumable run
             save()
         train_seconds = elapsed + time.perf_counter() - t_start
-        from .plots import plot_loss
+        from ..runs.plots import plot_loss
 
         plot_loss(log.rows, run_dir / ckpt.LOSS_PNG, cfg.log_every,
                   title=f"{cfg.dataset}: L_{cfg.loss} (step {step} of {cfg.steps})")
@@ -352,14 +352,14 @@ def _evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_di
                     extra: dict) -> None:
     """metrics.json (SWD or FD and its floor, plus ``extra``), samples.png, and the reverse
     process as reverse_process.png (a strip) and reverse_process.gif."""
-    from . import plots
+    from ..runs import plots
 
     kw = dict(sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
               spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed,
               variance=cfg.variance)
     if is_image(cfg.dataset):
-        from .conditioning import guided, sample_conditions
-        from .image_eval import evaluate_images
+        from ..build.conditioning import guided, sample_conditions
+        from ..image_eval import evaluate_images
 
         model, labels = ema, None
         if cfg.cond != "none":  # every class in turn, guided with eval_guidance
@@ -419,7 +419,7 @@ def load_run(run_dir: str | Path, which: str = "ema") -> tuple[TrainConfig, nn.M
     except RuntimeError as err:
         msg = " ".join(str(err).split())[:200]
         raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({msg})") from None
-    from .distill.runs import sampling_model  # x0/v students → ε-models; consistency → f_θ
+    from ..runs.distill import sampling_model  # x0/v students → ε-models; consistency → f_θ
 
     schedule = build_schedule(cfg)
     return cfg, sampling_model(cfg, model.eval().requires_grad_(False), schedule), schedule

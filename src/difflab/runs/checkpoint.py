@@ -33,6 +33,8 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
+from ..errors import DifflabError
+
 FORMAT = "difflab-checkpoint/1"
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"
@@ -43,11 +45,11 @@ RUN_FILES = (CONFIG, EMA, MODEL, CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "sampl
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 
 
-class CheckpointError(Exception):
+class CheckpointError(DifflabError):
     """A run directory that is missing, incomplete or corrupt (the message is one line)."""
 
 
-class RunExistsError(Exception):
+class RunExistsError(DifflabError):
     """The output directory already holds a run and neither overwrite nor resume was asked."""
 
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .. import checkpoint as ckpt
+from . import checkpoint as ckpt
 from ..config import TrainConfig
-from ._loop import adamw
-from .consistency import ConsistencyModel
-from .consistency_training import Resume, consistency_train
-from .runs import SIGMA_DATA, BarLog, cond_data
+from ..training.parts import adamw
+from ..distill.consistency import ConsistencyModel
+from ..distill.consistency_training import Resume, consistency_train
+from .distill import SIGMA_DATA, BarLog, cond_data
 
 
 def ct_final_levels(steps: int) -> int:
@@ -41,8 +41,11 @@ def train_consistency(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = F
     if cfg.method != "consistency-training":
         raise ValueError(f"method {cfg.method!r} runs are written by 'difflab distill', not "
                          "'difflab train'")
-    from ..losslog import LossLog
-    from ..train import build_model, build_schedule, open_run_dir, torch_threads, training_data
+    from ..training.losslog import LossLog
+    from ..build.data import training_data
+    from ..build.model import build_model, build_schedule
+    from ..training.backend import torch_threads
+    from .train import open_run_dir
 
     run_dir = Path(run_dir)
     data = training_data(cfg)  # bad data fails before any writing
@@ -92,12 +95,12 @@ def train_consistency(cfg: TrainConfig, run_dir: str | Path, *, resume: bool = F
             losses.close()
         if step >= end:  # nothing to do (e.g. resumed at the end): still leave a checkpoint
             save(step, opt)
-        from ..plots import plot_loss
+        from .plots import plot_loss
 
         plot_loss(log.rows, run_dir / ckpt.LOSS_PNG, cfg.log_every,
                   title=f"{cfg.dataset}: L_CT (step {end} of {cfg.steps})")
         if evaluate_after and end == cfg.steps:
-            from ..train import _evaluate_after
+            from .evaluate import evaluate_after as _evaluate_after
 
             tail = losses[-max(1, len(losses) // 10):]
             _evaluate_after(cfg, target.eval(), schedule, run_dir, {

@@ -34,10 +34,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .config import TrainConfig, is_image
-from .likelihood import ode_bpd
-from .schedules import Schedule
-from .vlb import prior_kl, vlb_all_terms
+from ..config import TrainConfig, is_image
+from ..likelihood import ode_bpd
+from ..schedules import Schedule
+from ..vlb import prior_kl, vlb_all_terms
 
 ROW_BUDGET = 2**16  # rows × dimensions of one model call of the bound (1024 digits: fastest)
 
@@ -45,15 +45,15 @@ ROW_BUDGET = 2**16  # rows × dimensions of one model call of the bound (1024 di
 def nll_data(cfg: TrainConfig, n: int) -> tuple[Tensor, int | None, str]:
     """The data to score: (x0 (n, …), levels K or None, a description). ValueError if ``n`` is
     below 1 or above the size of an image test split."""
-    from .train import data_levels
+    from ..build.data import data_levels
 
     if n < 1:
         raise ValueError(f"-n must be at least 1, got {n}")
     if not is_image(cfg.dataset):
-        from .data import toy2d
+        from ..data import toy2d
 
         return toy2d.train_test(cfg.dataset, 1, n, cfg.seed)[1], None, f"held-out {cfg.dataset}"
-    from .image_eval import image_split
+    from ..build.data import image_split
 
     test = image_split(cfg, "test")
     if n > len(test):
@@ -74,7 +74,7 @@ def evaluate_nll(model: Callable, schedule: Schedule, cfg: TrainConfig, *, n: in
     """``vlb_bpd`` and ``ode_bpd`` (means over ``n`` test items, with standard errors) and the
     parts of the bound, as a JSON-ready dict; see the module docstring. ``batch``: items per
     model call (the bound also batches timesteps, up to ``ROW_BUDGET`` values per call)."""
-    from .samplers.consistency import is_consistency_model
+    from ..samplers.consistency import is_consistency_model
 
     if is_consistency_model(model):  # f_θ maps noise to data in one go: no chain, no ODE here
         raise ValueError("--nll needs an ε-model (a diffusion run or a progressive student); "

@@ -36,13 +36,13 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .. import checkpoint as ckpt
+from . import checkpoint as ckpt
 from ..config import CONSISTENCY_METHODS, TrainConfig
 from ..schedules import Schedule
-from .consistency import ConsistencyModel
-from .consistency_training import consistency_distill, euler_step, heun_step
-from .distances import classifier_features, feature_distance, l1, l2, pseudo_huber
-from .progressive import EPS, X0, Prediction, V, progressive_distill
+from ..distill.consistency import ConsistencyModel
+from ..distill.consistency_training import consistency_distill, euler_step, heun_step
+from ..distill.distances import classifier_features, feature_distance, l1, l2, pseudo_huber
+from ..distill.progressive import EPS, X0, Prediction, V, progressive_distill
 
 PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
 SOLVERS = {"euler": euler_step, "heun": heun_step}
@@ -91,7 +91,7 @@ def _teacher(run: str | Path, threads: int | None = None
              ) -> tuple[TrainConfig, nn.Module, Schedule]:
     """The teacher run's config (its torch threads replaced by ``threads`` when given, which the
     students then inherit), its EMA ε-model and schedule."""
-    from ..train import load_run
+    from .load import load_run
 
     if threads is not None and threads < 0:
         raise ValueError(f"--threads must be at least 0, got {threads}")
@@ -106,7 +106,7 @@ def _teacher(run: str | Path, threads: int | None = None
 
 def _raw_net(cfg: TrainConfig, run: str | Path) -> nn.Module:
     """The run's bare EMA network (what its config's ``prediction`` says it outputs)."""
-    from ..train import build_model
+    from ..build.model import build_model
 
     net = build_model(cfg)
     net.load_state_dict(ckpt.load_weights(run, "ema"))
@@ -122,7 +122,7 @@ def cond_data(cfg: TrainConfig) -> dict[str, Tensor] | None:
     if cfg.cond != "class":
         raise ValueError(f"distilling a {cfg.cond!r}-conditional run is not implemented; "
                          "distil an unconditional or class-conditional run")
-    from ..image_eval import image_split
+    from ..build.data import image_split
 
     return {"y": image_split(cfg, "train").y}
 
@@ -133,7 +133,7 @@ def guided_teacher(cfg: TrainConfig, teacher: nn.Module, guidance: float) -> nn.
     then learns the guided model (Meng et al. 2023 distil guidance the same way, w fixed)."""
     if guidance == 0:
         return teacher
-    from ..conditioning import null_cond
+    from ..build.conditioning import null_cond
     from ..guidance import ClassifierFree
 
     if cfg.cond != "class":
@@ -171,8 +171,8 @@ def _finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, schedule: Schedul
             losses: list[float], extra: dict, evaluate: bool) -> dict:
     """loss.csv, and (``evaluate``) metrics.json, samples and the reverse process as
     ``difflab train`` writes them; without evaluation metrics.json holds ``extra`` only."""
-    from ..losslog import LossLog
-    from ..train import _evaluate_after
+    from ..training.losslog import LossLog
+    from .evaluate import evaluate_after as _evaluate_after
 
     log = LossLog(cfg.log_every)
     for k, value in enumerate(losses, start=1):
@@ -282,7 +282,7 @@ def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
                           and t_cfg.variance != "learned"):
         student = _raw_net(t_cfg, run).requires_grad_(True)  # Alg. 2: init from the teacher
     else:
-        from ..train import build_model
+        from ..build.model import build_model
 
         student = build_model(base)  # seeded by ``seed``
     data = _training_data(t_cfg)  # (n, …)
@@ -349,7 +349,7 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
     v-network: ``ConsistencyModel.v_from_schedule``; Song et al. also start from the teacher's
     weights) or "auto" (copy where the teacher predicts ε or v with a fixed variance).
     threads: torch threads (default the teacher's). Returns (run directory, metrics)."""
-    from ..train import build_model
+    from ..build.model import build_model
 
     if solver not in SOLVERS:
         raise ValueError(f"--solver must be euler or heun, got {solver!r}")
@@ -399,13 +399,13 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
 
 # --- small helpers ---------------------------------------------------------------------------
 def _training_data(cfg: TrainConfig) -> Tensor:
-    from ..train import training_data
+    from ..build.data import training_data
 
     return training_data(cfg)
 
 
 def _threads(cfg: TrainConfig):
-    from ..train import torch_threads
+    from ..training.backend import torch_threads
 
     return torch_threads(cfg.threads)
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .samplers import SAMPLERS
-from .samplers.timesteps import resolve
-from .schedules import Schedule
+from ..samplers import SAMPLERS
+from ..samplers.timesteps import resolve
+from ..schedules import Schedule
 
 
 @dataclass
@@ -84,7 +84,7 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
 def check_sampler_fits(model: Callable, sampler: str) -> None:
     """ValueError unless ``sampler`` takes this kind of model: the ``consistency`` sampler takes
     consistency models (Weng eq. 30) only, every other sampler ε-models only."""
-    from .samplers.consistency import is_consistency_model
+    from ..samplers.consistency import is_consistency_model
 
     if sampler != "consistency" and is_consistency_model(model):
         raise ValueError(f"this run is a consistency model; sample it with --sampler consistency "
@@ -96,11 +96,11 @@ def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
     grid (dpm++: trailing and the λ clip; edm-heun: the Karras σ's) unless ``spacing``."""
     if sampler == "dpm++":
-        from .samplers.dpm_solver import dpm_timesteps
+        from ..samplers.dpm_solver import dpm_timesteps
 
         return dpm_timesteps(schedule, steps, spacing or "trailing")
     if sampler == "edm-heun":
-        from .samplers.edm import edm_timesteps
+        from ..samplers.edm import edm_timesteps
 
         return edm_timesteps(schedule, steps, spacing or "karras")
     return resolve(schedule.T, steps, spacing or "linspace")

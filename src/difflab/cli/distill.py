@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .cli import UsageError, _flag, _progress
+from . import UsageError, _flag, _progress
 
 METHODS = ("progressive", "consistency")
 # flags of one method only: name → method (None = not given)
@@ -26,7 +26,7 @@ _ONLY = {"rounds": "progressive", "start_steps": "progressive",
 
 def add_parser(sub) -> None:
     """Add the ``distill`` command to the subparsers ``sub`` of ``difflab``."""
-    from .distill.runs import DEFAULT_START_STEPS, DISTANCES
+    from ..runs.distill import DEFAULT_START_STEPS, DISTANCES
 
     p = sub.add_parser(
         "distill", help="distil a run into a few-step sampler (progressive or consistency)",
@@ -77,7 +77,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_distill(args) -> int:
-    from .distill.runs import distill_consistency, distill_progressive
+    from ..runs.distill import distill_consistency, distill_progressive
 
     for name, method in _ONLY.items():
         if getattr(args, name) is not None and method != args.method:

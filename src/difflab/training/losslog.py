@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .checkpoint import atomic_write_bytes
+from ..runs.checkpoint import atomic_write_bytes
 
 
 class LossLog:

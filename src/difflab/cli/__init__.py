@@ -15,10 +15,10 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import __version__
-from . import checkpoint as ckpt
-from .config import TrainConfig, builtin_presets, is_image, load_config, spacing_for
-from .samplers import SAMPLERS
+from .. import __version__
+from ..config import TrainConfig, builtin_presets, is_image, load_config, spacing_for
+from ..runs import checkpoint as ckpt
+from ..samplers import SAMPLERS
 
 PROG = "difflab"
 EXIT_USAGE = 2
@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", metavar="NAME_OR_PATH",
                     help=f"TOML preset: a built-in name ({', '.join(builtin_presets())}) or a path")
     for f in fields(TrainConfig):
+        if str(f.type) == "bool":
+            tr.add_argument(_flag(f.name), dest=f.name, default=None,
+                            action=argparse.BooleanOptionalAction,
+                            help=f"{_HELP.get(f.name, f.name.replace('_', ' '))} "
+                                 f"(default: {getattr(defaults, f.name)!r})")
+            continue
         kind = {"int": int, "float": float, "str": str}[str(f.type)]
         tr.add_argument(_flag(f.name), dest=f.name, type=kind, default=None,
                         metavar=f.name.upper() if f.name != "T" else "T",
@@ -134,7 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after K total steps with a checkpoint (resume later with --resume)")
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    from .cli_cond import add_parser as add_train_classifier
+    from .cond import add_parser as add_train_classifier
 
     add_train_classifier(sub)
     for name, what in (("sample", "draw samples from a trained run"),
@@ -189,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
                            f"{NLL_ODE_STEPS})")
             p.add_argument("--hutchinson-samples", type=int, metavar="K",
                            help="with --nll: Hutchinson probes per item (default 1)")
-    from .cli_distill import add_parser as add_distill
+    from .distill import add_parser as add_distill
 
     add_distill(sub)
     return parser
@@ -201,7 +207,8 @@ def _progress(args) -> bool:
 
 
 def cmd_train(args) -> int:
-    from .train import default_run_dir, read_run_config, train
+    from ..runs.load import read_run_config
+    from ..runs.train import default_run_dir, train
 
     overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     given = {k: v for k, v in overrides.items() if v is not None}
@@ -276,9 +283,10 @@ def _sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int]:
 def cmd_sample(args) -> int:
     import numpy as np
 
-    from .draw import Frames, draw
-    from .image_eval import image_shape
-    from .train import load_run, torch_threads
+    from ..build.data import image_shape
+    from ..runs.draw import Frames, draw
+    from ..runs.load import load_run
+    from ..training.backend import torch_threads
 
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
@@ -289,7 +297,7 @@ def cmd_sample(args) -> int:
     sampler, steps, eta, n = _sampling_args(args, cfg, 1000)
     image = is_image(cfg.dataset)
     shape = image_shape(cfg) if image else (2,)
-    from .cli_cond import guided_from_args
+    from .cond import guided_from_args
 
     model = guided_from_args(args, cfg, model, schedule, sampler, steps, n)[0]
     frames = None
@@ -302,7 +310,7 @@ def cmd_sample(args) -> int:
                   variance=cfg.variance, frames=frames,
                   progress=_progress(args))[0]  # (n, 2) or (n, C, H, W)
     if frames is not None:
-        from .plots import save_reverse_process_gif
+        from ..runs.plots import save_reverse_process_gif
 
         save_reverse_process_gif(frames.frames, out)
     elif out.suffix == ".npy":
@@ -310,11 +318,11 @@ def cmd_sample(args) -> int:
         np.save(buf, x0.numpy().astype(np.float32))
         ckpt.atomic_write_bytes(out, buf.getvalue())
     elif image:
-        from .plots import save_image_grid
+        from ..runs.plots import save_image_grid
 
         save_image_grid(x0, out)
     else:
-        from .plots import plot_points
+        from ..runs.plots import plot_points
 
         plot_points(x0, out, title=f"{cfg.dataset}: {sampler}, {steps} steps (n = {n})")
     print(out)
@@ -322,7 +330,9 @@ def cmd_sample(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from .train import evaluate, load_run, torch_threads
+    from ..runs.evaluate import evaluate
+    from ..runs.load import load_run
+    from ..training.backend import torch_threads
 
     if args.nll:
         return _eval_nll(args)
@@ -331,11 +341,11 @@ def cmd_eval(args) -> int:
             raise UsageError(f"{_flag(flag)} applies to --nll only")
     cfg, model, schedule = load_run(args.run)
     sampler, steps, eta, n = _sampling_args(args, cfg, cfg.n_eval)
-    from .cli_cond import guided_from_args, weight_used
+    from .cond import guided_from_args, weight_used
 
     model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)
     if is_image(cfg.dataset):
-        from .image_eval import evaluate_images
+        from ..runs.evaluate import evaluate_images
 
         with torch_threads(cfg.threads):
             metrics = evaluate_images(model, schedule, cfg, sampler=sampler, steps=steps, eta=eta,
@@ -361,8 +371,9 @@ def cmd_eval(args) -> int:
 
 def _eval_nll(args) -> int:
     """``eval RUN --nll``: bits/dim from the VLB and the ODE as JSON (see difflab.nll_eval)."""
-    from .nll_eval import evaluate_nll
-    from .train import load_run, torch_threads
+    from ..runs.load import load_run
+    from ..runs.nll_eval import evaluate_nll
+    from ..training.backend import torch_threads
 
     for flag in ("sampler", "steps", "eta", "spacing", "labels", "prompt", "guidance",
                  "classifier", "threshold", "threshold_p"):
@@ -381,13 +392,13 @@ def _eval_nll(args) -> int:
 
 
 def cmd_distill(args) -> int:
-    from .cli_distill import cmd_distill as distill
+    from .distill import cmd_distill as distill
 
     return distill(args)
 
 
 def cmd_train_classifier(args) -> int:
-    from .cli_cond import cmd_train_classifier as train_classifier
+    from .cond import cmd_train_classifier as train_classifier
 
     return train_classifier(args)
 

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 (the usual name)
 
-from .schedules import Schedule
+from ..schedules import Schedule
 
 
 def _noisy(schedule: Schedule, x0: Tensor, t: Tensor, generator: torch.Generator | None):

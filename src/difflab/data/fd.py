@@ -40,8 +40,8 @@ from safetensors.torch import load as st_load
 from torch import Tensor
 from torch.nn import functional
 
-from .data import images
-from .nn.classifier import Classifier, ClassifierConfig
+from ..nn.classifier import Classifier, ClassifierConfig
+from . import images
 
 _F64 = torch.float64
 DEFAULT_SIZE = {"digits": 8, "mnist": 32}

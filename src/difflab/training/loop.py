@@ -1,0 +1,194 @@
+"""The one training loop of difflab: every model — diffusion (L_simple, L_hybrid), consistency
+training and distillation, progressive distillation, the noisy classifier — is an
+:class:`Objective` run by :func:`fit`.
+
+One update, for an objective ``obj`` at step k (0-based)::
+
+    batch = obj.draw(k, g)                        # the GLOBAL batch's random draws, on the CPU
+    for each micro-step m of grad_accum:          # this rank's slice of it (Backend.shard)
+        loss_m = obj.loss(model, batch[slice]) / grad_accum ; backward
+    clip ‖∇‖ to obj.grad_clip; lr ← obj.lr_at(k); optimiser step
+    obj.after_update(k + 1)                       # its EMA policy
+    log; a checkpoint every ``checkpoint_every`` updates and at the end
+
+Exact resume: every random number of the loop comes from ONE ``torch.Generator`` (and dropout
+from torch's global generator); both are saved with the modules, the optimiser, the objective's
+own state and the loss log (:class:`~difflab.training.state.TrainState`). The learning rate and
+the EMA decay are functions of the step number. So a run stopped at step k and resumed ends
+bit-identical (on the CPU) to an uninterrupted one; and since every rank draws the same global
+batch, a checkpoint does not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .backend import Backend
+from .losslog import LossLog
+from .state import TrainState
+
+
+class Objective:
+    """What :func:`fit` trains. Subclasses set ``net`` (the trained module), ``lr``,
+    ``weight_decay``, ``grad_clip`` and implement :meth:`draw`, :meth:`loss` and, where they
+    have one, the EMA policy :meth:`after_update` and the learning-rate schedule :meth:`lr_at`.
+    """
+
+    net: nn.Module
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0: off
+    fused: bool = True  # fused AdamW (one kernel for all parameters)
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The named modules a checkpoint holds (the trained one first)."""
+        return {"model": self.net}
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr,
+                                 weight_decay=self.weight_decay, fused=self.fused or None)
+
+    def draw(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
+        """The random draws of update ``step`` for the whole (global) batch, as tensors whose
+        dim 0 is the batch, drawn on the CPU from ``generator``."""
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """The scalar loss of a slice of a batch from :meth:`draw` (on the device), computed
+        with ``model`` — the trained module as the backend prepared it (DDP, compiled)."""
+        raise NotImplementedError
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate of update ``step`` (0-based)."""
+        return self.lr
+
+    def after_update(self, step: int) -> None:
+        """After update ``step`` (1-based): the EMA policy."""
+
+    def new_phase(self, step: int) -> bool:
+        """Before update ``step`` (0-based): True to start a phase with a fresh optimiser
+        (a progressive-distillation round); the objective makes its own changes here."""
+        return False
+
+    def end_of_update(self, step: int) -> None:
+        """After update ``step`` (1-based) and its checkpoint: e.g. write a finished round."""
+
+    def to(self, device: torch.device) -> None:
+        for module in self.modules().values():
+            module.to(device)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """The objective's own state beyond its modules (flat named tensors)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        pass
+
+
+@dataclass
+class FitResult:
+    step: int  # updates done in all
+    seconds: float  # training time over all sessions
+    loss: float | None  # a running mean of the last losses (None if no update ran)
+    log: LossLog
+
+
+def fit(objective: Objective, *, steps: int, generator: torch.Generator,
+        backend: Backend | None = None, log: LossLog | None = None,
+        resume: TrainState | None = None, max_steps: int | None = None,
+        checkpoint_every: int = 0, save: Callable[[TrainState], None] | None = None,
+        grad_accum: int = 1, progress: bool = False, desc: str = "train") -> FitResult:
+    """Train ``objective`` for updates up to ``steps`` (or ``max_steps``, an interruption).
+
+    ``resume``: a :class:`TrainState` to continue from exactly; ``save(state)`` is called every
+    ``checkpoint_every`` updates (0: never), at the end, and on the main process only.
+    ``grad_accum``: micro-batches per update (the global batch is split into processes ×
+    ``grad_accum`` equal slices). Modules end on the backend's device, in train mode.
+    """
+    backend = backend or Backend(torch.device("cpu"))
+    log = log if log is not None else LossLog(10)
+    if grad_accum < 1:
+        raise ValueError(f"grad_accum must be at least 1, got {grad_accum}")
+    objective.to(backend.device)
+    model = backend.prepare(objective.net)
+    opt = objective.optimizer()
+    step, elapsed = 0, 0.0
+    if resume is not None:
+        for name, module in objective.modules().items():
+            module.load_state_dict(resume.modules[name])
+        objective.load_state_dict(resume.extra)
+        opt.load_state_dict(resume.optimizer)
+        generator.set_state(resume.generator)
+        torch.set_rng_state(resume.torch_rng)
+        log.load_state_dict(resume.log)
+        step, elapsed = resume.step, resume.elapsed
+    end = steps if max_steps is None else min(steps, max_steps)
+    bar = _bar(progress and backend.is_main, step, steps, desc)
+    params = list(objective.net.parameters())
+    loss_avg, t_start = None, time.perf_counter()
+
+    def state() -> TrainState:
+        return TrainState(step=step,
+                          modules={k: m.state_dict() for k, m in objective.modules().items()},
+                          optimizer=opt.state_dict(), generator=generator.get_state(),
+                          torch_rng=torch.get_rng_state(),
+                          elapsed=elapsed + time.perf_counter() - t_start,
+                          extra=objective.state_dict(), log=log.state_dict())
+
+    def checkpoint() -> None:
+        if save is not None and backend.is_main:
+            save(state())
+
+    objective.net.train()
+    while step < end:
+        if objective.new_phase(step):
+            opt = objective.optimizer()
+        batch = objective.draw(step, generator)
+        B = next(iter(batch.values())).shape[0]
+        opt.zero_grad(set_to_none=True)
+        total = None
+        for micro in range(grad_accum):
+            part = backend.shard(B, micro, grad_accum)
+            piece = {k: v[part].to(backend.device, non_blocking=True) for k, v in batch.items()}
+            with backend.no_sync(model, micro < grad_accum - 1), backend.autocast():
+                loss = objective.loss(model, piece)
+            if grad_accum > 1:
+                loss = loss / grad_accum
+            backend.backward(loss)
+            total = loss.detach() if total is None else total + loss.detach()
+        backend.unscale(opt)
+        if objective.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, objective.grad_clip)
+        for group in opt.param_groups:
+            group["lr"] = objective.lr_at(step)
+        backend.step(opt)
+        step += 1
+        objective.after_update(step)
+        value = backend.mean(total).item()
+        log.record(step, value)
+        loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+        if bar is not None:
+            bar.update(1)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
+        if (checkpoint_every and step % checkpoint_every == 0) or step == end:
+            checkpoint()
+        objective.end_of_update(step)
+    if bar is not None:
+        bar.close()
+    if step == 0 or (resume is not None and resume.step >= end):
+        checkpoint()  # nothing trained this session: still leave a resumable run
+    return FitResult(step, elapsed + time.perf_counter() - t_start, loss_avg, log)
+
+
+def _bar(progress: bool, initial: int, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True)
