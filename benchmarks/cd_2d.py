@@ -44,7 +44,8 @@ import torch
 from samplers_2d import write_results
 
 from difflab import metrics, oracle, schedules
-from difflab.distill import ConsistencyModel, consistency_distill, consistency_sample
+from difflab.distill import ConsistencyModel, consistency_sample
+from difflab.training.consistency import consistency_distill
 from difflab.distill.consistency import karras_timesteps, sigma_table
 from difflab.distill.consistency_training import euler_step, heun_step
 from difflab.nn.mlp import MLPDenoiser

@@ -63,8 +63,8 @@ def fd_row(run: Path, sampler: str, steps: int, spacing: str | None, draws: int,
     from difflab.config import spacing_for
     from difflab.runs.draw import draw
     from difflab.data.fd import FDEvaluator
-    from difflab.image_eval import image_shape
-    from difflab.train import load_run
+    from difflab.build.data import image_shape
+    from difflab.runs.load import load_run
 
     cfg, model, schedule = load_run(run)
     calls = [0]
@@ -124,7 +124,8 @@ def consistency_distilled(teacher: Path, workdir: Path, solver: str, init: str, 
 
 def consistency_trained(teacher: Path, workdir: Path, args) -> Path:
     from difflab.config import load_config
-    from difflab.train import read_run_config, train
+    from difflab.runs.load import read_run_config
+    from difflab.runs.train import train
 
     out = workdir / "ct"
     if done(out):

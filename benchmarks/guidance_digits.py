@@ -85,8 +85,8 @@ class Cache:
 def measure(run: Path, *, draws: int, steps: int, n: int = 180, **kw) -> dict:
     """FD and accuracy of ``run`` sampled with guidance ``kw`` (see conditioning.guided)."""
     from difflab.build.conditioning import guided, sample_conditions
-    from difflab.image_eval import evaluate_images
-    from difflab.train import load_run
+    from difflab.runs.evaluate import evaluate_images
+    from difflab.runs.load import load_run
 
     cfg, model, schedule = load_run(run)
     labels, prompt = kw.pop("labels", None), kw.pop("prompt", None)

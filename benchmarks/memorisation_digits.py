@@ -40,7 +40,7 @@ def samples(run: Path, w: float | None) -> torch.Tensor:
     classifier-free guidance of weight w."""
     from difflab.build.conditioning import guided, sample_conditions
     from difflab.runs.draw import draw
-    from difflab.train import load_run
+    from difflab.runs.load import load_run
 
     cfg, model, schedule = load_run(run)
     if cfg.cond != "none":

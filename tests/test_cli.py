@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from difflab.runs import checkpoint as ckpt
 from difflab.cli import main
+from difflab.runs import checkpoint as ckpt
 
 TINY = ["--steps", "40", "--hidden", "16", "--depth", "1", "--t-dim", "8", "--batch", "64",
         "--n-train", "1000", "--n-eval", "500", "--eval-steps", "10", "--warmup", "5",

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.runs import checkpoint as ckpt
 from difflab import samplers, schedules
 from difflab.cli import main
 from difflab.config import TrainConfig, spacing_for
 from difflab.distill import ConsistencyModel, distilled_steps
+from difflab.parameterization import EpsFromV, EpsFromX0
+from difflab.runs import checkpoint as ckpt
 from difflab.runs.distill import round_steps
 from difflab.runs.draw import draw, snapshot_marks
-from difflab.parameterization import EpsFromV, EpsFromX0
-from difflab.train import load_run
+from difflab.runs.load import load_run
 
 TINY = ["--steps", "40", "--hidden", "16", "--depth", "1", "--t-dim", "8", "--batch", "64",
         "--n-train", "1000", "--n-eval", "300", "--eval-steps", "5", "--warmup", "5",

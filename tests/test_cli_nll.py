@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from difflab.runs import checkpoint as ckpt
 from difflab import schedules
 from difflab.cli import main
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.load import read_run_config
+from difflab.runs.train import train
 from difflab.training.losslog import read_loss_csv
-from difflab.train import read_run_config, train
 
 IMG = ["--dataset", "digits", "--steps", "12", "--batch", "16", "--model-channels", "8",
        "--num-res-blocks", "1", "--attention", "", "--warmup", "2", "--eval-sampler", "ddpm",

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.runs import checkpoint as ckpt
-from difflab.cli import main
 from difflab.build.conditioning import TrainConditions, guided, sample_conditions
+from difflab.build.model import build_model, build_schedule
+from difflab.cli import main
 from difflab.config import load_config
 from difflab.guidance import ClassifierFree, Thresholded, dynamic_threshold
-from difflab.train import build_model, build_schedule, train
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.train import train
 
 TINY = ["--dataset", "digits", "--steps", "8", "--batch", "16", "--model-channels", "8",
         "--num-res-blocks", "1", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",

@@ -11,9 +11,7 @@ import torch
 from difflab import oracle, samplers, schedules
 from difflab.distill import (
     ConsistencyModel,
-    consistency_distill,
     consistency_sample,
-    consistency_train,
     ct_ema_decay,
     ct_num_levels,
     euler_step,
@@ -26,8 +24,9 @@ from difflab.distill import (
     pseudo_huber,
     sigma_table,
 )
-from difflab.training.parts import ema_
 from difflab.nn.mlp import MLPDenoiser
+from difflab.training.consistency import consistency_distill, consistency_train
+from difflab.training.ema import ema_
 
 LINEAR = schedules.linear(1000)
 MU, SD = 0.5, 0.3  # 1-D Gaussian data N(MU, SD²)

@@ -12,15 +12,17 @@ from difflab.distill import (
     X0,
     V,
     distilled_steps,
-    progressive_distill,
-    progressive_round,
     snr_plus_one,
     teacher_grid,
     teacher_target,
     truncated_snr,
 )
-from difflab.training.parts import draw_batch
 from difflab.nn.mlp import MLPDenoiser
+from difflab.training.progressive import (
+    ProgressiveDistillation,
+    progressive_distill,
+    progressive_round,
+)
 
 LINEAR, COSINE = schedules.linear(1000), schedules.cosine(1000)
 MU = torch.tensor([0.5, -0.3], dtype=torch.float64)
@@ -122,8 +124,9 @@ def test_parameterisations_read_back_x0():
 def test_conditioning_reaches_teacher_and_student_row_by_row():
     data = torch.arange(10.0)[:, None]  # (10, 1)
     labels = torch.arange(10) * 7
-    x0, cond = draw_batch(data, 32, torch.Generator().manual_seed(0), {"y": labels})
-    assert torch.equal(cond["y"], x0[:, 0].long() * 7)
+    drawn = ProgressiveDistillation(None, torch.nn.Linear(1, 1), LINEAR, data, 4, batch=32,
+                                    cond_data={"y": labels}).draw(0, torch.Generator())
+    assert torch.equal(drawn["y"], drawn["x0"][:, 0].long() * 7)
     got = {"teacher": [], "student": []}
 
     def teacher(x, t, y):

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from difflab import schedules
-from difflab.training.classifier import classifier_accuracy, train_noisy_classifier
 from difflab.data.images import digits
 from difflab.guidance import classifier_grad
 from difflab.nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from difflab.nn.unet_blocks import SelfAttention
+from difflab.training.classifier import classifier_accuracy, train_noisy_classifier
 
 SMALL = dict(in_channels=1, model_channels=16, groups=8, channel_mult=(1, 2), num_res_blocks=1)
 

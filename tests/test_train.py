@@ -9,12 +9,26 @@ from pathlib import Path
 import pytest
 import torch
 
-from difflab.runs import checkpoint as ckpt
+from difflab.build.model import build_model, build_schedule
 from difflab.config import TrainConfig, load_config, read_preset
-from difflab.train import build_model, build_schedule, evaluate, load_run, lr_at, train
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.evaluate import evaluate
+from difflab.runs.load import load_run
+from difflab.runs.train import train
+from difflab.training import lr_schedule
 
 TINY = {"hidden": 32, "depth": 1, "t_dim": 16, "batch": 128, "n_train": 4000, "warmup": 10,
         "n_eval": 2000, "eval_steps": 20, "threads": 1}
+
+
+def part_of(state: ckpt.TrainState, name: str) -> dict:
+    """A part of a checkpoint by its old name: a module, the importance sampler or the log."""
+    if name in ("model", "ema"):
+        return state.modules[name]
+    if name == "t_sampler":
+        return {k.split(".", 1)[1]: v for k, v in state.extra.items()
+                if k.startswith("tsampler.")}
+    return getattr(state, name)
 
 
 def tiny(**kw) -> TrainConfig:
@@ -48,7 +62,7 @@ def test_run_directory_after_training(tmp_path):
 def _assert_same_state(a: ckpt.TrainState, b: ckpt.TrainState) -> None:
     assert a.step == b.step
     for name in ("model", "ema"):
-        da, db = getattr(a, name), getattr(b, name)
+        da, db = part_of(a, name), part_of(b, name)
         assert da.keys() == db.keys()
         for k in da:
             assert torch.equal(da[k], db[k]), f"{name}.{k} differs"
@@ -75,7 +89,7 @@ def test_crash_then_resume_from_last_periodic_checkpoint(tmp_path, monkeypatch):
     cfg = tiny(steps=60, checkpoint_every=25)
     whole = train(cfg, tmp_path / "whole", progress=False, evaluate_after=False)
 
-    import difflab.train as train_mod
+    import difflab.training.diffusion as train_mod
 
     calls = {"n": 0}
     real = train_mod.l_simple
@@ -100,9 +114,10 @@ def test_crash_then_resume_from_last_periodic_checkpoint(tmp_path, monkeypatch):
 def test_crash_mid_write_keeps_previous_checkpoint(tmp_path, monkeypatch, where):
     run = train(tiny(steps=10), tmp_path / "run", progress=False, evaluate_after=False)
     before = ckpt.load_checkpoint(run)
-    state = ckpt.TrainState(step=999, model={k: v + 1 for k, v in before.model.items()},
-                            ema=before.ema, optimizer=before.optimizer,
-                            generator=before.generator, torch_rng=before.torch_rng)
+    state = ckpt.TrainState(step=999, modules={
+        "model": {k: v + 1 for k, v in before.modules["model"].items()},
+        "ema": before.modules["ema"]}, optimizer=before.optimizer,
+        generator=before.generator, torch_rng=before.torch_rng)
 
     def boom(*args, **kwargs):
         raise OSError("disk full (simulated)")
@@ -121,7 +136,7 @@ def test_corrupt_or_missing_checkpoint_raises_checkpoint_error(tmp_path):
     (run / ckpt.CHECKPOINT).write_bytes(data[: len(data) // 2])
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
         ckpt.load_checkpoint(run)
-    (run / ckpt.EMA).write_bytes(b"not a safetensors file")
+    (run / ckpt.weight_file("denoiser", ema=True)).write_bytes(b"not a safetensors file")
     with pytest.raises(ckpt.CheckpointError, match="corrupt"):
         load_run(run)
     (run / ckpt.CONFIG).write_text("{")
@@ -185,12 +200,12 @@ def test_unknown_preset_name():
 
 def test_lr_schedule_warms_up_then_decays():
     cfg = tiny(steps=100, warmup=10, lr=1.0, lr_min_ratio=0.1)
-    lrs = [lr_at(cfg, s) for s in range(100)]
+    lrs = [lr_schedule(cfg)(s) for s in range(100)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert lrs[-1] == pytest.approx(0.1)
     assert all(a >= b for a, b in zip(lrs[9:-1], lrs[10:], strict=True))
     const = TrainConfig.from_dict({**TINY, "lr_schedule": "constant"})
-    assert lr_at(const, 50) == const.lr
+    assert lr_schedule(const)(50) == const.lr
 
 
 def test_run_dir_path_type(tmp_path):

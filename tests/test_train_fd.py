@@ -3,9 +3,11 @@ U-Net and 160 steps (≈ 15 s at one thread). Bits/dim falling too: ``test_cli_n
 
 from __future__ import annotations
 
+from difflab.build.model import build_model
 from difflab.config import TrainConfig
-from difflab.image_eval import evaluate_images
-from difflab.train import build_model, load_run, train
+from difflab.runs.evaluate import evaluate_images
+from difflab.runs.load import load_run
+from difflab.runs.train import train
 
 
 def test_short_digits_run_lowers_fd(tmp_path):

@@ -6,7 +6,11 @@ The maths lives in small modules, each citing the post's equations:
 ``metrics`` (sliced Wasserstein), ``data``, ``vlb`` (eq 13-18, 23: the variational bound)
 ``likelihood`` (bits/dim from the probability-flow ODE), ``guidance`` (eq 24-26,
 thresholding) and ``distill`` (progressive distillation, consistency models: eq 30-32).
-Training, conditioning and the CLI are in ``train``, ``conditioning`` and ``cli``.
+The machinery above the maths lives in layers that import only downward (docs/architecture.md):
+``config`` (presets and settings), ``build`` (config → schedule, network, data, conditions),
+``training`` (the one loop and its objectives, devices, processes), ``runs`` (run directories,
+loading, evaluation, pictures) and ``cli``. Two entry points: :func:`build_model` and
+:func:`load_run`.
 """
 
 from . import (
@@ -22,8 +26,24 @@ from . import (
     schedules,
     vlb,
 )
+from .version import __version__  # noqa: F401 (difflab.__version__)
 
-__version__ = "0.1.0"
 
-__all__ = ["data", "distill", "guidance", "likelihood", "losses", "metrics", "oracle",
-           "parameterization", "samplers", "schedules", "vlb"]
+def build_model(preset="default"):
+    """The network a built-in preset (a name, a path to a .toml file, or a
+    :class:`~difflab.config.TrainConfig`) trains, initialised from its seed."""
+    from .build.model import build_model as build
+    from .config import TrainConfig, load_config
+
+    return build(preset if isinstance(preset, TrainConfig) else load_config(preset))
+
+
+def load_run(run_dir, which: str = "ema", device: str | None = None):
+    """(config, model, schedule) of a run directory: the EMA model in eval mode, ready to
+    sample (see :func:`difflab.runs.load.load_run`)."""
+    from .runs.load import load_run as load
+
+    return load(run_dir, which, device)
+
+__all__ = ["build_model", "data", "distill", "guidance", "likelihood", "load_run", "losses",
+           "metrics", "oracle", "parameterization", "samplers", "schedules", "vlb"]

@@ -14,3 +14,8 @@ class DifflabError(Exception):
 
 class ConfigError(DifflabError, ValueError):
     """A config, preset or argument value that is invalid (the message names it)."""
+
+
+class CheckpointError(DifflabError):
+    """A run directory or checkpoint that is missing, incomplete or corrupt, or that cannot
+    resume as asked (the message is one line)."""

@@ -14,6 +14,7 @@ variance, v passed through), so every sampler uses it unchanged and wrappers com
   ε-shift that gives exactly that mean in :func:`difflab.samplers.ddpm` on the full chain.
 - :class:`Thresholded`, :func:`static_threshold`, :func:`dynamic_threshold` — Imagen (Saharia et
   al. 2022, §2.3): clip x̂_0 and re-derive ε from it.
+- :class:`Bound` — a model with its conditions fixed, for samplers called without ``cond``.
 
 w follows the post: w = 0 is the plain conditional model; diffusers' ``guidance_scale`` is w + 1.
 """
@@ -283,3 +284,21 @@ class Thresholded(nn.Module):
         x0_thr = self.threshold(x0)
         eps_thr = torch.where(x0_thr == x0, eps, eps_from_x0(x_t, x0_thr, ab))
         return _join(eps_thr, v)
+
+
+# --- conditions fixed ----------------------------------------------------------------------
+
+
+class Bound(nn.Module):
+    """``model`` with its conditions fixed: Bound(m, y=labels)(x_t, t) = m(x_t, t, y=labels),
+    so samplers that know nothing of conditions sample a conditional model. ``.model`` and
+    ``.cond`` (a dict) give them back: the consistency sampler needs the model itself, and
+    recognises a bound model by these two attributes alone (samplers import nothing from here;
+    see :func:`difflab.samplers.consistency.unbind`)."""
+
+    def __init__(self, model, **cond):
+        super().__init__()
+        self.model, self.cond = model, cond
+
+    def forward(self, x_t: Tensor, t: Tensor):
+        return self.model(x_t, t, **self.cond)

@@ -25,7 +25,7 @@ from torch import Tensor
 from .oracle import Gaussian, GaussianMixture
 from .parameterization import Model
 from .samplers.timesteps import resolve
-from .schedules import Schedule
+from .schedules import Schedule, generator_device
 
 
 def gaussian_nll_bpd(dist: Gaussian | GaussianMixture, x0: Tensor) -> Tensor:
@@ -35,7 +35,8 @@ def gaussian_nll_bpd(dist: Gaussian | GaussianMixture, x0: Tensor) -> Tensor:
 
 
 def _probe(like: Tensor, kind: str, generator: torch.Generator | None) -> Tensor:
-    z = torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+    z = torch.randn(like.shape, generator=generator, dtype=like.dtype,
+                    device=generator_device(generator, like.device)).to(like.device)
     return z.sign() if kind == "rademacher" else z  # sign of a Gaussian is Rademacher
 
 
@@ -103,7 +104,8 @@ def ode_bpd(model: Model, schedule: Schedule, x0: Tensor,
     offset = 0.0
     if levels is not None:
         delta = 1.0 / (levels - 1)
-        u = torch.rand(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        u = torch.rand(x0.shape, generator=generator, dtype=x0.dtype,
+                       device=generator_device(generator, x0.device)).to(x0.device)
         x = x0 + (2 * u - 1) * delta  # uniform dequantisation
         offset = D * math.log((levels - 1) / 2)  # −D log(bin width), nats
     reps = (k,) + (1,) * (x0.ndim - 1)

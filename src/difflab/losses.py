@@ -9,13 +9,14 @@ import torch
 from torch import Tensor
 
 from .parameterization import Model
-from .schedules import Schedule
+from .schedules import Schedule, generator_device
 
 
 def sample_t(schedule: Schedule, batch: int, generator: torch.Generator | None = None,
              device=None) -> Tensor:
     """t ~ Uniform{1, …, T}, int64 (B,)."""
-    return torch.randint(1, schedule.T + 1, (batch,), generator=generator, device=device)
+    where = generator_device(generator, torch.device(device or "cpu"))
+    return torch.randint(1, schedule.T + 1, (batch,), generator=generator, device=where).to(device)
 
 
 def l_simple(
@@ -35,7 +36,8 @@ def l_simple(
     if t is None:
         t = sample_t(schedule, x0.shape[0], generator, x0.device)
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                            device=generator_device(generator, x0.device)).to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)  # (B, …)
     out = model(x_t, t, **cond)
     eps_hat = out[0] if isinstance(out, tuple) else out  # a learned-variance model gives (ε̂, v)

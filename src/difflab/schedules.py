@@ -176,3 +176,10 @@ def from_betas(betas) -> Schedule:
 def _check_T(T: int) -> None:
     if not isinstance(T, int) or T < 1:
         raise ValueError(f"T must be a positive integer, got {T!r}")
+
+
+def generator_device(generator: torch.Generator | None, fallback: torch.device) -> torch.device:
+    """Where random numbers of ``generator`` are drawn (its own device; ``fallback`` for None).
+    Draws happen there and are then moved, so a CPU generator gives the same numbers whatever
+    device the model runs on (and CPU runs stay bit-identical)."""
+    return generator.device if generator is not None else fallback

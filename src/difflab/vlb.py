@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .parameterization import Model, x0_from_eps
-from .schedules import Schedule, posterior_coefs
+from .schedules import Schedule, generator_device, posterior_coefs
 
 VARIANCES = ("beta_tilde", "beta", "learned")
 
@@ -174,7 +174,8 @@ def vlb_terms(model: Model, schedule: Schedule, x0: Tensor, t: Tensor,
     decoder density). x0: (B, …); t: int64 (B,). Returns (B,).
     """
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                            device=generator_device(generator, x0.device)).to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)
     mean, log_var = p_mean_variance(model, schedule, x_t, t, cond, variance)
     return terms_from_p(schedule, x0, x_t, t, mean, log_var, levels)
@@ -315,11 +316,13 @@ def l_hybrid(model: Model, schedule: Schedule, x0: Tensor, lam: float = 0.001,
     if t is None and sampler is not None:
         t, w = sampler.sample(B, generator, x0.device)
     elif t is None:
-        t = torch.randint(1, schedule.T + 1, (B,), generator=generator, device=x0.device)
+        t = torch.randint(1, schedule.T + 1, (B,), generator=generator,
+                          device=generator_device(generator, x0.device)).to(x0.device)
     elif sampler is not None:
         w = sampler.weights(t)
     if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                            device=generator_device(generator, x0.device)).to(x0.device)
     x_t = schedule.q_sample(x0, t, noise)  # (B, …)
     eps, v = _split(model(x_t, t, **cond))
     mse = (noise - eps).pow(2).flatten(1).mean(1)  # (B,)

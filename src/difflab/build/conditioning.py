@@ -29,6 +29,7 @@ from ..data import captions as cap
 from ..data.images import ImageData
 from ..guidance import (
     AncestralClassifierGuidance,
+    Bound,
     ClassifierFree,
     ClassifierGuidance,
     Thresholded,
@@ -158,19 +159,6 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
     if y is not None:
         cond["y"] = y  # for classifier guidance; the text network never sees it
     return cond, y
-
-
-class Bound(nn.Module):
-    """``model`` with its conditions fixed: Bound(m, y=labels)(x_t, t) = m(x_t, t, y=labels),
-    so samplers that know nothing of conditions sample a conditional model. ``.model`` and
-    ``.cond`` give them back (the consistency sampler needs the model itself)."""
-
-    def __init__(self, model, **cond):
-        super().__init__()
-        self.model, self.cond = model, cond
-
-    def forward(self, x_t: Tensor, t: Tensor):
-        return self.model(x_t, t, **self.cond)
 
 
 def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float = 0.0,

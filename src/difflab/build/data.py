@@ -37,8 +37,6 @@ def data_levels(cfg: TrainConfig) -> int | None:
     discretised decoder L_0; None for 2-D data, which is continuous."""
     if not is_image(cfg.dataset):
         return None
-    from .data import images
-
     own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS}
     return own.get(cfg.dataset, 256)  # folders: 8-bit images
 

@@ -1,18 +1,39 @@
 """The objects a config names: the noise schedule and the network (through the registry of
-model kinds in :mod:`difflab.nn.registry`)."""
+model kinds in :mod:`difflab.nn.registry`).
+
+The registry's builders take plain keywords (``nn`` sits below ``config``); ``MODEL_KWARGS`` maps
+a config to them, one function per kind, registered by :func:`kwargs_for` under the same name.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from .. import schedules
-from ..config import TrainConfig, int_list, is_image
-from ..nn.mlp import MLPDenoiser
+from ..config import TrainConfig, int_list, model_kind
+from ..nn.registry import MODELS
 from ..parameterization import LearnedVariance
 from ..schedules import Schedule
+
+KwargsFn = Callable[[TrainConfig], dict[str, Any]]
+MODEL_KWARGS: dict[str, KwargsFn] = {}  # model kind → (config → the builder's keywords)
+
+
+def kwargs_for(kind: str) -> Callable[[KwargsFn], KwargsFn]:
+    """Decorator: the function that maps a config to the keywords of ``MODELS[kind]``."""
+
+    def register(fn: KwargsFn) -> KwargsFn:
+        if kind not in MODELS:
+            raise ValueError(f"no model kind {kind!r} in difflab.nn.registry.MODELS")
+        MODEL_KWARGS[kind] = fn
+        return fn
+
+    return register
 
 
 # --- pieces ---
@@ -21,31 +42,53 @@ def build_schedule(cfg: TrainConfig) -> Schedule:
 
 
 def build_model(cfg: TrainConfig) -> nn.Module:
-    """The ε-network — the MLP for 2-D data, the U-Net for images — initialised from
-    ``cfg.seed`` without touching torch's global RNG. With ``variance = "learned"`` the network
-    outputs [ε̂, v_raw] (twice the channels) and comes wrapped in
-    :class:`~difflab.parameterization.LearnedVariance`, so the model returns (ε̂, v) — Weng
-    eq. (23)."""
-    learned = cfg.variance == "learned"
+    """The ε-network of kind ``model_kind(cfg)`` — by default the MLP for 2-D data, the U-Net for
+    images — initialised from ``cfg.seed`` without touching torch's global RNG. With
+    ``variance = "learned"`` the network outputs [ε̂, v_raw] (twice the channels) and comes
+    wrapped in :class:`~difflab.parameterization.LearnedVariance`, so the model returns (ε̂, v) —
+    Weng eq. (23)."""
+    kind = model_kind(cfg)
+    kwargs = MODEL_KWARGS[kind](cfg)  # draws no random numbers
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        if not is_image(cfg.dataset):
-            net = MLPDenoiser(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim,
-                              out_dim=4 if learned else 2)
-        else:
-            from ..nn.unet import UNet, UNetConfig
-            from .data import image_shape
+        net = MODELS[kind](**kwargs)
+    return LearnedVariance(net) if cfg.variance == "learned" else net
 
-            mult = int_list(cfg.channel_mult)
-            widths = [cfg.model_channels * m for m in mult]
-            net = UNet(UNetConfig(
-                in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels,
-                channel_mult=mult, num_res_blocks=cfg.num_res_blocks,
-                attention_resolutions=int_list(cfg.attention), dropout=cfg.dropout,
-                groups=math.gcd(32, *widths), learn_sigma=learned,
-                num_classes=cfg.num_classes if cfg.cond == "class" else 0,
-                context_dim=text_dim() if cfg.cond == "text" else 0))
-    return LearnedVariance(net) if learned else net
+
+@kwargs_for("mlp")
+def mlp_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The MLP (:class:`~difflab.nn.mlp.MLPDenoiser`) on 2-D points."""
+    return dict(dim=2, hidden=cfg.hidden, depth=cfg.depth, t_dim=cfg.t_dim,
+                learn_sigma=cfg.variance == "learned")
+
+
+@kwargs_for("unet")
+def unet_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields of the run's :class:`~difflab.nn.unet.UNetConfig`. Beside DDPM's network (the
+    defaults) the config reaches every option of the U-Net:
+
+    - ``num_heads`` / ``num_head_channels``: several heads, or a fixed width a head, in every
+      attention layer; ``resblock_updown``: BigGAN residual blocks that down/up-sample;
+      ``rescale_skip``: residual sums and skips scaled by 1/√2 (Dhariwal & Nichol 2021, §3).
+    - ``efficient``: Imagen's Efficient U-Net, one skip per level and the convolutions at the
+      lower resolution (Saharia et al. 2022, App. F); ``pool_context``: the pooled caption added
+      to the time embedding (ibid. §2.2); ``mid_attention``: self-attention in the middle.
+
+    GroupNorm takes gcd(32, every level's width) groups, so any width works."""
+    from .data import image_shape
+
+    mult = int_list(cfg.channel_mult)
+    widths = [cfg.model_channels * m for m in mult]
+    return dict(
+        in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels, channel_mult=mult,
+        num_res_blocks=cfg.num_res_blocks, attention_resolutions=int_list(cfg.attention),
+        mid_attention=cfg.mid_attention, num_heads=cfg.num_heads,
+        num_head_channels=cfg.num_head_channels or None, dropout=cfg.dropout,
+        num_classes=cfg.num_classes if cfg.cond == "class" else 0,
+        context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
+        resblock_updown=cfg.resblock_updown, rescale_skip=cfg.rescale_skip,
+        learn_sigma=cfg.variance == "learned", efficient=cfg.efficient,
+        groups=math.gcd(32, *widths))
 
 
 def text_dim() -> int:

@@ -34,16 +34,14 @@ agree (std 0.316-0.321 for both), but 4-step samples, which visit other levels, 
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
-from ..samplers._common import loop, noise_like
+from ..samplers.consistency import consistency_sample, default_levels  # noqa: F401 (Alg. 1)
 from ..samplers.edm import karras_sigmas as _karras_decreasing
 from ..samplers.edm import schedule_sigmas
-from ..samplers.timesteps import timesteps
 from ..schedules import Schedule
 
 _F64 = torch.float64
@@ -118,6 +116,8 @@ class ConsistencyModel(nn.Module):
     shift that makes the boundary exact — see :meth:`v_from_schedule`.
     """
 
+    is_consistency_model = True  # how samplers.consistency knows f_θ without importing distill
+
     def __init__(self, net: nn.Module, sigma_min: float, sigma_max: float,
                  sigma_data: float = 0.5,
                  c_noise: Callable[[Tensor], Tensor] | None = None, v_output: bool = False):
@@ -163,46 +163,3 @@ class ConsistencyModel(nn.Module):
         c_skip, c_out, c_in = (Schedule.broadcast(c, x) for c in self.scalings(s))
         out = self.net(c_in * x, self.c_noise(s).to(x.dtype), **cond)  # F_θ, (B, …)
         return c_skip * x + c_out * out
-
-
-# --- sampling, Algorithm 1 -----------------------------------------------------------------
-def default_levels(model: ConsistencyModel, schedule: Schedule, steps: int) -> list[float]:
-    """The S − 1 re-noising levels of an S-step sample: σ at ``timesteps(T, S, "trailing")``
-    after the first (the steps DDIM with spacing="trailing" visits), clamped to
-    [σ_min, σ_max]. S = 2, linear T = 1000: σ_500 ≈ 3.4."""
-    ts = timesteps(schedule.T, steps, "trailing")[1:]  # (S−1,) decreasing
-    table = sigma_table(schedule)
-    return [min(max(float(table[t]), model.sigma_min), model.sigma_max) for t in ts.tolist()]
-
-
-@torch.inference_mode()
-def consistency_sample(model: ConsistencyModel, schedule: Schedule, x_T: Tensor,
-                       steps: int = 1, generator: torch.Generator | None = None, *,
-                       sigmas: Sequence[float] | None = None, progress: bool = False,
-                       callback: Callable[[int, float, Tensor], None] | None = None,
-                       cond: dict | None = None) -> Tensor:
-    """One-step or multistep consistency sampling — Song et al. 2023, Algorithm 1.
-
-    x ← f(x̃_T, σ_max); then for each level σ: x ← x + √(σ² − σ_min²) z, x ← f(x, σ).
-
-    x_T: the usual N(0, I) noise of difflab's samplers, read as the variance-preserving state
-    at σ_max (ᾱ = 1/(1 + σ_max²)); in VE coordinates that is x̃_T = √(1 + σ_max²) · x_T
-    (std ≈ σ_max, as the paper's x_T ~ N(0, σ_max² I)). ``sigmas``: the S − 1 re-noising levels,
-    decreasing (Alg. 1's τ_1 > … > τ_{N−1}); by default :func:`default_levels` of ``steps``.
-    ``callback(i, σ, x)`` after each evaluation. Returns x_0 (B, …).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.T:
-        raise ValueError(f"steps must be an integer in 1..T (T={schedule.T}), got {steps!r}")
-    cond = cond or {}
-    levels = list(sigmas) if sigmas is not None else default_levels(model, schedule, steps)
-    x = model(x_T * math.sqrt(1 + model.sigma_max**2), model.sigma_max, **cond)  # (B, …)
-    if callback is not None:
-        callback(0, model.sigma_max, x)
-    for i, sigma in enumerate(loop(levels, progress, "consistency"), start=1):
-        if not model.sigma_min <= sigma <= model.sigma_max:
-            raise ValueError(f"level σ = {sigma} outside [σ_min, σ_max]")
-        x = x + math.sqrt(sigma**2 - model.sigma_min**2) * noise_like(x, generator)
-        x = model(x, sigma, **cond)
-        if callback is not None:
-            callback(i, sigma, x)
-    return x

@@ -54,7 +54,6 @@ from torch import Tensor, nn
 from ..parameterization import EpsFromV, EpsFromX0, Model, x0_from_eps, x0_from_v
 from ..samplers.timesteps import timesteps
 from ..schedules import Schedule
-from ..training.parts import adamw, draw_batch, frozen_copy, set_lr
 
 _F64 = torch.float64
 
@@ -128,84 +127,26 @@ def teacher_target(teacher: Model, schedule: Schedule, z_t: Tensor, t: Tensor, t
 def progressive_loss(teacher: Model, student: nn.Module, schedule: Schedule, x0: Tensor,
                      steps_N: int, *, parameterization: Prediction = V,
                      weighting: Callable[[Tensor], Tensor] = truncated_snr,
-                     generator: torch.Generator | None = None, cond: dict | None = None
-                     ) -> Tensor:
+                     generator: torch.Generator | None = None, cond: dict | None = None,
+                     i: Tensor | None = None, eps: Tensor | None = None) -> Tensor:
     """One minibatch of Algorithm 2: E_{i, ε} w(λ_t) ‖x̃ − x̂_θ(z_t)‖² with t = τ[2i],
-    i ~ U{0..N−1}. x0: (B, …). Returns a scalar (mean over batch and data dimensions)."""
+    i ~ U{0..N−1}. x0: (B, …). ``i`` (B,) and ``eps`` (B, …) are drawn from ``generator``
+    unless given (in that order). Returns a scalar (mean over batch and data dimensions)."""
     cond = cond or {}
     grid = teacher_grid(schedule.T, steps_N).to(x0.device)  # (2N+1,)
-    i = torch.randint(0, steps_N, (x0.shape[0],), generator=generator).to(x0.device)  # (B,)
+    if i is None:
+        i = torch.randint(0, steps_N, (x0.shape[0],), generator=generator)  # (B,)
+    i = i.to(x0.device)
     t, t_mid, t_next = grid[2 * i], grid[2 * i + 1], grid[2 * i + 2]  # (B,) each
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    if eps is None:
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
+    eps = eps.to(x0.device)
     z_t = schedule.q_sample(x0, t, eps)  # Weng eq. (3), (B, …)
     target = teacher_target(teacher, schedule, z_t, t, t_mid, t_next, cond)  # x̃, (B, …)
     ab = schedule.alpha_bar_at(t).to(x0.device)  # (B,) float64
     x0_hat = parameterization.to_x0(z_t, student(z_t, t, **cond), Schedule.broadcast(ab, z_t))
     per_sample = (target - x0_hat).pow(2).flatten(1).mean(1)  # (B,)
     return (weighting(ab).to(x0.dtype) * per_sample).mean()
-
-
-# --- the loops -----------------------------------------------------------------------------
-def progressive_round(teacher: Model, student: nn.Module, schedule: Schedule, data: Tensor,
-                      steps_N: int, *, parameterization: Prediction = V,
-                      weighting: Callable[[Tensor], Tensor] = truncated_snr, iters: int = 2000,
-                      batch: int = 256, lr: float = 1e-4, weight_decay: float = 0.0,
-                      grad_clip: float = 1.0, generator: torch.Generator | None = None,
-                      cond_data: dict[str, Tensor] | None = None,
-                      log: list[float] | None = None) -> nn.Module:
-    """Train ``student`` (in place) for one round of Algorithm 2 and return it in eval mode.
-
-    teacher: any ε-model ``teacher(x_t, t, **cond)`` whose 2N-step DDIM is distilled (a trained
-    network, ``oracle.ExactDenoiser``, a guidance wrapper, ``V.as_eps(previous_student, s)``).
-    student: the network trained to take N steps, its output read by ``parameterization``.
-    data: training examples (n, …); cond_data: per-example conditioning (see module doc).
-    AdamW (fused), learning rate decayed linearly to 0 over the round (our choice: it gives the
-    round a converged end point), gradient norm clipped at ``grad_clip`` (0: off). ``log``
-    receives each step's loss.
-    """
-    teacher_grid(schedule.T, steps_N)  # validate before any work
-    opt = adamw(student, lr, weight_decay)
-    student.train()
-    params = list(student.parameters())
-    for k in range(iters):
-        x0, cond = draw_batch(data, batch, generator, cond_data)
-        loss = progressive_loss(teacher, student, schedule, x0, steps_N,
-                                parameterization=parameterization, weighting=weighting,
-                                generator=generator, cond=cond)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, grad_clip)
-        set_lr(opt, lr * (1 - k / iters))
-        opt.step()
-        if log is not None:
-            log.append(loss.item())
-    return student.eval()
-
-
-def progressive_distill(teacher: Model, student: nn.Module, schedule: Schedule, data: Tensor,
-                        steps_N: int, rounds: int = 1, *, parameterization: Prediction = V,
-                        callback: Callable[[int, int, nn.Module], None] | None = None,
-                        **round_kwargs) -> tuple[nn.Module, int]:
-    """Rounds N → N/2 → … of Algorithm 2: the first distils ``teacher`` into ``student`` for
-    ``steps_N`` steps; each later one freezes a copy of the student as the teacher and keeps
-    training the student itself (Alg. 2: "init student from teacher") for half the steps.
-
-    Returns (student, its number of steps N_final = steps_N / 2^(rounds−1)). ``callback(r, N,
-    student)`` runs after each round; ``round_kwargs`` go to :func:`progressive_round`.
-    """
-    if rounds < 1 or steps_N % (2 ** (rounds - 1)):
-        raise ValueError(f"steps_N = {steps_N} cannot be halved {rounds - 1} times")
-    N = steps_N
-    for r in range(rounds):
-        if r > 0:
-            teacher = parameterization.as_eps(frozen_copy(student).eval(), schedule)
-            N //= 2
-        progressive_round(teacher, student, schedule, data, N, parameterization=parameterization,
-                          **round_kwargs)
-        if callback is not None:
-            callback(r, N, student)
-    return student, N
 
 
 def distilled_steps(T: int, steps_N: int) -> list[int]:

@@ -2,16 +2,24 @@
 
 A run directory holds::
 
-    config.json              the TrainConfig (JSON)
-    ema.safetensors          EMA weights — what `difflab sample` / `eval` use
-    model.safetensors        raw weights
-    checkpoint.safetensors   everything needed to resume exactly, in ONE file: raw and EMA
-                             weights, AdamW state, torch RNG states, the importance sampler's
-                             history of L_t and the loss log; step and optimiser
-                             hyper-parameters in its metadata
+    config.json              {"format": "difflab-run/2", "kind": …, "components": {…},
+                              "config": the TrainConfig by section, "job": …}
+    <component>.safetensors       raw weights of each component (e.g. denoiser, classifier)
+    <component>.ema.safetensors   its EMA weights — what `difflab sample` / `eval` use
+    checkpoint.safetensors   everything needed to resume exactly, in ONE file: every module of
+                             the objective (raw and EMA weights, a distillation round's teacher),
+                             AdamW state, torch RNG states, the objective's own state (the
+                             importance sampler's history of L_t) and the loss log; step and
+                             optimiser hyper-parameters in its metadata
     loss.csv                 the loss log (step, mean loss), rewritten with every checkpoint
     loss.png                 the loss curve, drawn when a training session ends
     metrics.json, samples.png, reverse_process.png, reverse_process.gif   written after training
+
+A run's ``kind`` says what it is ("diffusion", "consistency-training", "progressive",
+"consistency-distillation", "noisy-classifier", …) and its ``components`` which networks it has
+(:data:`KINDS`); a later model kind (a latent model: autoencoder + denoiser) is one more entry.
+Runs written before this format (``difflab-run/1``: a flat config.json, ``ema.safetensors`` and
+``model.safetensors``, or ``classifier.safetensors``) still load and resume.
 
 Every file is written to a temporary file in the same directory, fsync'ed and renamed over the
 old one (``os.replace`` is atomic on POSIX and Windows), so a run killed at any moment leaves the
@@ -24,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +40,29 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 from torch import Tensor
 
-from ..errors import DifflabError
+from ..errors import CheckpointError, DifflabError
+from ..training.state import TrainState
 
-FORMAT = "difflab-checkpoint/1"
+FORMAT = "difflab-checkpoint/2"
+LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
+RUN_FORMAT = "difflab-run/2"
+# the components of each kind of run, and which module of the objective's checkpoint holds
+# each component's raw and EMA weights (None: no EMA file)
+KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
+    "diffusion": {"denoiser": ("model", "ema")},
+    "consistency-training": {"denoiser": ("model", "ema")},  # ema = the target θ⁻
+    "consistency-distillation": {"denoiser": ("model", "ema")},
+    "progressive": {"denoiser": ("model", "model")},  # a round's student (no EMA)
+    "noisy-classifier": {"classifier": ("model", None)},
+    "progressive-distillation": {},  # the job directory above the rounds: a checkpoint only
+}
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"
 )
 LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
-RUN_FILES = (CONFIG, EMA, MODEL, CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "samples.png",
+RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "samples.png",
              "reverse_process.png", "reverse_process.gif")
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
-
-
-class CheckpointError(DifflabError):
-    """A run directory that is missing, incomplete or corrupt (the message is one line)."""
 
 
 class RunExistsError(DifflabError):
@@ -107,7 +123,7 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         header_len = int.from_bytes(data[:8], "little")
         metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
     except (SafetensorError, ValueError, RuntimeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({_one_line(err)})") from None
+        raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
     return tensors, metadata
 
 
@@ -122,12 +138,12 @@ def read_json(path: str | os.PathLike) -> Any:
     except FileNotFoundError:
         raise CheckpointError(f"{path} is missing") from None
     except (ValueError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({_one_line(err)})") from None
+        raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:200] or type(err).__name__
 
 
@@ -162,30 +178,13 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             raise RunExistsError(
                 f"refusing to overwrite {run_dir}: it is not empty and not a difflab run directory"
             )
-        for name in (*RUN_FILES, CLASSIFIER):
+        for name in (*RUN_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
             (run_dir / name).unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 
 
 # --- training state ------------------------------------------------------------------------------
-
-
-@dataclass
-class TrainState:
-    """What a resumed run needs, as plain tensors and numbers."""
-
-    step: int
-    model: dict[str, Tensor]
-    ema: dict[str, Tensor]
-    optimizer: dict[str, Any]  # torch.optim state_dict
-    generator: Tensor  # uint8 state of the batch / noise torch.Generator
-    torch_rng: Tensor  # uint8 state of torch's global CPU generator
-    elapsed: float = 0.0  # training seconds so far, over all sessions
-    # optional named tensors: the importance sampler's state (vlb.ImportanceSampler.state_dict)
-    # and the loss log's (losslog.LossLog.state_dict); empty in runs saved before they existed
-    t_sampler: dict[str, Tensor] = field(default_factory=dict)
-    log: dict[str, Tensor] = field(default_factory=dict)
 
 
 def optimizer_to_tensors(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -214,52 +213,118 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], extra: dict[str, Any]) ->
     return {"state": state, "param_groups": groups}
 
 
-def save_checkpoint(run_dir: str | os.PathLike, state: TrainState) -> None:
-    """Write checkpoint.safetensors, then model.safetensors and ema.safetensors (each atomic)."""
+def weight_file(component: str, ema: bool) -> str:
+    """The weight file of a component: ``<component>.safetensors`` or ``<component>.ema…``."""
+    return f"{component}.ema.safetensors" if ema else f"{component}.safetensors"
+
+
+def write_run_config(run_dir: str | os.PathLike, kind: str, config: dict[str, Any],
+                     job: dict[str, Any] | None = None) -> None:
+    """config.json of a run of ``kind`` (:data:`KINDS`): format, kind, components, the config
+    (by section) and, for a distillation, the ``job`` (teacher and settings) it resumes with."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown run kind {kind!r}")
+    components = {name: {"weights": weight_file(name, False),
+                         **({"ema": weight_file(name, True)} if ema else {})}
+                  for name, (_, ema) in KINDS[kind].items()}
+    payload = {"format": RUN_FORMAT, "kind": kind, "components": components, "config": config}
+    if job is not None:
+        payload["job"] = job
+    write_json(Path(run_dir) / CONFIG, payload)
+
+
+def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """(kind, config dict, job dict) of a run directory, this format or the one before it (a
+    flat config; its kind read from ``method`` and the files). CheckpointError if invalid."""
+    run_dir = check_run_dir(run_dir)
+    raw = read_json(run_dir / CONFIG)
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (not a JSON object)")
+    if "format" not in raw:  # difflab-run/1
+        kind = "noisy-classifier" if (run_dir / CLASSIFIER).is_file() else raw.get("method",
+                                                                                   "diffusion")
+        return kind, raw, {}
+    if raw["format"] != RUN_FORMAT:
+        raise CheckpointError(f"{run_dir / CONFIG} has format {raw['format']!r}, which this "
+                              f"version of difflab cannot read (it reads {RUN_FORMAT}); upgrade "
+                              "difflab")
+    kind = raw.get("kind")
+    if kind not in KINDS or not isinstance(raw.get("config"), dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (kind {kind!r})")
+    return kind, raw["config"], raw.get("job") or {}
+
+
+def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
+                    kind: str | None = None) -> None:
+    """Write checkpoint.safetensors, then each component's weight files of a run of ``kind``
+    (:data:`KINDS`; None: the checkpoint only), each atomically."""
     run_dir = Path(run_dir)
     optim_tensors, optim_extra = optimizer_to_tensors(state.optimizer)
-    tensors = {f"model.{k}": v for k, v in state.model.items()}
-    tensors.update({f"ema.{k}": v for k, v in state.ema.items()})
+    tensors = {f"module.{name}.{k}": v for name, sd in state.modules.items()
+               for k, v in sd.items()}
     tensors.update(optim_tensors)
-    tensors.update({f"tsampler.{k}": v for k, v in state.t_sampler.items()})
+    tensors.update({f"extra.{k}": v for k, v in state.extra.items()})
     tensors.update({f"log.{k}": v for k, v in state.log.items()})
     tensors["rng.generator"] = state.generator
     tensors["rng.torch"] = state.torch_rng
     metadata = {"format": FORMAT, "step": str(state.step), "elapsed": repr(state.elapsed),
-                "optimizer": json.dumps(optim_extra)}
+                "optimizer": json.dumps(optim_extra),
+                "modules": json.dumps(sorted(state.modules))}
     save_tensors(run_dir / CHECKPOINT, tensors, metadata)
-    save_tensors(run_dir / MODEL, state.model, {"format": FORMAT, "step": str(state.step)})
-    save_tensors(run_dir / EMA, state.ema, {"format": FORMAT, "step": str(state.step)})
+    meta = {"format": FORMAT, "step": str(state.step)}
+    for component, (raw, ema) in KINDS.get(kind or "", {}).items():
+        save_tensors(run_dir / weight_file(component, False), state.modules[raw], meta)
+        if ema is not None:
+            save_tensors(run_dir / weight_file(component, True), state.modules[ema], meta)
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> TrainState:
-    """Read checkpoint.safetensors of a run; anything missing or malformed → CheckpointError."""
+    """Read checkpoint.safetensors of a run (this format or the one before it); anything
+    missing or malformed → CheckpointError."""
     path = Path(run_dir) / CHECKPOINT
     tensors, metadata = load_tensors(path)
     try:
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"unknown format {metadata.get('format')!r}")
-        groups: dict[str, dict[str, Tensor]] = {"model": {}, "ema": {}, "optim": {}, "rng": {},
-                                                "tsampler": {}, "log": {}}
+        fmt = metadata.get("format")
+        if fmt not in (FORMAT, LEGACY_FORMAT):
+            raise ValueError(f"unknown format {fmt!r}")
+        modules: dict[str, dict[str, Tensor]] = {}
+        groups: dict[str, dict[str, Tensor]] = {"optim": {}, "rng": {}, "extra": {}, "log": {}}
         for name, value in tensors.items():
             prefix, rest = name.split(".", 1)
-            groups[prefix][rest if prefix != "optim" else name] = value
+            if fmt == LEGACY_FORMAT and prefix in ("model", "ema"):
+                modules.setdefault(prefix, {})[rest] = value
+            elif fmt == LEGACY_FORMAT and prefix == "tsampler":
+                groups["extra"][name] = value
+            elif prefix == "module":
+                module, key = rest.split(".", 1)
+                modules.setdefault(module, {})[key] = value
+            else:
+                groups[prefix][rest if prefix != "optim" else name] = value
         optimizer = optimizer_from_tensors(groups["optim"], json.loads(metadata["optimizer"]))
         return TrainState(
             step=int(metadata["step"]),
-            model=groups["model"],
-            ema=groups["ema"],
+            modules=modules,
             optimizer=optimizer,
             generator=groups["rng"]["generator"],
             torch_rng=groups["rng"]["torch"],
             elapsed=float(metadata.get("elapsed", 0.0)),
-            t_sampler=groups["tsampler"],
+            extra=groups["extra"],
             log=groups["log"],
         )
     except (KeyError, ValueError, TypeError) as err:
-        raise CheckpointError(f"{path} is corrupt ({_one_line(err)})") from None
+        raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
 
 
-def load_weights(run_dir: str | os.PathLike, which: str = "ema") -> dict[str, Tensor]:
-    """The EMA ("ema") or raw ("model") weights of a run."""
-    return load_tensors(check_run_dir(run_dir) / (EMA if which == "ema" else MODEL))[0]
+def load_weights(run_dir: str | os.PathLike, which: str = "ema",
+                 component: str = "denoiser") -> dict[str, Tensor]:
+    """The EMA ("ema") or raw ("model") weights of a run's component (either format)."""
+    run_dir = check_run_dir(run_dir)
+    ema = which == "ema"
+    path = run_dir / weight_file(component, ema)
+    if not path.is_file() and ema:
+        path = run_dir / weight_file(component, False)  # no EMA file: the raw weights
+    if not path.is_file():  # difflab-run/1
+        legacy = {"classifier": CLASSIFIER}.get(component, EMA if ema else MODEL)
+        if (run_dir / legacy).is_file():
+            path = run_dir / legacy
+    return load_tensors(path)[0]

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from . import checkpoint as ckpt
-from ..training.classifier import classifier_accuracy, train_noisy_classifier
 from ..config import TrainConfig, int_list, is_image
 from ..nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
+from ..training.classifier import classifier_accuracy
+from . import checkpoint as ckpt
 
-WEIGHTS = ckpt.CLASSIFIER
+WEIGHTS = ckpt.CLASSIFIER  # = weight_file("classifier", False)
+KIND = "noisy-classifier"
 ACCURACY_TS = (1, 100, 250, 500, 750, 1000)  # as fractions of T = 1000: t · T / 1000
 
 
@@ -48,47 +48,48 @@ def build_classifier(cfg: TrainConfig) -> NoisyClassifier:
 
 def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bool = False,
                          progress: bool = False) -> Path:
-    """Train the noisy classifier of ``cfg`` on its image train split; write the run; return
-    its directory. Test accuracy is measured on x_t of the test split at :data:`ACCURACY_TS`."""
+    """Train the noisy classifier of ``cfg`` on its image train split (the one loop, with its
+    checkpoints, on the config's device); write the run; return its directory. Test accuracy is
+    measured on x_t of the test split at :data:`ACCURACY_TS`."""
     from ..build.conditioning import resolve
     from ..build.data import image_split
     from ..build.model import build_schedule
-    from ..training.backend import torch_threads
+    from ..training import fit
+    from ..training.backend import Backend, torch_threads
+    from ..training.classifier import NoisyClassifierObjective
+    from ..training.losslog import LossLog
+    from .load import config_to_json
+    from .train import saver
 
     if not is_image(cfg.dataset):
         raise ValueError(f"a noisy classifier needs image data with labels, not {cfg.dataset!r}")
+    backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     data = image_split(cfg, "train")
     cfg = resolve(dataclasses.replace(cfg, cond="class"), data)
     cfg = dataclasses.replace(cfg, cond="none", eval_guidance=0.0)
     run_dir = ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-    ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=cfg.steps, desc="train-classifier", unit="step", dynamic_ncols=True)
+    ckpt.write_run_config(run_dir, KIND, config_to_json(cfg))
     with torch_threads(cfg.threads):
         schedule = build_schedule(cfg)
         net = build_classifier(cfg)
-        g = torch.Generator().manual_seed(cfg.seed)
-        t0 = time.perf_counter()
+        objective = NoisyClassifierObjective(net, schedule, data.x, data.y, batch=cfg.batch,
+                                             lr=cfg.lr, weight_decay=cfg.weight_decay)
+        log = LossLog(cfg.log_every)
         losses: list[float] = []
-        train_noisy_classifier(net, schedule, data.x, data.y, steps=cfg.steps, batch=cfg.batch,
-                               lr=cfg.lr, generator=g, weight_decay=cfg.weight_decay,
-                               log=lambda _, loss: (losses.append(loss),
-                                                    bar.update(1) if bar else None))
-        seconds = time.perf_counter() - t0
-        if bar is not None:
-            bar.close()
+        result = fit(objective, steps=cfg.steps, generator=torch.Generator().manual_seed(cfg.seed),
+                     backend=backend, log=log, checkpoint_every=cfg.checkpoint_every,
+                     save=saver(run_dir, KIND, log), progress=progress,
+                     desc="train-classifier", on_update=lambda _, v: losses.append(v))
+        net.eval()
         test = image_split(cfg, "test")
         ts = sorted({max(1, t * cfg.T // 1000) for t in ACCURACY_TS})
-        acc = {str(t): classifier_accuracy(net, schedule, test.x, test.y, t,
+        acc = {str(t): classifier_accuracy(net, schedule, test.x.to(backend.device),
+                                           test.y.to(backend.device), t,
                                            generator=torch.Generator().manual_seed(1))
                for t in ts}
-    ckpt.save_tensors(run_dir / WEIGHTS, net.state_dict())
     tail = losses[-min(50, len(losses)):] or [float("nan")]
     ckpt.write_json(run_dir / ckpt.METRICS, {
-        "kind": "noisy-classifier", "train_seconds": seconds, "train_steps": cfg.steps,
+        "kind": KIND, "train_seconds": result.seconds, "train_steps": cfg.steps,
         "loss": sum(tail) / len(tail), "test_accuracy_at_t": acc, "n_test": len(test)})
     return run_dir
 
@@ -99,10 +100,10 @@ def is_classifier_run(run_dir: str | Path) -> bool:
 
 def load_classifier_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
     """The config and the trained classifier (eval mode, frozen) of a classifier run."""
-    from .load import read_run_config
+    from .load import read_run
 
-    cfg = read_run_config(run_dir)
-    if not is_classifier_run(run_dir):
+    kind, cfg, _ = read_run(run_dir)
+    if kind != KIND or not is_classifier_run(run_dir):
         raise ckpt.CheckpointError(f"{run_dir} is not a classifier run (no {WEIGHTS}); train "
                                    "one with 'difflab train-classifier'")
     net = build_classifier(cfg)

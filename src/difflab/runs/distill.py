@@ -1,77 +1,56 @@
 """Run directories for fast sampling: distilled students and consistency models as runs that
 ``difflab sample`` and ``difflab eval`` load like any other (Weng §"Fewer Sampling Steps &
-Distillation").
+Distillation"), trained by the one loop (:func:`difflab.training.fit`) with its checkpoints.
 
 - :func:`distill_progressive` — Salimans & Ho 2022, Alg. 2 (Weng Fig. 9-10): rounds N → N/2 →
-  … from a run's EMA network; round r is saved as ``OUT/steps-<N_r>``, a run whose config says
-  ``method = "progressive"``, ``prediction`` (x0, v) and ``distilled_steps = N_r``, and whose
-  sampler defaults are DDIM, N_r steps, trailing spacing (the grid it was distilled on).
+  … from a run's EMA network. OUT is the job's directory (kind "progressive-distillation": the
+  job's settings and ONE checkpoint, written every ``checkpoint_every`` updates, inside rounds
+  too); round r is saved as ``OUT/steps-<N_r>``, a run of kind "progressive" whose config says
+  ``prediction`` (x0, v) and ``distilled_steps = N_r``, and whose sampler defaults are DDIM,
+  N_r steps, trailing spacing (the grid it was distilled on).
 - :func:`distill_consistency` — consistency distillation, Song et al. 2023, Alg. 2 (Weng
-  eq. 31), into a run of ``method = "consistency-distillation"``.
-- :func:`difflab.distill.ct_run.train_consistency` — consistency training, Song et al. 2023,
-  Alg. 3 (Weng eq. 32), what ``difflab train --method consistency-training`` runs.
+  eq. 31), into a run of kind "consistency-distillation" (its checkpoint in the run directory).
+- :func:`resume_distillation` continues either from its checkpoint, exactly.
 
-In all three the network is built by :func:`difflab.train.build_model` from the run's config
-and its weights are saved bare (safetensors, atomic writes); :func:`sampling_model` is what
-:func:`difflab.train.load_run` wraps them in: an ε-model for students (``V.as_eps``,
-``X0.as_eps``) and f_θ (:class:`ConsistencyModel`, eq. 30) for consistency runs. A consistency
-run's ``ema.safetensors`` holds the target network θ⁻ (the EMA of θ the loss bootstraps
-from), ``model.safetensors`` the online θ.
-
-Consistency training checkpoints and resumes exactly as ``difflab train`` does (ct_run.py);
-the distilled runs are saved once, at the end.
-Conditioning: the loops take per-example ``cond_data`` (:func:`cond_data`); unconditional runs
-have none.
+The network is built by :func:`difflab.build.model.build_model` from the run's config; a
+consistency run's EMA weights hold the target network θ⁻, its raw weights the online θ.
+Conditioning: the loops take per-example ``cond_data`` (:func:`cond_data`).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import checkpoint as ckpt
+from ..build.data import training_data
+from ..build.model import build_model
 from ..config import CONSISTENCY_METHODS, TrainConfig
-from ..schedules import Schedule
-from ..distill.consistency import ConsistencyModel
-from ..distill.consistency_training import consistency_distill, euler_step, heun_step
+from ..distill.consistency_training import euler_step, heun_step
 from ..distill.distances import classifier_features, feature_distance, l1, l2, pseudo_huber
-from ..distill.progressive import EPS, X0, Prediction, V, progressive_distill
+from ..schedules import Schedule
+from ..training import fit
+from ..training.backend import Backend, torch_threads
+from ..training.consistency import ConsistencyDistillation
+from ..training.losslog import LossLog
+from ..training.progressive import ProgressiveDistillation
+from . import checkpoint as ckpt
+from .evaluate import evaluate_after
+from .load import PREDICTIONS, config_to_json, consistency_model, read_run, sampling_model
+from .train import saver
 
-PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
 SOLVERS = {"euler": euler_step, "heun": heun_step}
 DISTANCES = ("l2", "l1", "pseudo_huber", "features")
-SIGMA_DATA = 0.5  # σ_d of f_θ's preconditioning (Song et al. 2023, App. C; data in [−1, 1])
 DEFAULT_START_STEPS = 64  # progressive: the first student's N (its teacher takes 128 steps)
+CHECKPOINT_EVERY = 500  # updates between checkpoints of a distillation
 # what a distilled or consistency run keeps of its teacher's config, and what it resets
-_STUDENT = {"variance": "beta_tilde", "loss": "simple", "t_sampling": "uniform", "eval_eta": 0.0,
-            "out": ""}
-
-
-# --- loading ---------------------------------------------------------------------------------
-def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
-    """The model the samplers see for the network of ``cfg``'s run: x0/v students as ε-models
-    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), others as they are."""
-    if cfg.method == "progressive":
-        return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
-    if cfg.method in CONSISTENCY_METHODS:
-        return consistency_model(cfg, net, schedule)
-    return net
-
-
-def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ConsistencyModel:
-    """f_θ around the network F_θ of a consistency run: EDM's preconditioning with σ_d = 0.5
-    (``prediction = "eps"``, the default: F_θ is a fresh network) or the v-preconditioning in
-    the schedule's own coordinates (``prediction = "v"``: F_θ started as the teacher's copy)."""
-    if cfg.prediction == "v":
-        return ConsistencyModel.v_from_schedule(net, schedule)
-    return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+STUDENT_RESET = {"variance": "beta_tilde", "loss": "simple", "t_sampling": "uniform",
+                 "eval_eta": 0.0, "out": ""}
 
 
 class EpsOnly(nn.Module):
@@ -87,7 +66,7 @@ class EpsOnly(nn.Module):
         return out[0] if isinstance(out, tuple) else out
 
 
-def _teacher(run: str | Path, threads: int | None = None
+def load_teacher(run: str | Path, threads: int | None = None
              ) -> tuple[TrainConfig, nn.Module, Schedule]:
     """The teacher run's config (its torch threads replaced by ``threads`` when given, which the
     students then inherit), its EMA ε-model and schedule."""
@@ -104,7 +83,7 @@ def _teacher(run: str | Path, threads: int | None = None
     return cfg, EpsOnly(model).eval(), schedule
 
 
-def _raw_net(cfg: TrainConfig, run: str | Path) -> nn.Module:
+def raw_network(cfg: TrainConfig, run: str | Path) -> nn.Module:
     """The run's bare EMA network (what its config's ``prediction`` says it outputs)."""
     from ..build.model import build_model
 
@@ -142,7 +121,6 @@ def guided_teacher(cfg: TrainConfig, teacher: nn.Module, guidance: float) -> nn.
     return ClassifierFree(teacher, guidance, null_cond(cfg))
 
 
-# --- writing ---------------------------------------------------------------------------------
 def check_free(run_dir: Path, overwrite: bool) -> None:
     """RunExistsError now, before any training, where ``prepare_run_dir`` would refuse later."""
     if run_dir.exists() and not run_dir.is_dir():
@@ -156,59 +134,6 @@ def check_free(run_dir: Path, overwrite: bool) -> None:
                                       "not a difflab run directory")
 
 
-def save_run(run_dir: Path, cfg: TrainConfig, online: nn.Module, ema: nn.Module,
-             overwrite: bool) -> None:
-    """config.json, then model.safetensors (θ) and ema.safetensors (what sampling loads), each
-    written atomically; bare networks (no wrapper prefix in the keys)."""
-    ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-    ckpt.write_json(run_dir / ckpt.CONFIG, cfg.to_dict())
-    meta = {"format": ckpt.FORMAT, "step": str(cfg.steps), "method": cfg.method}
-    ckpt.save_tensors(run_dir / ckpt.MODEL, online.state_dict(), meta)
-    ckpt.save_tensors(run_dir / ckpt.EMA, ema.state_dict(), meta)
-
-
-def _finish(run_dir: Path, cfg: TrainConfig, model: nn.Module, schedule: Schedule,
-            losses: list[float], extra: dict, evaluate: bool) -> dict:
-    """loss.csv, and (``evaluate``) metrics.json, samples and the reverse process as
-    ``difflab train`` writes them; without evaluation metrics.json holds ``extra`` only."""
-    from ..training.losslog import LossLog
-    from .evaluate import evaluate_after as _evaluate_after
-
-    log = LossLog(cfg.log_every)
-    for k, value in enumerate(losses, start=1):
-        log.record(k, value)
-    log.write_csv(run_dir / ckpt.LOSS_CSV)
-    tail = losses[-max(1, len(losses) // 10):]
-    extra = {**extra, "loss": sum(tail) / len(tail) if tail else None}
-    if evaluate:
-        _evaluate_after(cfg, model, schedule, run_dir, extra)
-    else:
-        ckpt.write_json(run_dir / ckpt.METRICS, extra)
-    return ckpt.read_json(run_dir / ckpt.METRICS)
-
-
-class BarLog(list):
-    """A loss log that also advances a tqdm bar (the distillation loops take a ``log`` list)."""
-
-    def __init__(self, total: int, desc: str, progress: bool):
-        super().__init__()
-        self.bar = None
-        if progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-
-    def append(self, value: float) -> None:
-        super().append(value)
-        if self.bar is not None:
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-# --- progressive distillation ----------------------------------------------------------------
 def round_steps(start_steps: int, rounds: int, T: int) -> list[int]:
     """[N, N/2, …, N/2^(K−1)] for K = ``rounds``; ValueError where a round would need a
     fraction of a step (or fewer than 1) or its teacher more than T steps (2N ≤ T)."""
@@ -224,101 +149,6 @@ def round_steps(start_steps: int, rounds: int, T: int) -> list[int]:
     return [start_steps // 2**r for r in range(rounds)]
 
 
-def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
-                        start_steps: int | None = None, steps_per_round: int = 1000,
-                        prediction: str = "v", init: str = "auto", lr: float | None = None,
-                        batch: int | None = None, seed: int = 0, overwrite: bool = False,
-                        progress: bool = False, evaluate: bool = True, guidance: float = 0.0,
-                        threads: int | None = None,
-                        report: Callable[[Path, dict], None] | None = None) -> list[Path]:
-    """Progressive distillation of ``run``'s EMA network (Salimans & Ho 2022, Alg. 2) for
-    ``rounds`` rounds of ``steps_per_round`` updates; returns the round directories
-    ``out/steps-<N>``, N = start_steps, start_steps/2, …
-
-    start_steps: the first student's N (default 64; for a progressive teacher, half its steps —
-    it is only exact on its own grid). init: the first student — "copy" of the teacher's
-    network (Alg. 2; when the teacher predicts ε and the student v or x0, its output is
-    reinterpreted: a warm start of the features only), "fresh" (seeded), or "auto": a copy
-    when it predicts ``prediction`` already, else fresh (progressive.py). lr: AdamW peak,
-    decayed linearly to 0 each round (default a tenth of the teacher's); batch: default the
-    teacher's. guidance: w of classifier-free guidance for a class-conditional teacher (see
-    :func:`guided_teacher`); the students are then conditional models with the guidance built
-    in, sampled with w = 0. threads: torch threads (default the teacher's). ``report(dir,
-    metrics)`` after each round.
-    """
-    t_cfg, teacher, schedule = _teacher(run, threads)
-    if not (guidance >= 0 and guidance < float("inf")):
-        raise ValueError(f"--guidance must be a number >= 0, got {guidance}")
-    teacher = guided_teacher(t_cfg, teacher, guidance)
-    if prediction not in ("x0", "v", "eps"):
-        raise ValueError(f"--prediction must be v, x0 or eps, got {prediction!r}")
-    if init not in ("auto", "copy", "fresh"):
-        raise ValueError(f"--init must be auto, copy or fresh, got {init!r}")
-    if start_steps is None:
-        start_steps = (t_cfg.distilled_steps // 2 if t_cfg.method == "progressive"
-                       else DEFAULT_START_STEPS)
-    if t_cfg.method == "progressive" and 2 * start_steps != t_cfg.distilled_steps:
-        raise ValueError(f"{run} was distilled for {t_cfg.distilled_steps} steps; its student "
-                         f"must take half as many (--start-steps {t_cfg.distilled_steps // 2})")
-    if steps_per_round < 1:
-        raise ValueError(f"--steps-per-round must be at least 1, got {steps_per_round}")
-    out = Path(out)
-    steps = round_steps(start_steps, rounds, t_cfg.T)
-    dirs = [out / f"steps-{n}" for n in steps]
-    for d in dirs:
-        check_free(d, overwrite)
-
-    lr = t_cfg.lr / 10 if lr is None else lr
-    batch = t_cfg.batch if batch is None else batch
-    base = dataclasses.replace(t_cfg, **_STUDENT, method="progressive", prediction=prediction,
-                               distilled_steps=steps[0], eval_sampler="ddim",
-                               eval_steps=steps[0], eval_spacing="trailing",
-                               steps=steps_per_round, lr=lr, batch=batch, seed=seed,
-                               eval_guidance=0.0)
-    if init == "copy" and t_cfg.variance == "learned":
-        raise ValueError(f"--init copy needs a teacher with a fixed variance (the same "
-                         f"network shape); {run} learns Σ_θ")
-    if init == "copy" or (init == "auto" and t_cfg.prediction == prediction
-                          and t_cfg.variance != "learned"):
-        student = _raw_net(t_cfg, run).requires_grad_(True)  # Alg. 2: init from the teacher
-    else:
-        from ..build.model import build_model
-
-        student = build_model(base)  # seeded by ``seed``
-    data = _training_data(t_cfg)  # (n, …)
-    g = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    log = BarLog(steps_per_round * rounds, "distill", progress)
-
-    def save_round(r: int, n: int, net: nn.Module) -> None:
-        nonlocal t0
-        cfg = dataclasses.replace(base, distilled_steps=n, eval_steps=n)
-        save_run(dirs[r], cfg, net, net, overwrite)
-        extra = {"method": "progressive", "teacher": str(run), "round": r + 1,
-                 "rounds": rounds, "distilled_steps": n, "teacher_steps": 2 * n,
-                 "prediction": prediction, "train_steps": steps_per_round,
-                 "teacher_guidance": guidance,
-                 "train_seconds": time.perf_counter() - t0}
-        losses = log[-steps_per_round:]
-        metrics = _finish(dirs[r], cfg, sampling_model(cfg, net, schedule), schedule, losses,
-                          extra, evaluate)
-        if report is not None:
-            report(dirs[r], metrics)
-        t0 = time.perf_counter()
-
-    try:
-        with _threads(t_cfg):
-            progressive_distill(teacher, student, schedule, data, steps[0], rounds,
-                                parameterization=PREDICTIONS[prediction], callback=save_round,
-                                iters=steps_per_round, batch=batch, lr=lr,
-                                grad_clip=t_cfg.grad_clip, generator=g,
-                                cond_data=cond_data(t_cfg), log=log)
-    finally:
-        log.close()
-    return dirs
-
-
-# --- consistency distillation and training ---------------------------------------------------
 def distance_fn(name: str, cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tensor]:
     """d of eq. (31)-(32) by name; "features": the committed FD classifier's features (images
     with a classifier only — the LPIPS stand-in, Weng eq. 31)."""
@@ -335,12 +165,166 @@ def distance_fn(name: str, cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tenso
     return fns[name]
 
 
+def _backend(job: dict[str, Any]) -> Backend:
+    return Backend.create(job["device"], job["precision"], job["compile"])
+
+
+def _round_loss(log: LossLog, start: int, end: int) -> float | None:
+    """The mean of the last tenth of a round's loss-log rows (steps start+1 … end)."""
+    rows = [v for s, v in log.rows if start < s <= end]
+    tail = rows[-max(1, len(rows) // 10):]
+    return sum(tail) / len(tail) if tail else None
+
+
+# --- progressive distillation ----------------------------------------------------------------
+def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
+                        start_steps: int | None = None, steps_per_round: int = 1000,
+                        prediction: str = "v", init: str = "auto", lr: float | None = None,
+                        batch: int | None = None, seed: int = 0, overwrite: bool = False,
+                        progress: bool = False, evaluate: bool = True, guidance: float = 0.0,
+                        threads: int | None = None,
+                        report: Callable[[Path, dict], None] | None = None,
+                        device: str = "auto", precision: str = "fp32", compile: bool = False,
+                        checkpoint_every: int = CHECKPOINT_EVERY,
+                        max_steps: int | None = None) -> list[Path]:
+    """Progressive distillation of ``run``'s EMA network (Salimans & Ho 2022, Alg. 2) for
+    ``rounds`` rounds of ``steps_per_round`` updates; returns the round directories
+    ``out/steps-<N>``, N = start_steps, start_steps/2, … (only those finished when
+    ``max_steps`` stops it early; continue with :func:`resume_distillation`).
+
+    start_steps: the first student's N (default 64; for a progressive teacher, half its steps —
+    it is only exact on its own grid). init: the first student — "copy" of the teacher's
+    network (Alg. 2; when the teacher predicts ε and the student v or x0, its output is
+    reinterpreted: a warm start of the features only), "fresh" (seeded), or "auto": a copy
+    when it predicts ``prediction`` already, else fresh. lr: AdamW peak, decayed linearly to 0
+    each round (default a tenth of the teacher's); batch: default the teacher's. guidance: w of
+    classifier-free guidance for a class-conditional teacher (see :func:`guided_teacher`); the
+    students are then conditional models with the guidance built in, sampled with w = 0.
+    threads: torch threads (default the teacher's). device, precision, compile: as for
+    training. ``report(dir, metrics)`` after each round.
+    """
+    t_cfg, _, _ = load_teacher(run, threads)
+    if not (guidance >= 0 and guidance < float("inf")):
+        raise ValueError(f"--guidance must be a number >= 0, got {guidance}")
+    if prediction not in ("x0", "v", "eps"):
+        raise ValueError(f"--prediction must be v, x0 or eps, got {prediction!r}")
+    if init not in ("auto", "copy", "fresh"):
+        raise ValueError(f"--init must be auto, copy or fresh, got {init!r}")
+    if start_steps is None:
+        start_steps = (t_cfg.distilled_steps // 2 if t_cfg.method == "progressive"
+                       else DEFAULT_START_STEPS)
+    if t_cfg.method == "progressive" and 2 * start_steps != t_cfg.distilled_steps:
+        raise ValueError(f"{run} was distilled for {t_cfg.distilled_steps} steps; its student "
+                         f"must take half as many (--start-steps {t_cfg.distilled_steps // 2})")
+    if steps_per_round < 1:
+        raise ValueError(f"--steps-per-round must be at least 1, got {steps_per_round}")
+    if checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    if init == "copy" and t_cfg.variance == "learned":
+        raise ValueError(f"--init copy needs a teacher with a fixed variance (the same "
+                         f"network shape); {run} learns Σ_θ")
+    Backend.create(device, precision, compile)  # a device this machine lacks fails here
+    out = Path(out)
+    steps = round_steps(start_steps, rounds, t_cfg.T)
+    check_free(out, overwrite)
+    for n in steps:
+        check_free(out / f"steps-{n}", overwrite)
+    copy = init == "copy" or (init == "auto" and t_cfg.prediction == prediction
+                              and t_cfg.variance != "learned")
+    job = {"method": "progressive", "teacher": str(run), "rounds": rounds,
+           "start_steps": start_steps, "steps_per_round": steps_per_round,
+           "prediction": prediction, "init": "copy" if copy else "fresh",
+           "lr": t_cfg.lr / 10 if lr is None else lr,
+           "batch": t_cfg.batch if batch is None else batch, "seed": seed,
+           "evaluate": evaluate, "guidance": guidance, "threads": threads, "device": device,
+           "precision": precision, "compile": compile, "checkpoint_every": checkpoint_every}
+    base = _student_config(t_cfg, job)
+    ckpt.prepare_run_dir(out, overwrite=overwrite)
+    ckpt.write_run_config(out, "progressive-distillation", config_to_json(base), job)
+    return _run_progressive(out, job, resume=False, progress=progress, max_steps=max_steps,
+                            report=report)
+
+
+def _student_config(t_cfg: TrainConfig, job: dict[str, Any]) -> TrainConfig:
+    """The first round's student config: the teacher's, reset (:data:`STUDENT_RESET`)."""
+    n = job["start_steps"]
+    return dataclasses.replace(
+        t_cfg, **STUDENT_RESET, method="progressive", prediction=job["prediction"],
+        distilled_steps=n, eval_sampler="ddim", eval_steps=n, eval_spacing="trailing",
+        steps=job["steps_per_round"], lr=job["lr"], batch=job["batch"], seed=job["seed"],
+        eval_guidance=0.0, device=job["device"], precision=job["precision"],
+        compile=job["compile"])
+
+
+def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
+                     max_steps: int | None, report) -> list[Path]:
+    t_cfg, teacher, schedule = load_teacher(job["teacher"], job["threads"])
+    teacher = guided_teacher(t_cfg, teacher, job["guidance"])
+    base = _student_config(t_cfg, job)
+    steps = round_steps(job["start_steps"], job["rounds"], t_cfg.T)
+    dirs = [out / f"steps-{n}" for n in steps]
+    backend = _backend(job)
+    spr = job["steps_per_round"]
+    log = LossLog(base.log_every)
+
+    def save_round(r: int, n: int, net: nn.Module) -> None:
+        if not backend.is_main or (dirs[r] / ckpt.METRICS).is_file():
+            return  # written before an interruption
+        cfg = dataclasses.replace(base, distilled_steps=n, eval_steps=n)
+        ckpt.prepare_run_dir(dirs[r], overwrite=True)
+        ckpt.write_run_config(dirs[r], "progressive", config_to_json(cfg))
+        meta = {"format": ckpt.FORMAT, "step": str(spr), "method": "progressive"}
+        ckpt.save_tensors(dirs[r] / ckpt.weight_file("denoiser", False), net.state_dict(), meta)
+        extra = {"method": "progressive", "teacher": job["teacher"], "round": r + 1,
+                 "rounds": job["rounds"], "distilled_steps": n, "teacher_steps": 2 * n,
+                 "prediction": job["prediction"], "train_steps": spr,
+                 "teacher_guidance": job["guidance"],
+                 "loss": _round_loss(log, r * spr, (r + 1) * spr)}
+        rows = [(s - r * spr, v) for s, v in log.rows if r * spr < s <= (r + 1) * spr]
+        ckpt.atomic_write_bytes(dirs[r] / ckpt.LOSS_CSV, LossLog(base.log_every).csv().encode()
+                                if not rows else
+                                ("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in rows))
+                                .encode())
+        if job["evaluate"]:
+            evaluate_after(cfg, sampling_model(cfg, net, schedule), schedule, dirs[r], extra)
+        else:
+            ckpt.write_json(dirs[r] / ckpt.METRICS, extra)
+        if report is not None:
+            report(dirs[r], ckpt.read_json(dirs[r] / ckpt.METRICS))
+
+    with torch_threads(base.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(base.seed)
+        if job["init"] == "copy":
+            student = raw_network(t_cfg, job["teacher"]).requires_grad_(True)  # Alg. 2
+        else:
+            student = build_model(base)  # seeded by ``seed``
+        objective = ProgressiveDistillation(
+            teacher, student, schedule, training_data(t_cfg), steps[0], job["rounds"],
+            parameterization=PREDICTIONS[job["prediction"]], steps_per_round=spr,
+            batch=job["batch"], lr=job["lr"], grad_clip=t_cfg.grad_clip,
+            cond_data=cond_data(t_cfg), on_round=save_round)
+        state = ckpt.load_checkpoint(out) if resume else None
+        g = torch.Generator().manual_seed(job["seed"])
+        result = fit(objective, steps=objective.steps, generator=g, backend=backend, log=log,
+                     resume=state, max_steps=max_steps,
+                     checkpoint_every=job["checkpoint_every"],
+                     save=saver(out, "progressive-distillation", log), progress=progress,
+                     desc="distill")
+        if state is not None and state.step % spr == 0 and state.step > 0:
+            objective.end_of_update(state.step)  # a round whose directory was not yet written
+    return [d for d, r in zip(dirs, range(len(dirs)), strict=True)
+            if (r + 1) * spr <= result.step]
+
+
+# --- consistency distillation ----------------------------------------------------------------
 def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun", N: int = 18,
                         distance: str = "l2", iters: int = 2000, lr: float | None = None,
                         batch: int | None = None, seed: int = 0, mu: float = 0.95,
                         init: str = "auto", overwrite: bool = False, progress: bool = False,
-                        evaluate: bool = True, threads: int | None = None
-                        ) -> tuple[Path, dict]:
+                        evaluate: bool = True, threads: int | None = None,
+                        device: str = "auto", precision: str = "fp32", compile: bool = False,
+                        checkpoint_every: int = CHECKPOINT_EVERY,
+                        max_steps: int | None = None) -> tuple[Path, dict]:
     """Consistency distillation of ``run``'s EMA ε-model into f_θ (Song et al. 2023, Alg. 2;
     Weng eq. 31): N Karras levels snapped to the schedule's steps, Φ = one ``solver`` step of
     the teacher's probability-flow ODE, target decay μ. lr: AdamW, decayed linearly to 0
@@ -348,69 +332,101 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
     (a new F_θ, EDM preconditioning), "copy" (F_θ starts as the teacher's network, read as a
     v-network: ``ConsistencyModel.v_from_schedule``; Song et al. also start from the teacher's
     weights) or "auto" (copy where the teacher predicts ε or v with a fixed variance).
-    threads: torch threads (default the teacher's). Returns (run directory, metrics)."""
-    from ..build.model import build_model
-
+    threads: torch threads (default the teacher's). Returns (run directory, metrics); metrics
+    are empty when ``max_steps`` stopped it early (continue with :func:`resume_distillation`).
+    """
     if solver not in SOLVERS:
         raise ValueError(f"--solver must be euler or heun, got {solver!r}")
     if N < 2:
         raise ValueError(f"--N must be at least 2 (levels of the ODE), got {N}")
     if iters < 1:
         raise ValueError(f"--iters must be at least 1, got {iters}")
-    t_cfg, teacher, schedule = _teacher(run, threads)
+    if checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    t_cfg, _, _ = load_teacher(run, threads)
     copyable = t_cfg.variance != "learned" and t_cfg.prediction in ("eps", "v")
     if init not in ("auto", "fresh", "copy"):
         raise ValueError(f"--init must be auto, fresh or copy, got {init!r}")
     if init == "auto":
         init = "copy" if copyable else "fresh"
-    out = Path(out)
-    check_free(out, overwrite)
-    lr = 4e-4 if lr is None else lr
-    batch = t_cfg.batch if batch is None else batch
     if init == "copy" and not copyable:
         raise ValueError("--init copy needs a teacher whose network predicts ε or v with a "
                          f"fixed variance ({run} has variance {t_cfg.variance!r}, prediction "
                          f"{t_cfg.prediction!r}); use --init fresh")
-    cfg = dataclasses.replace(t_cfg, **_STUDENT, method="consistency-distillation",
-                              prediction="v" if init == "copy" else "eps", distilled_steps=0,
-                              eval_sampler="consistency", eval_steps=1, eval_spacing="auto",
-                              steps=iters, lr=lr, batch=batch, seed=seed)
-    d = distance_fn(distance, cfg)
-    net = _raw_net(t_cfg, run).requires_grad_(True) if init == "copy" else build_model(cfg)
-    model = consistency_model(cfg, net, schedule)
-    target = copy.deepcopy(model).requires_grad_(False)  # θ⁻
-    log = BarLog(iters, "consistency distillation", progress)
-    t0 = time.perf_counter()
-    try:
-        with _threads(cfg):
-            consistency_distill(model, teacher, schedule, _training_data(t_cfg), N=N,
-                                solver=SOLVERS[solver], distance=d, mu=mu, iters=iters,
-                                batch=batch, lr=lr, lr_decay=True, grad_clip=cfg.grad_clip,
-                                generator=torch.Generator().manual_seed(seed),
-                                cond_data=cond_data(t_cfg), target=target, log=log)
-    finally:
-        log.close()
-    save_run(out, cfg, model.net, target.net, overwrite)
-    extra = {"method": cfg.method, "teacher": str(run), "solver": solver, "N": N,
-             "distance": distance, "mu": mu, "init": init, "train_steps": iters,
-             "train_seconds": time.perf_counter() - t0}
-    return out, _finish(out, cfg, target.eval(), schedule, log, extra, evaluate)
+    Backend.create(device, precision, compile)
+    out = Path(out)
+    check_free(out, overwrite)
+    job = {"method": "consistency", "teacher": str(run), "solver": solver, "N": N,
+           "distance": distance, "iters": iters, "lr": 4e-4 if lr is None else lr,
+           "batch": t_cfg.batch if batch is None else batch, "seed": seed, "mu": mu,
+           "init": init, "evaluate": evaluate, "threads": threads, "device": device,
+           "precision": precision, "compile": compile, "checkpoint_every": checkpoint_every}
+    cfg = _consistency_config(t_cfg, job)
+    distance_fn(distance, cfg)  # a bad distance fails before any writing
+    ckpt.prepare_run_dir(out, overwrite=overwrite)
+    ckpt.write_run_config(out, "consistency-distillation", config_to_json(cfg), job)
+    return _run_consistency(out, job, resume=False, progress=progress, max_steps=max_steps)
 
 
-# --- small helpers ---------------------------------------------------------------------------
-def _training_data(cfg: TrainConfig) -> Tensor:
-    from ..build.data import training_data
-
-    return training_data(cfg)
-
-
-def _threads(cfg: TrainConfig):
-    from ..training.backend import torch_threads
-
-    return torch_threads(cfg.threads)
+def _consistency_config(t_cfg: TrainConfig, job: dict[str, Any]) -> TrainConfig:
+    return dataclasses.replace(
+        t_cfg, **STUDENT_RESET, method="consistency-distillation",
+        prediction="v" if job["init"] == "copy" else "eps", distilled_steps=0,
+        eval_sampler="consistency", eval_steps=1, eval_spacing="auto", steps=job["iters"],
+        lr=job["lr"], batch=job["batch"], seed=job["seed"], device=job["device"],
+        precision=job["precision"], compile=job["compile"])
 
 
-__all__ = ["DISTANCES", "PREDICTIONS", "SOLVERS", "EpsOnly", "check_free", "cond_data",
-           "consistency_model",
-           "distance_fn", "distill_consistency", "distill_progressive", "round_steps",
-           "sampling_model", "save_run"]
+def _run_consistency(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
+                     max_steps: int | None) -> tuple[Path, dict]:
+    t_cfg, teacher, schedule = load_teacher(job["teacher"], job["threads"])
+    cfg = _consistency_config(t_cfg, job)
+    backend = _backend(job)
+    log = LossLog(cfg.log_every)
+    with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = (raw_network(t_cfg, job["teacher"]).requires_grad_(True) if job["init"] == "copy"
+               else build_model(cfg))
+        objective = ConsistencyDistillation(
+            consistency_model(cfg, net, schedule), teacher, schedule, training_data(t_cfg),
+            N=job["N"], solver=SOLVERS[job["solver"]], mu=job["mu"], batch=job["batch"],
+            iters=job["iters"], lr=job["lr"], lr_decay=True, grad_clip=cfg.grad_clip,
+            cond_data=cond_data(t_cfg), distance=distance_fn(job["distance"], cfg))
+        state = ckpt.load_checkpoint(out) if resume else None
+        result = fit(objective, steps=job["iters"], generator=torch.Generator().manual_seed(
+                     job["seed"]), backend=backend, log=log, resume=state,
+                     max_steps=max_steps, checkpoint_every=job["checkpoint_every"],
+                     save=saver(out, "consistency-distillation", log), progress=progress,
+                     desc="consistency distillation")
+    if result.step < job["iters"] or not backend.is_main:
+        return out, {}
+    extra = {"method": cfg.method, "teacher": job["teacher"], "solver": job["solver"],
+             "N": job["N"], "distance": job["distance"], "mu": job["mu"], "init": job["init"],
+             "train_steps": result.step, "train_seconds": result.seconds, "loss": result.loss}
+    target = objective.target.eval()
+    if job["evaluate"]:
+        evaluate_after(cfg, target, schedule, out, extra)
+    else:
+        ckpt.write_json(out / ckpt.METRICS, extra)
+    return out, ckpt.read_json(out / ckpt.METRICS)
+
+
+def resume_distillation(out: str | Path, *, progress: bool = False,
+                        max_steps: int | None = None,
+                        report: Callable[[Path, dict], None] | None = None):
+    """Continue an interrupted ``difflab distill`` from the checkpoint in ``out``, exactly:
+    the round directories (progressive) or (run directory, metrics) (consistency)."""
+    out = Path(out)
+    kind, _, job = read_run(out)
+    if kind == "progressive-distillation":
+        return _run_progressive(out, job, resume=True, progress=progress, max_steps=max_steps,
+                                report=report)
+    if kind == "consistency-distillation" and job:
+        return _run_consistency(out, job, resume=True, progress=progress, max_steps=max_steps)
+    raise ckpt.CheckpointError(f"{out} is not a distillation to resume (its kind is {kind!r}); "
+                               "give the OUT directory of 'difflab distill'")
+
+
+__all__ = ["DISTANCES", "SOLVERS", "EpsOnly", "check_free", "cond_data", "distance_fn",
+           "distill_consistency", "distill_progressive", "guided_teacher", "load_teacher",
+           "raw_network", "resume_distillation", "round_steps"]

@@ -54,24 +54,25 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
     if sampler == "ddpm" and variance is not None:
         kwargs["variance"] = variance
     g = torch.Generator().manual_seed(seed)
-    x_T = torch.randn(*shape, generator=g)  # (n, …)
+    x_T = torch.randn(*shape, generator=g).to(model_device(model))  # (n, …), drawn on the CPU
     marks = snapshot_marks(schedule, sampler, steps, spacing=spacing) if keep else {}
-    snapshots = [(f"x_T (t = {schedule.T})", x_T[:keep].clone())] if keep else []
+    snapshots = [(f"x_T (t = {schedule.T})", _host(x_T[:keep]))] if keep else []
     frame_marks = frames.marks(steps) if frames is not None else {}
     if frames is not None:
-        frames.frames.append((0.0, x_T[:frames.keep].clone()))
+        frames.frames.append((0.0, _host(x_T[:frames.keep])))
 
     def callback(i: int, t: int, x: Tensor) -> None:
         if i in marks:
-            snapshots.append((marks[i], x[:keep].clone()))
+            snapshots.append((marks[i], _host(x[:keep])))
         if i in frame_marks:
-            frames.frames.append((frame_marks[i], x[:frames.keep].clone()))
+            frames.frames.append((frame_marks[i], _host(x[:frames.keep])))
 
     t0 = time.perf_counter()
     with torch.inference_mode():
         x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
                                progress=progress, callback=callback, **kwargs)  # (n, …)
     seconds = time.perf_counter() - t0
+    x0 = x0.cpu()  # (n, …)
     if keep:
         snapshots.append(("x_0", x0[:keep]))
     if frames is not None:  # the last frame is what the sampler returned (e.g. after denoising)
@@ -79,6 +80,19 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
             frames.frames.pop()
         frames.frames.append((1.0, x0[:frames.keep]))
     return x0, snapshots, seconds
+
+
+def model_device(model: Callable) -> torch.device:
+    """The device of a model's parameters (the CPU for a parameter-free model)."""
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def _host(x: Tensor) -> Tensor:
+    """A CPU copy of ``x`` (a snapshot that later steps must not change)."""
+    return x.detach().to("cpu", copy=True)
 
 
 def check_sampler_fits(model: Callable, sampler: str) -> None:

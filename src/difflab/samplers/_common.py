@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from ..parameterization import Model, x0_from_eps
-from ..schedules import Schedule
+from ..schedules import Schedule, generator_device
 
 Callback = Callable[[int, int, Tensor], None]  # (step index i, timestep t, x after the step)
 
@@ -36,7 +36,8 @@ def predict(model: Model, x_t: Tensor, t: int, ab_t: float, cond: dict | None
 
 
 def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    where = generator_device(generator, x.device)
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=where).to(x.device)
 
 
 def loop(items: list, progress: bool, desc: str) -> Iterable:

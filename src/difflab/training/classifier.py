@@ -14,12 +14,44 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812 (the usual name)
 
 from ..schedules import Schedule
+from .loop import Objective, fit
 
 
 def _noisy(schedule: Schedule, x0: Tensor, t: Tensor, generator: torch.Generator | None):
     """x_t = q_sample(x0, t, ε) with ε drawn on the CPU from ``generator`` (Weng eq. 3)."""
     eps = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
     return schedule.q_sample(x0, t, eps)
+
+
+class NoisyClassifierObjective(Objective):
+    """Cross-entropy of ``net(x_t, t) -> logits`` on x_t = q_sample(x0, t, ε), t ~ U{1..t_max}
+    (ADM §4.1); AdamW (the for-each kind) at a constant learning rate, no clipping, no EMA."""
+
+    fused = False
+
+    def __init__(self, net: nn.Module, schedule: Schedule, x0: Tensor, labels: Tensor, *,
+                 batch: int, lr: float, t_max: int | None = None, weight_decay: float = 0.0):
+        self.T = schedule.T if t_max is None else int(t_max)
+        if not 1 <= self.T <= schedule.T:
+            raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
+        if len(x0) != len(labels) or len(x0) == 0:
+            raise ValueError(f"need as many labels as images (> 0), got {len(labels)} and "
+                             f"{len(x0)}")
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.net, self.schedule, self.x0, self.labels = net, schedule, x0, labels
+        self.batch, self.lr, self.weight_decay = batch, lr, weight_decay
+
+    def draw(self, step: int, g: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(len(self.x0), (self.batch,), generator=g)  # (b,)
+        t = torch.randint(1, self.T + 1, (self.batch,), generator=g)  # (b,)
+        x0 = self.x0[idx].cpu()  # (b, C, H, W)
+        eps = torch.randn(x0.shape, generator=g).to(x0.dtype)  # (b, C, H, W)
+        return {"x0": x0, "t": t, "eps": eps, "y": self.labels[idx].cpu()}
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        x_t = self.schedule.q_sample(batch["x0"], batch["t"], batch["eps"])  # Weng eq. (3)
+        return F.cross_entropy(model(x_t, batch["t"]), batch["y"])
 
 
 def train_noisy_classifier(
@@ -37,31 +69,20 @@ def train_noisy_classifier(
     log: Callable[[int, float], None] | None = None,
 ) -> nn.Module:
     """Train ``net(x_t, t) -> logits`` by cross-entropy on x_t = q_sample(x0, t, ε), t ~ U{1..T}
-    (or U{1..t_max}); ADM §4.1. Returns ``net``, in eval mode.
+    (or U{1..t_max}); ADM §4.1 — :class:`NoisyClassifierObjective` in the one loop, in memory.
+    Returns ``net``, in eval mode.
 
-    x0 (N, C, H, W) and labels int64 (N,) on the net's device; each step draws ``batch`` rows
-    with replacement, their t and their ε from ``generator`` (a CPU generator; None: the global
-    one), and takes one AdamW step. ``log(step, loss)`` is called after every step if given.
+    x0 (N, C, H, W) and labels int64 (N,); each step draws ``batch`` rows with replacement, their
+    t and their ε from ``generator`` (a CPU generator; None: a fresh one), and takes one AdamW
+    step. ``log(step, loss)`` is called after every step (0-based) if given.
     """
-    T = schedule.T if t_max is None else int(t_max)
-    if not 1 <= T <= schedule.T:
-        raise ValueError(f"t_max must be in 1..{schedule.T}, got {t_max}")
-    if len(x0) != len(labels) or len(x0) == 0:
-        raise ValueError(f"need as many labels as images (> 0), got {len(labels)} and {len(x0)}")
-    if steps < 0 or batch < 1:
-        raise ValueError(f"steps must be >= 0 and batch >= 1, got {steps} and {batch}")
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
-    net.train()
-    for step in range(steps):
-        idx = torch.randint(len(x0), (batch,), generator=generator).to(x0.device)  # (b,)
-        t = torch.randint(1, T + 1, (batch,), generator=generator)  # (b,), CPU like the schedule
-        x_t = _noisy(schedule, x0[idx], t, generator)  # (b, C, H, W)
-        loss = F.cross_entropy(net(x_t, t.to(x0.device)), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if log is not None:
-            log(step, float(loss.detach()))
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    obj = NoisyClassifierObjective(net, schedule, x0, labels, batch=batch, lr=lr, t_max=t_max,
+                                   weight_decay=weight_decay)
+    if steps:
+        fit(obj, steps=steps, generator=generator or torch.Generator(),
+            on_update=None if log is None else lambda k, value: log(k - 1, value))
     return net.eval()
 
 

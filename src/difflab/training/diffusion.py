@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
 from ..losses import l_simple
 from ..schedules import Schedule
 from ..vlb import ImportanceSampler, l_hybrid
@@ -127,6 +128,6 @@ class DiffusionObjective(Objective):
             return
         own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("tsampler.")}
         if not own:
-            raise ValueError("the checkpoint has no importance sampler state; it cannot resume "
-                             "exactly")
+            raise CheckpointError("the checkpoint has no importance sampler state; it cannot "
+                                  "resume exactly")
         self.t_sampler.load_state_dict(own)

@@ -82,6 +82,10 @@ class Objective:
         for module in self.modules().values():
             module.to(device)
 
+    def metrics(self) -> dict[str, float]:
+        """Figures of the objective for metrics.json (e.g. its final number of levels)."""
+        return {}
+
     def state_dict(self) -> dict[str, Tensor]:
         """The objective's own state beyond its modules (flat named tensors)."""
         return {}
@@ -102,13 +106,15 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         backend: Backend | None = None, log: LossLog | None = None,
         resume: TrainState | None = None, max_steps: int | None = None,
         checkpoint_every: int = 0, save: Callable[[TrainState], None] | None = None,
-        grad_accum: int = 1, progress: bool = False, desc: str = "train") -> FitResult:
+        grad_accum: int = 1, progress: bool = False, desc: str = "train",
+        on_update: Callable[[int, float], None] | None = None) -> FitResult:
     """Train ``objective`` for updates up to ``steps`` (or ``max_steps``, an interruption).
 
     ``resume``: a :class:`TrainState` to continue from exactly; ``save(state)`` is called every
     ``checkpoint_every`` updates (0: never), at the end, and on the main process only.
     ``grad_accum``: micro-batches per update (the global batch is split into processes ×
-    ``grad_accum`` equal slices). Modules end on the backend's device, in train mode.
+    ``grad_accum`` equal slices). ``on_update(step, loss)`` after every update. Modules end on
+    the backend's device.
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
@@ -171,6 +177,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         objective.after_update(step)
         value = backend.mean(total).item()
         log.record(step, value)
+        if on_update is not None:
+            on_update(step, value)
         loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
         if bar is not None:
             bar.update(1)

@@ -4,7 +4,8 @@ Row k is (step = k·every, the mean of the losses of steps k·every − every + 
 rows and the sums of the block in progress are plain float64 tensors saved inside
 ``checkpoint.safetensors`` with the weights, so a resumed run continues the log exactly where
 its checkpoint left it — no row is lost or written twice, whatever moment the run was killed at.
-``loss.csv`` is an export of the rows, rewritten atomically with every checkpoint.
+``loss.csv`` is an export of the rows (:meth:`LossLog.csv`), rewritten atomically with every
+checkpoint by :mod:`difflab.runs`.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
-
-from ..runs.checkpoint import atomic_write_bytes
 
 
 class LossLog:
@@ -56,12 +55,9 @@ class LossLog:
         """``step,loss`` and one line per row (losses with full float precision)."""
         return "step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in self.rows)
 
-    def write_csv(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.csv().encode())
-
 
 def read_loss_csv(path: str | os.PathLike) -> list[tuple[int, float]]:
-    """The rows of a ``loss.csv`` written by :meth:`LossLog.write_csv`."""
+    """The rows of a ``loss.csv`` written from :meth:`LossLog.csv`."""
     lines = Path(path).read_text(encoding="utf-8").splitlines()
     if not lines or lines[0] != "step,loss":
         raise ValueError(f"{path} is not a difflab loss log (no 'step,loss' header)")

@@ -1,0 +1,94 @@
+"""``difflab sample RUN --out FILE``: samples of a trained run as .npy, a picture or the reverse
+process as a GIF. Sampling runs on ``--device`` (the model's device) with the network under
+autocast in ``--precision``; the samples are written as float32 from the CPU."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from pathlib import Path
+
+from .common import (
+    UsageError,
+    add_sampling_flags,
+    autocast_network,
+    check_output_file,
+    sampling_args,
+    show_progress,
+    writing,
+)
+from .guidance_flags import add_guidance_flags, guided_from_args
+
+OUT_SUFFIXES = (".npy", ".png", ".gif")
+GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 10_000  # sample --out x.gif
+N_DEFAULT = 1000
+
+
+def add_parser(sub) -> None:
+    what = "draw samples from a trained run"
+    p = sub.add_parser("sample", help=what, description=what[0].upper() + what[1:] + ".")
+    add_sampling_flags(p, n_help=f"number of samples (default {N_DEFAULT})")
+    add_guidance_flags(p)
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output file: .npy (float32 array (n, 2) or (n, C, H, W)), .png (scatter "
+                   "plot, or a grid of images) or .gif (the reverse process x_T → x_0 in "
+                   f"1 + min(steps, {GIF_MAX_FRAMES}) frames: all n points, or the first "
+                   f"{GIF_IMAGES} images)")
+    p.set_defaults(run_command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..build.data import image_shape
+    from ..config import is_image
+    from ..runs.draw import Frames, draw
+    from ..runs.load import load_run
+    from ..training.backend import torch_threads
+
+    out = Path(args.out)
+    if out.suffix not in OUT_SUFFIXES:
+        raise UsageError(f"--out must end in {', '.join(OUT_SUFFIXES)}, got {args.out!r}")
+    check_output_file(out)
+    cfg, model, schedule = load_run(args.run, device=args.device)
+    sampler, steps, eta, n, spacing = sampling_args(args, cfg, N_DEFAULT)
+    image = is_image(cfg.dataset)
+    shape = image_shape(cfg) if image else (2,)
+    model = autocast_network(model, args.precision)
+    model = guided_from_args(args, cfg, model, schedule, sampler, steps, n)[0]
+    frames = None
+    if out.suffix == ".gif":
+        frames = Frames(keep=min(n, GIF_IMAGES if image else GIF_POINTS),
+                        max_frames=GIF_MAX_FRAMES)
+    with torch_threads(cfg.threads):
+        x0 = draw(model, schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
+                  spacing=spacing, seed=args.seed, variance=cfg.variance, frames=frames,
+                  progress=show_progress(args))[0]  # (n, 2) or (n, C, H, W)
+    x0 = x0.detach().float().cpu()
+    with writing(out):
+        write_samples(x0, out, frames, image,
+                      title=f"{cfg.dataset}: {sampler}, {steps} steps (n = {n})")
+    print(out)
+    return 0
+
+
+def write_samples(x0, out: Path, frames, image: bool, title: str) -> None:
+    """x0 (n, …) to ``out`` by its suffix; a .gif shows ``frames`` of the reverse process."""
+    import numpy as np
+
+    from ..runs import checkpoint as ckpt
+
+    if frames is not None:
+        from ..runs.plots import save_reverse_process_gif
+
+        save_reverse_process_gif([(p, x.float().cpu()) for p, x in frames.frames], out)
+    elif out.suffix == ".npy":
+        buf = io.BytesIO()
+        np.save(buf, x0.numpy().astype(np.float32))
+        ckpt.atomic_write_bytes(out, buf.getvalue())
+    elif image:
+        from ..runs.plots import save_image_grid
+
+        save_image_grid(x0, out)
+    else:
+        from ..runs.plots import plot_points
+
+        plot_points(x0, out, title=title)

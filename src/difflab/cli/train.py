@@ -1,0 +1,167 @@
+"""``difflab train``: train a model and write a run directory (its path is the last line of
+standard output). Every TrainConfig field is a flag (``--device``, ``--precision``,
+``--compile/--no-compile`` and ``--grad-accum`` among them).
+
+``--processes N`` re-runs the same command under HF Accelerate, N processes on this machine
+(torch.distributed: NCCL on GPUs, gloo on CPUs); it only builds that command line::
+
+    python -m accelerate.commands.launch --multi_gpu --num_processes N --num_machines 1 \\
+        --mixed_precision no --dynamo_backend no --main_process_port 0 -m difflab train …
+
+(``--multi_gpu`` is Accelerate's torchrun launcher, which also starts CPU processes; its
+``--cpu`` would start a single process without MPI.) For several machines call
+``accelerate launch`` yourself, as the README shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from ..config import builtin_presets
+from .common import PROG, UsageError, add_progress_flag, flag, show_progress
+from .config_flags import add_config_flags, config_from_flags, given_fields
+
+# flags that may change when a run is resumed (the others would break exact resume); the
+# device, compile and the processes do not change what a checkpoint holds
+RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
+             "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile"}
+TRAINED_METHODS = ("diffusion", "consistency-training")  # the others: 'difflab distill'
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a model on 2-D data or images and evaluate it",
+                       description="Train a diffusion model and write a run directory (its path "
+                       "is the last line of standard output). With no arguments: the default "
+                       "swiss-roll model. Every flag overrides the preset.")
+    p.add_argument("--preset", metavar="NAME_OR_PATH",
+                   help=f"TOML preset: a built-in name ({', '.join(builtin_presets())}) or a path")
+    add_config_flags(p)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last "
+                   "checkpoint")
+    p.add_argument("--stop-after", type=int, metavar="K",
+                   help="stop after K total steps with a checkpoint (resume later with --resume)")
+    p.add_argument("--processes", type=int, metavar="N",
+                   help="train in N processes on this machine through HF Accelerate (default 1; "
+                   "the batch is split between them)")
+    add_progress_flag(p)
+    p.set_defaults(run_command=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..runs.train import default_run_dir, train
+    from ..training.backend import world
+
+    given = given_fields(args)
+    if args.stop_after is not None and args.stop_after < 1:
+        raise UsageError("--stop-after must be at least 1")
+    if args.processes is not None and args.processes < 1:
+        raise UsageError(f"--processes must be at least 1, got {args.processes}")
+    if args.resume:
+        from ..runs.load import read_run_config
+
+        if args.overwrite or args.preset:
+            raise UsageError("--resume continues a run as it was; drop --overwrite and --preset")
+        fixed = sorted(set(given) - RESUMABLE)
+        if fixed:
+            raise UsageError(f"{flag(fixed[0])} cannot change when resuming (only "
+                             f"{', '.join(flag(k) for k in sorted(RESUMABLE))} can)")
+        cfg = config_from_flags(None, given, base=read_run_config(args.resume))
+        run_dir = Path(args.resume)
+    else:
+        cfg = config_from_flags(args.preset, given)
+        check_paths(cfg)
+        run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+    if (args.processes or 1) > 1:
+        return launch(args, cfg, run_dir)
+    run_dir = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                    progress=show_progress(args), max_steps=args.stop_after)
+    if world()[0] != 0:  # one of several processes: the first one reports
+        return 0
+    if args.stop_after is not None and args.stop_after < cfg.steps:
+        print(f"stopped after step {args.stop_after}; continue with: "
+              f"{PROG} train --resume {run_dir}")
+    else:
+        print(summary(run_dir))
+    print(run_dir)
+    return 0
+
+
+def check_paths(cfg) -> None:
+    """What the library would only find out deep inside: the method and the data directory."""
+    if cfg.method not in TRAINED_METHODS:
+        raise UsageError(f"--method {cfg.method} runs are written by '{PROG} distill', not "
+                         f"'{PROG} train'")
+    if cfg.dataset == "folder" and not Path(cfg.data).is_dir():
+        raise UsageError(f"--data {cfg.data}: no such directory")
+
+
+def summary(run_dir: Path) -> str:
+    """One line on a finished run from its metrics.json."""
+    from ..runs import checkpoint as ckpt
+
+    m = ckpt.read_json(run_dir / ckpt.METRICS)
+    head = f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s"
+    if "fd" in m:
+        acc = f"; accuracy {m['accuracy']:.2f}" if "accuracy" in m else ""
+        return (f"{head}; {m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "
+                f"{m['fd_floor']:.2f} (ratio {m['fd_ratio']:.2f}){acc}")
+    if "swd" in m:
+        return (f"{head}; {m['sampler']} {m['steps']} steps: SWD {m['swd']:.4f}, floor "
+                f"{m['swd_floor']:.4f} (ratio {m['swd_ratio']:.2f})")
+    return f"{head}; samples in {run_dir / 'samples.png'} (no FD: no classifier for folders)"
+
+
+# --- several processes --------------------------------------------------------------------------
+def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
+    """Run this same command in ``args.processes`` processes under ``accelerate launch``; its
+    exit code. Every process gets the run directory chosen here (the default one has the time
+    in its name)."""
+    import importlib.util
+
+    from ..training.backend import resolve_device, world
+
+    n = args.processes
+    if world()[1] > 1:
+        raise UsageError("--processes inside a process that a launcher started; drop it")
+    if importlib.util.find_spec("accelerate") is None:
+        raise UsageError("--processes needs HF Accelerate: pip install accelerate")
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        import torch
+
+        if n > torch.cuda.device_count():
+            raise UsageError(f"--processes {n} needs {n} GPUs; this machine has "
+                             f"{torch.cuda.device_count()} (add --device cpu for CPU processes)")
+    argv = without_processes(args.argv)
+    if not args.resume and not cfg.out:
+        argv += ["--out", str(run_dir)]
+    cmd = launch_command(n, argv)
+    print(f"{PROG}: running {n} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    return subprocess.run(cmd, check=False).returncode
+
+
+def launch_command(n: int, argv: list[str]) -> list[str]:
+    """``python -m accelerate.commands.launch … -m difflab ARGV`` for n processes here."""
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(n), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", "0", "-m", "difflab", *argv]
+
+
+def without_processes(argv: list[str]) -> list[str]:
+    """``argv`` without ``--processes N`` (or ``--processes=N``, or a prefix argparse took for
+    it, such as ``--proc N``)."""
+    out, skip = [], False
+    for token in argv:
+        if skip:
+            skip = False
+            continue
+        name = token.split("=", 1)[0]
+        if len(name) >= 5 and "--processes".startswith(name):
+            skip = "=" not in token
+            continue
+        out.append(token)
+    return out

@@ -1,0 +1,243 @@
+"""The checks a :class:`~difflab.config.TrainConfig` passes when it is made: ranges, names from
+the registries (datasets, samplers, model kinds), and the combinations that train what they
+claim to. Every failure is ONE line that names the config key, as a
+:class:`~difflab.errors.ConfigError`."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+from ..errors import ConfigError
+from ..nn.registry import AUTO, MODEL_DATA, MODELS
+from .train_config import _typed
+
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
+
+SCHEDULES = ("linear", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")  # see difflab.training.backend
+PRECISIONS = ("fp32", "bf16", "fp16")
+LR_SCHEDULES = ("constant", "cosine")
+EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
+VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
+LOSSES = ("simple", "hybrid")
+T_SAMPLINGS = ("uniform", "importance")
+CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
+# how a run's network was made (difflab.distill): trained as a diffusion model or by consistency
+# training (`difflab train --method`), or distilled from a teacher run (`difflab distill`)
+METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation")
+CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
+PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
+# image datasets and the sizes their committed FD classifiers take (difflab.fd)
+IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
+IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
+
+
+def is_image(dataset: str) -> bool:
+    """Whether ``dataset`` names image data (U-Net, FD) rather than 2-D points (MLP, SWD)."""
+    return dataset in IMAGE_DATASETS
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """"1,2,2" → (1, 2, 2); "" → (). ConfigError (a ValueError) on anything else."""
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    try:
+        return tuple(int(p) for p in parts)
+    except ValueError:
+        raise ConfigError(f"expected comma-separated integers like '1,2', got {text!r}") from None
+
+
+def image_size(cfg: TrainConfig) -> int:
+    """The run's image side in pixels (``image_size``, or the dataset's own if 0)."""
+    return cfg.image_size or {"digits": 8, "mnist": 32}.get(cfg.dataset, 32)
+
+
+def model_kind(cfg: TrainConfig) -> str:
+    """The registry name of the run's network (:data:`difflab.nn.registry.MODELS`): ``model``,
+    where "auto" is the MLP for 2-D data and the U-Net for images."""
+    return AUTO[data_kind(cfg.dataset)] if cfg.model == "auto" else cfg.model
+
+
+def data_kind(dataset: str) -> str:
+    """"images" or "points" (2-D): the kind of data ``dataset`` is, as the model registry
+    (:data:`difflab.nn.registry.MODEL_DATA`) names it."""
+    return "images" if is_image(dataset) else "points"
+
+
+def _need(cfg: TrainConfig, ok: bool, key: str, what: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key!r} {what}, got {getattr(cfg, key)!r}")
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range checks that need no other module; names of datasets and samplers are checked too."""
+    from ..data.toy2d import DATASETS
+    from ..samplers import SAMPLERS
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    _typed(cfg.to_dict())
+    names = (*DATASETS, *IMAGE_DATASETS)
+    need(cfg.dataset in names, "dataset", f"must be one of {', '.join(names)}")
+    kinds = ("auto", *MODELS)
+    need(cfg.model in kinds, "model", f"must be one of {', '.join(kinds)}")
+    fits = [k for k in MODELS if MODEL_DATA[k] == data_kind(cfg.dataset)]
+    need(cfg.model == "auto" or cfg.model in fits, "model",
+         f"must be auto or {' or '.join(fits)} for {cfg.dataset}")
+    need(cfg.schedule in SCHEDULES, "schedule", f"must be one of {', '.join(SCHEDULES)}")
+    need(cfg.lr_schedule in LR_SCHEDULES, "lr_schedule",
+         f"must be one of {', '.join(LR_SCHEDULES)}")
+    need(cfg.eval_sampler in SAMPLERS, "eval_sampler", f"must be one of {', '.join(SAMPLERS)}")
+    need(cfg.eval_spacing in EVAL_SPACINGS, "eval_spacing",
+         f"must be one of {', '.join(EVAL_SPACINGS)}")
+    need(cfg.variance in VARIANCES, "variance", f"must be one of {', '.join(VARIANCES)}")
+    need(cfg.loss in LOSSES, "loss", f"must be one of {', '.join(LOSSES)}")
+    need(cfg.t_sampling in T_SAMPLINGS, "t_sampling", f"must be one of {', '.join(T_SAMPLINGS)}")
+    need(math.isfinite(cfg.hybrid_lambda) and cfg.hybrid_lambda > 0, "hybrid_lambda",
+         "must be positive and finite")
+    _check_objective(cfg)
+    need(cfg.cond in CONDS, "cond", f"must be one of {', '.join(CONDS)}")
+    need(cfg.cond == "none" or is_image(cfg.dataset), "cond",
+         "needs image data (digits, mnist or folder); 2-D data is unconditional")
+    need(0 <= cfg.p_uncond < 1, "p_uncond", "must lie in [0, 1)")
+    need(cfg.num_classes == 0 or cfg.num_classes >= 2, "num_classes",
+         "must be 0 (the dataset's) or at least 2")
+    need(cfg.text_tokens >= 2, "text_tokens", "must be at least 2 ([CLS] and [SEP])")
+    need(math.isfinite(cfg.eval_guidance) and cfg.eval_guidance >= 0, "eval_guidance",
+         "must be a finite number >= 0")
+    need(cfg.eval_guidance == 0 or cfg.cond != "none", "eval_guidance",
+         "needs a conditional run (cond class or text)")
+    _check_method(cfg)
+    for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
+                "log_every"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    for key in ("depth", "warmup", "seed"):
+        need(getattr(cfg, key) >= 0, key, "must be at least 0")
+    need(cfg.threads >= 0, "threads", "must be at least 0 (0: all the cores torch is given)")
+    need(cfg.device.split(":")[0] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
+    need(cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(cfg.grad_accum >= 1, "grad_accum", "must be at least 1")
+    need(1 <= cfg.eval_steps <= cfg.T, "eval_steps", f"must lie in 1..T (T={cfg.T})")
+    for key in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "eval_eta"):
+        need(math.isfinite(getattr(cfg, key)), key, "must be finite")
+    need(cfg.lr > 0, "lr", "must be positive")
+    need(0 <= cfg.lr_min_ratio <= 1, "lr_min_ratio", "must lie in [0, 1]")
+    need(cfg.weight_decay >= 0, "weight_decay", "must be at least 0")
+    need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
+    need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
+    need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")
+    need(cfg.image_size >= 0, "image_size", "must be at least 0 (0: the dataset's own)")
+    _check_unet(cfg)
+    need(cfg.channels in ((1, 3) if cfg.dataset == "folder" else (1,)), "channels",
+         "must be 1 (grey) or 3 (RGB) for folder, 1 otherwise")
+    need(bool(cfg.data) == (cfg.dataset == "folder"), "data",
+         "must name the image directory for dataset folder, and only then")
+    factors = [2**level for level in range(len(_ints(cfg, "channel_mult")))]
+    if cfg.dataset in IMAGE_SIZES:
+        sizes = IMAGE_SIZES[cfg.dataset]
+        need(image_size(cfg) in sizes, "image_size",
+             f"must be one of {', '.join(map(str, sizes))} for {cfg.dataset} (or 0)")
+    if is_image(cfg.dataset):
+        need(image_size(cfg) % factors[-1] == 0, "image_size",
+             f"must be divisible by {factors[-1]} ({len(factors)} resolution levels in "
+             f"channel_mult {cfg.channel_mult!r})")
+
+
+def _check_unet(cfg: TrainConfig) -> None:
+    """The U-Net's keys, checked on every config (a 2-D run's unused U-Net keys too, so that a
+    preset is valid whatever data it is later pointed at): widths, levels, attention factors,
+    and heads that split every attention layer's channels."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    need(0 <= cfg.dropout < 1, "dropout", "must lie in [0, 1)")
+    for key in ("model_channels", "num_res_blocks", "num_heads"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    need(cfg.num_head_channels >= 0, "num_head_channels",
+         "must be at least 0 (0: use num_heads)")
+    mult, attn = _ints(cfg, "channel_mult"), _ints(cfg, "attention")
+    need(len(mult) >= 1 and min(mult) >= 1, "channel_mult",
+         "must be comma-separated integers >= 1, like '1,2'")
+    factors = [2**level for level in range(len(mult))]
+    need(all(f in factors for f in attn), "attention",
+         f"must list downsampling factors among {factors}")
+    widths = [cfg.model_channels * m for m in mult]
+    if cfg.num_head_channels:  # UNetConfig checks every level, attended or not
+        need(all(w % cfg.num_head_channels == 0 for w in widths), "num_head_channels",
+             f"must divide the width of every level ({', '.join(map(str, widths))} channels)")
+        return
+    # the attention layers: the levels in `attention`, and the middle (self-attention, or
+    # cross-attention alone for text without mid_attention)
+    attended = {widths[factors.index(f)] for f in attn}
+    if cfg.mid_attention or cfg.cond == "text":
+        attended.add(widths[-1])
+    need(all(w % cfg.num_heads == 0 for w in attended), "num_heads",
+         f"must divide the width of every attention layer ({', '.join(map(str, sorted(attended)))} "
+         "channels)")
+
+
+def _check_objective(cfg: TrainConfig) -> None:
+    """The combinations of variance, loss and t_sampling that train what they claim to.
+
+    - L_hybrid's L_vlb term sees μ_θ through a stop-gradient (Weng eq. 23 and the text after it),
+      so with a fixed Σ_θ it has no gradient at all: loss "hybrid" needs variance "learned".
+    - L_simple does not depend on Σ_θ, so a learned v would keep its initial value: variance
+      "learned" needs loss "hybrid".
+    - Importance sampling draws t ∝ √E[L_t²] from the history of the bound's terms (Nichol &
+      Dhariwal 2021, §3.3), which only loss "hybrid" computes.
+    """
+    if cfg.t_sampling == "importance" and cfg.loss != "hybrid":
+        raise ConfigError("config key 't_sampling' = 'importance' needs config key 'loss' = "
+                          "'hybrid' (p_t comes from the history of the L_vlb terms)")
+    if cfg.loss == "hybrid" and cfg.variance != "learned":
+        raise ConfigError("config key 'loss' = 'hybrid' needs config key 'variance' = 'learned' "
+                          "(the L_vlb term has a stop-gradient on μ_θ, so with a fixed Σ_θ it "
+                          "trains nothing)")
+    if cfg.variance == "learned" and cfg.loss != "hybrid":
+        raise ConfigError("config key 'variance' = 'learned' needs config key 'loss' = 'hybrid' "
+                          "(L_simple does not depend on Σ_θ, so v would never be trained)")
+
+
+def _check_method(cfg: TrainConfig) -> None:
+    """A run's method, the network's output and its sampler agree: progressive students (and
+    only they) predict x0 or v and carry their step count; consistency models (Weng eq. 30)
+    sample with the ``consistency`` sampler only and ε-models never do; neither learns Σ_θ."""
+    if cfg.method not in METHODS:
+        raise ConfigError(f"config key 'method' must be one of {', '.join(METHODS)}, "
+                          f"got {cfg.method!r}")
+    if cfg.prediction not in PREDICTIONS:
+        raise ConfigError(f"config key 'prediction' must be one of {', '.join(PREDICTIONS)}, "
+                          f"got {cfg.prediction!r}")
+    progressive = cfg.method == "progressive"
+    v_consistency = cfg.method == "consistency-distillation" and cfg.prediction == "v"
+    if cfg.prediction != "eps" and not (progressive or v_consistency):
+        raise ConfigError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
+                          "'method' = 'progressive' (only distilled students predict x0 or v)")
+    if progressive and not 1 <= cfg.distilled_steps <= cfg.T // 2:
+        raise ConfigError(f"config key 'distilled_steps' must lie in 1..T/2 for a progressive "
+                          f"student, got {cfg.distilled_steps!r}")
+    if not progressive and cfg.distilled_steps != 0:
+        raise ConfigError("config key 'distilled_steps' needs config key 'method' = "
+                          "'progressive'")
+    consistency = cfg.method in CONSISTENCY_METHODS
+    if consistency != (cfg.eval_sampler == "consistency"):
+        raise ConfigError(f"config key 'eval_sampler' = {cfg.eval_sampler!r} does not fit config "
+                          f"key 'method' = {cfg.method!r} (the 'consistency' sampler is for "
+                          "consistency models only)")
+    if cfg.method == "consistency-training" and cfg.cond != "none":
+        raise ConfigError("config key 'method' = 'consistency-training' needs config key 'cond' "
+                          "= 'none' (conditional consistency training is not implemented; "
+                          "distil a class-conditional run with 'difflab distill' instead)")
+    if cfg.method != "diffusion" and cfg.variance == "learned":
+        raise ConfigError(f"config key 'method' = {cfg.method!r} needs a fixed variance (no "
+                          "learned Σ_θ)")
+
+
+def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
+    try:
+        return int_list(getattr(cfg, key))
+    except ValueError as err:
+        raise ConfigError(f"config key {key!r}: {err}") from None

@@ -1,0 +1,265 @@
+"""The fields of :class:`TrainConfig`, their sections and their help text.
+
+``TrainConfig`` is flat (the code reads ``cfg.lr``), but every field carries
+``metadata={"section": ..., "help": ...}``: the section groups it in a config file (``[model]``)
+and the help is what ``difflab train --help`` prints beside its flag. :meth:`TrainConfig.
+to_sections` and :meth:`TrainConfig.from_sections` give the sectioned form; a flat dict (the
+``config.json`` of older runs) is accepted too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ..errors import ConfigError
+
+# the sections of a config file, in the order they are written
+SECTIONS = ("data", "model", "diffusion", "objective", "conditioning", "optimiser", "evaluation",
+            "run")
+
+
+def _in(section: str) -> Callable[[Any, str], Any]:
+    """``field(default, help)`` for the fields of ``section``."""
+    assert section in SECTIONS
+
+    def field(default: Any, help: str) -> Any:
+        return dataclasses.field(default=default, metadata={"section": section, "help": help})
+
+    return field
+
+
+_data, _model, _diffusion, _objective = (_in("data"), _in("model"), _in("diffusion"),
+                                         _in("objective"))
+_conditioning, _optimiser, _evaluation, _run = (_in("conditioning"), _in("optimiser"),
+                                                _in("evaluation"), _in("run"))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run depends on. Defaults are the tuned swiss-roll model."""
+
+    # --- data ---
+    dataset: str = _data("swiss_roll", "2-D: swiss_roll, moons, 8gaussians, checkerboard; images: "
+                                       "digits, mnist, folder (with --data)")
+    n_train: int = _data(100_000, "size of the fixed 2-D training set, drawn from the seed "
+                                  "(images: the whole train split)")
+    image_size: int = _data(0, "image side in pixels (digits 8, 16, 32; mnist 28, 32; folder: "
+                               "any multiple of 2^(levels-1); 0: the dataset's own: digits 8, "
+                               "mnist and folder 32)")
+    data: str = _data("", "image directory for --dataset folder (any Pillow format)")
+    channels: int = _data(1, "image channels for --dataset folder: 1 (grey) or 3 (RGB); digits "
+                             "and mnist are grey")
+
+    # --- model: "auto" → the MLP for 2-D data, the U-Net for images (difflab.nn.registry) ---
+    model: str = _model("auto", "auto (MLP for 2-D data, U-Net for images), mlp or unet")
+    # the MLP (difflab.nn.mlp.MLPDenoiser)
+    hidden: int = _model(64, "MLP width")
+    depth: int = _model(3, "number of residual MLP blocks")
+    t_dim: int = _model(64, "MLP: width of the sinusoidal time embedding")
+    # the U-Net (difflab.nn.unet.UNetConfig); the defaults of the options below it are DDPM's
+    # network as every run before them had it
+    model_channels: int = _model(32, "U-Net base width")
+    channel_mult: str = _model("1,2", "U-Net width multipliers, one per resolution level, e.g. "
+                                      "1,2")
+    num_res_blocks: int = _model(2, "U-Net residual blocks per level")
+    attention: str = _model("2", "U-Net self-attention at these downsampling factors, e.g. 2 "
+                                 "('' for none)")
+    mid_attention: bool = _model(True, "U-Net self-attention in the middle block (DDPM, ADM)")
+    num_heads: int = _model(4, "U-Net attention heads (when --num-head-channels is 0)")
+    num_head_channels: int = _model(0, "U-Net channels per attention head, heads = channels // "
+                                       "this (ADM: 64; Dhariwal & Nichol 2021, §3); 0: use "
+                                       "--num-heads")
+    resblock_updown: bool = _model(False, "U-Net down/up-sampling by BigGAN residual blocks "
+                                          "(Dhariwal & Nichol 2021, §3)")
+    rescale_skip: bool = _model(False, "U-Net residual sums and skip connections scaled by 1/√2 "
+                                       "(Dhariwal & Nichol 2021, §3; Saharia et al. 2022, App. F)")
+    efficient: bool = _model(False, "Imagen's Efficient U-Net: one skip per level, convolutions "
+                                    "at the lower resolution (Saharia et al. 2022, App. F)")
+    pool_context: bool = _model(True, "with --cond text: the masked mean of the caption tokens, "
+                                      "projected, added to the time embedding (Saharia et al. "
+                                      "2022, §2.2)")
+    dropout: float = _model(0.0, "U-Net dropout")
+
+    # --- diffusion ---
+    schedule: str = _diffusion("linear", "noise schedule: linear or cosine")
+    T: int = _diffusion(1000, "number of diffusion steps")
+
+    # --- objective. Σ_θ: fixed at β̃_t or β_t, or "learned" (Weng eq. 23): the network outputs
+    # [ε̂, v_raw] (2× channels), wrapped by parameterization.LearnedVariance; it is trained by
+    # loss "hybrid" only, and "hybrid" trains nothing beyond L_simple without it (see checks) ---
+    variance: str = _objective("beta_tilde", "Σ_θ of the reverse process: beta_tilde or beta "
+                                             "(fixed), or learned (eq 23: the network outputs "
+                                             "[ε, v]; needs --loss hybrid)")
+    loss: str = _objective("simple", "simple (L_simple, eq 19) or hybrid (L_simple + λ L_vlb "
+                                     "with the stop-gradient on μ_θ; needs --variance learned)")
+    hybrid_lambda: float = _objective(0.001, "λ of L_hybrid (Nichol & Dhariwal 2021)")
+    t_sampling: str = _objective("uniform", "uniform, or importance (p_t ∝ √E[L_t²] from the "
+                                            "history of the bound's terms; needs --loss hybrid)")
+    # fast sampling (difflab.distill): "diffusion" | "consistency-training" (train --method);
+    # "progressive" | "consistency-distillation" are written by `difflab distill`, whose
+    # progressive students predict `prediction` and were distilled for `distilled_steps` steps;
+    # consistency-distillation runs with prediction "v" read F_θ as a v-network (a copy of the
+    # teacher's, ConsistencyModel.v_from_schedule), with "eps" under EDM's preconditioning
+    method: str = _objective("diffusion", "diffusion, or consistency-training (Weng eq. 32: a "
+                                          "consistency model, sampled with --sampler "
+                                          "consistency)")
+    prediction: str = _objective("eps", "what the network outputs: eps (x0 and v: students of "
+                                        "'difflab distill')")
+    distilled_steps: int = _objective(0, "set by 'difflab distill' (the steps a progressive "
+                                         "student takes)")
+
+    # --- conditioning (images only): class labels or captions, dropped to ∅ with probability
+    # p_uncond so that one network learns ε(x_t, t, y) and ε(x_t, t, ∅) (Weng eq. 26) ---
+    cond: str = _conditioning("none", "none, class (label embedding) or text (captions through "
+                                      "the frozen MiniLM and cross-attention, eq 33); images only")
+    p_uncond: float = _conditioning(0.1, "probability of dropping the condition to ∅ in training "
+                                         "(classifier-free guidance)")
+    num_classes: int = _conditioning(0, "number of classes (0: the dataset's own)")
+    text_tokens: int = _conditioning(32, "caption tokens kept by the text encoder")
+
+    # --- optimiser ---
+    steps: int = _optimiser(3000, "training steps (optimizer updates)")
+    batch: int = _optimiser(1024, "batch size")
+    lr: float = _optimiser(3e-3, "peak learning rate (AdamW)")
+    lr_schedule: str = _optimiser("cosine", "constant or cosine (decay after warm-up)")
+    warmup: int = _optimiser(100, "linear learning-rate warm-up steps")
+    lr_min_ratio: float = _optimiser(0.05, "final learning rate of the cosine decay, as a "
+                                           "fraction of --lr")
+    weight_decay: float = _optimiser(0.0, "AdamW weight decay")
+    grad_clip: float = _optimiser(1.0, "clip the global gradient norm to this (0: off)")
+    ema_decay: float = _optimiser(0.995, "decay of the exponential moving average of the weights "
+                                         "(warmed up as min(decay, (1 + n) / (10 + n)))")
+    grad_accum: int = _optimiser(1, "micro-batches per update (batch = processes × grad_accum × "
+                                    "micro-batch)")
+
+    # --- evaluation after training ---
+    eval_sampler: str = _evaluation("heun", "sampler for the evaluation after training")
+    eval_steps: int = _evaluation(50, "sampler steps for the evaluation after training")
+    eval_eta: float = _evaluation(0.0, "DDIM eta for the evaluation after training")
+    eval_guidance: float = _evaluation(0.0, "classifier-free guidance w for the evaluation of a "
+                                            "conditional run (Weng eq. 26)")
+    # "auto" = "leading" on the cosine schedule (its clipped last step, ᾱ_T ≈ 2e-9, magnifies a
+    # learned ε̂'s error; see schedules.cosine) and the sampler's own default otherwise
+    eval_spacing: str = _evaluation("auto", "timestep spacing for the evaluation: auto (leading "
+                                            "on the cosine schedule), linspace, leading or "
+                                            "trailing")
+    n_eval: int = _evaluation(10_000, "samples (and held-out points) for the evaluation "
+                                      "(images: FD sample size)")
+
+    # --- run: where and how it trains (difflab.training.backend), and what it writes ---
+    seed: int = _run(0, "seed of initialisation, batches and noise")
+    threads: int = _run(0, "torch intra-op threads (0: all the cores torch is given)")
+    device: str = _run("auto", "auto (CUDA if present, else CPU), cpu, cuda or mps")
+    precision: str = _run("fp32", "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)")
+    compile: bool = _run(False, "torch.compile the network")
+    checkpoint_every: int = _run(1000, "steps between checkpoints (one more at the end)")
+    log_every: int = _run(10, "steps per row of loss.csv (the mean loss of those steps)")
+    out: str = _run("", "run directory (default: runs/<dataset>-<date>-<time>)")
+
+    def __post_init__(self) -> None:
+        from .checks import validate
+
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Flat: {field: value}."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], base: TrainConfig | None = None
+                  ) -> TrainConfig:
+        """``base`` (default: the defaults) with the flat ``values`` applied; checks names and
+        types (ConfigError naming the key)."""
+        base = base if base is not None else cls()
+        return dataclasses.replace(base, **_typed(values))
+
+    def to_sections(self) -> dict[str, dict[str, Any]]:
+        """{section: {field: value}}, sections in ``SECTIONS`` order: a config file's tables."""
+        out: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+        for f in fields(self):
+            out[f.metadata["section"]][f.name] = getattr(self, f.name)
+        return out
+
+    @classmethod
+    def from_sections(cls, values: Mapping[str, Any], base: TrainConfig | None = None
+                      ) -> TrainConfig:
+        """The inverse of :meth:`to_sections`. ``values`` may also be flat (the config.json of
+        an older run) or mix flat keys with sections; fields left out keep ``base``'s value
+        (default: the defaults)."""
+        return cls.from_dict(flatten(values), base=base)
+
+
+_FIELDS = {f.name: f for f in fields(TrainConfig)}
+_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def field_section(name: str) -> str:
+    """The section of field ``name`` (ConfigError if there is no such field)."""
+    return _field(name).metadata["section"]
+
+
+def field_help(name: str) -> str:
+    """The help text of field ``name``, as ``difflab train --help`` shows it."""
+    text = _field(name).metadata["help"]
+    if name == "eval_sampler":  # the registry's names, read when asked (samplers load lazily)
+        from ..samplers import SAMPLERS
+
+        text += ": " + ", ".join(SAMPLERS)
+    return text
+
+
+def _field(name: str) -> dataclasses.Field:
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown config key {name!r}; known keys: {', '.join(_FIELDS)}")
+    return _FIELDS[name]
+
+
+def flatten(values: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+    """{field: value} from a sectioned, flat or mixed mapping. A key whose value is a table is a
+    section (``data`` and ``model`` are also field names, whose values are strings). ConfigError
+    for an unknown section, a field under the wrong section, or a field given twice."""
+    flat: dict[str, Any] = {}
+
+    def put(key: str, value: Any) -> None:
+        if key in flat:
+            raise ConfigError(f"{where}: config key {key!r} is given twice")
+        flat[key] = value
+
+    for key, value in values.items():
+        if not isinstance(value, Mapping):
+            put(key, value)
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"{where}: unknown section [{key}]; sections: {', '.join(SECTIONS)}")
+        for name, v in value.items():
+            if name not in _FIELDS:
+                known = ", ".join(n for n, f in _FIELDS.items() if _in_section(f, key))
+                raise ConfigError(f"{where}: unknown config key {name!r} in [{key}]; its keys: "
+                                  f"{known}")
+            if not _in_section(_FIELDS[name], key):
+                raise ConfigError(f"{where}: config key {name!r} belongs in "
+                                  f"[{field_section(name)}], not [{key}]")
+            put(name, v)
+    return flat
+
+
+def _in_section(f: dataclasses.Field, section: str) -> bool:
+    return f.metadata["section"] == section
+
+
+def _typed(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Check that every key is a field and every value has the field's type (int → float ok)."""
+    out = {}
+    for key, value in values.items():
+        want = _TYPES[str(_field(key).type)]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, want) or (isinstance(value, bool) and want is not bool):
+            raise ConfigError(
+                f"config key {key!r} must be {want.__name__}, got {type(value).__name__} {value!r}"
+            )
+        out[key] = value
+    return out
