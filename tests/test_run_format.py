@@ -1,0 +1,71 @@
+"""Run directories with components (format 2), and runs written by the version before it.
+
+``fixtures/run_v1`` was written by difflab before the run machinery was rebuilt (format 1: a
+flat config.json, ema.safetensors and model.safetensors, a checkpoint with model.*, ema.* keys):
+``difflab train --steps 20 --hidden 16 --depth 1 --t-dim 16 --n-train 2000 --batch 64
+--checkpoint-every 10 --stop-after 10 --threads 1``, stopped at step 10.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.load import load_run, read_run, read_run_config
+from difflab.runs.train import train
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run_v1"
+
+
+def test_config_json_records_kind_format_and_components(tmp_path):
+    cfg = read_run_config(FIXTURE)
+    run = train(cfg.__class__.from_dict({**cfg.to_dict(), "steps": 4, "n_eval": 100}),
+                tmp_path / "run", progress=False, evaluate_after=False)
+    raw = json.loads((run / ckpt.CONFIG).read_text())
+    assert raw["format"] == ckpt.RUN_FORMAT and raw["kind"] == "diffusion"
+    assert raw["components"] == {"denoiser": {"weights": "denoiser.safetensors",
+                                              "ema": "denoiser.ema.safetensors"}}
+    for name in ("denoiser.safetensors", "denoiser.ema.safetensors", ckpt.CHECKPOINT):
+        assert (run / name).is_file()
+    state = ckpt.load_checkpoint(run)
+    assert sorted(state.modules) == ["ema", "model"] and state.step == 4
+
+
+def test_a_format_1_run_loads_and_resumes_bit_identically(tmp_path):
+    old = tmp_path / "old"
+    shutil.copytree(FIXTURE, old)
+    kind, cfg, _ = read_run(old)
+    assert kind == "diffusion" and cfg.hidden == 16 and cfg.steps == 20
+    _, model, _ = load_run(old)
+    assert model(torch.randn(3, 2), torch.tensor([1, 2, 3])).shape == (3, 2)
+    # resumed by this version, it ends where this version's uninterrupted run ends
+    train(cfg, old, resume=True, progress=False, evaluate_after=False)
+    fresh = train(cfg, tmp_path / "fresh", progress=False, evaluate_after=False)
+    a, b = ckpt.load_checkpoint(old), ckpt.load_checkpoint(fresh)
+    assert a.step == b.step == 20
+    for name in ("model", "ema"):
+        for k, v in b.modules[name].items():
+            assert torch.equal(a.modules[name][k], v), f"{name}.{k}"
+    assert (old / "loss.csv").read_text() == (fresh / "loss.csv").read_text()
+
+
+def test_a_config_of_an_unknown_format_gets_one_line_that_says_what_to_do(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    (run / ckpt.CONFIG).write_text(json.dumps({"format": "difflab-run/99", "kind": "x"}))
+    with pytest.raises(ckpt.CheckpointError, match="upgrade difflab"):
+        load_run(run)
+
+
+def test_a_classifier_or_job_directory_is_not_a_model_to_sample(tmp_path):
+    run = tmp_path / "job"
+    shutil.copytree(FIXTURE, run)
+    cfg = read_run_config(run)
+    ckpt.write_run_config(run, "progressive-distillation", cfg.to_dict(), {"teacher": "x"})
+    with pytest.raises(ckpt.CheckpointError, match="no model to sample"):
+        load_run(run)
