@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from ..config import is_image
-from .common import UsageError, add_progress_flag, show_progress
+from .common import UsageError, add_progress_flag, check_output_dir, show_progress
 from .config_flags import add_config_flags, config_from_flags, given_fields
 
 # the TrainConfig fields of `train-classifier`: its data, noise, encoder, optimiser and device
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         run_dir = default_run_dir(cfg)
         run_dir = run_dir.with_name(run_dir.name + "-classifier")
+    check_output_dir(run_dir)
     run_dir = train_classifier_run(cfg, run_dir, overwrite=args.overwrite,
                                    progress=show_progress(args))
     m = ckpt.read_json(run_dir / ckpt.METRICS)

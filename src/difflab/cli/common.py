@@ -93,6 +93,26 @@ def check_output_file(path, what: str = "--out") -> None:
         raise UsageError(f"{what} {path} is a directory; give a file name")
 
 
+def check_output_dir(path, what: str = "--out") -> None:
+    """UsageError unless directory ``path`` exists or can be made: its nearest existing
+    ancestor is a directory this process may write to."""
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        if not path.is_dir():
+            raise UsageError(f"{what} {path} exists and is not a directory")
+        return
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{what} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{what} {path}: cannot create it in {parent} (permission denied)")
+
+
 # --- progress, device, precision ----------------------------------------------------------------
 def add_progress_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -128,19 +148,13 @@ def add_device_flags(p: argparse.ArgumentParser, *, compile: bool = False,
                        help="torch.compile the network (default: off)")
 
 
-def model_device(model):
-    """The device of a model's parameters (the CPU for a model without any)."""
-    import torch
-
-    return next(iter(model.parameters()), torch.empty(0)).device
-
-
 def autocast_network(model, precision: str):
     """``model`` with its forward under autocast in ``precision`` (fp32: unchanged) and its
     output cast back to float32, so a sampler's own arithmetic stays in float32. The object
     and its type are kept (samplers recognise consistency models by their class)."""
     import torch
 
+    from ..runs.draw import model_device
     from ..training.backend import autocast_dtype, check_precision
 
     device = model_device(model)

@@ -21,6 +21,7 @@ from .common import (
     UsageError,
     add_device_flags,
     add_progress_flag,
+    check_output_dir,
     flag,
     show_progress,
     user_errors,
@@ -112,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
     run_dir = Path(args.run)
     check_teacher(args, read_run_config(run_dir))
     out = Path(args.out) if args.out else run_dir.with_name(f"{run_dir.name}-{args.method}")
+    check_output_dir(out)
     common = dict(lr=args.lr, batch=args.batch, seed=args.seed, threads=args.threads,
                   overwrite=args.overwrite, progress=show_progress(args),
                   evaluate=not args.no_eval, init=args.init or "auto", device=args.device,
@@ -239,5 +241,7 @@ def summary(run_dir: Path, m: dict) -> str:
     what = f"{m['sampler']} {m['steps']} steps: " if "sampler" in m else ""
     score = (f"FD {m['fd']:.2f} (floor {m['fd_floor']:.2f})" if "fd" in m else
              f"SWD {m['swd']:.4f} (floor {m['swd_floor']:.4f})" if "swd" in m else "not evaluated")
-    return (f"{run_dir}: {what}{score}; trained {m['train_steps']} steps in "
-            f"{m['train_seconds']:.1f} s")
+    trained = f"; trained {m['train_steps']} steps" if "train_steps" in m else ""
+    if trained and "train_seconds" in m:
+        trained += f" in {m['train_seconds']:.1f} s"
+    return f"{run_dir}: {what}{score}{trained}"

@@ -8,7 +8,7 @@ import argparse
 import math
 
 from ..config import is_image
-from .common import UsageError, flag, model_device, user_errors
+from .common import UsageError, flag, user_errors
 
 THRESHOLD_NAMES = ("none", "static", "dynamic")
 GUIDANCE_FLAGS = ("labels", "prompt", "guidance", "classifier", "threshold", "threshold_p")
@@ -64,6 +64,7 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     """The run's model with the conditioning flags applied; returns (model, labels (n,) or
     None). The classifier and the conditions go to the model's device."""
     from ..build.conditioning import guided, sample_conditions
+    from ..runs.draw import model_device
 
     given = [f for f in GUIDANCE_FLAGS if getattr(args, f) is not None]
     if cfg.cond == "none" and not given:

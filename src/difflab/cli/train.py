@@ -16,12 +16,13 @@ standard output). Every TrainConfig field is a flag (``--device``, ``--precision
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
 from ..config import builtin_presets
-from .common import PROG, UsageError, add_progress_flag, flag, show_progress
+from .common import PROG, UsageError, add_progress_flag, check_output_dir, flag, show_progress
 from .config_flags import add_config_flags, config_from_flags, given_fields
 
 # flags that may change when a run is resumed (the others would break exact resume); the
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = config_from_flags(args.preset, given)
         check_paths(cfg)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
+        check_output_dir(run_dir)
     if (args.processes or 1) > 1:
         return launch(args, cfg, run_dir)
     run_dir = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
@@ -136,11 +138,18 @@ def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
         if n > torch.cuda.device_count():
             raise UsageError(f"--processes {n} needs {n} GPUs; this machine has "
                              f"{torch.cuda.device_count()} (add --device cpu for CPU processes)")
+    from ..runs import checkpoint as ckpt
+    from ..runs.distill import check_free
+
+    if args.resume:  # a refusal here is one line, not a failure report from every process
+        ckpt.check_run_dir(run_dir)
+    else:
+        check_free(run_dir, args.overwrite)
     argv = without_processes(args.argv)
     if not args.resume and not cfg.out:
         argv += ["--out", str(run_dir)]
     cmd = launch_command(n, argv)
-    print(f"{PROG}: running {n} processes: {' '.join(cmd[1:])}", file=sys.stderr, flush=True)
+    print(f"{PROG}: running {n} processes: {shlex.join(cmd)}", file=sys.stderr, flush=True)
     return subprocess.run(cmd, check=False).returncode
 
 

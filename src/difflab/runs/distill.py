@@ -310,8 +310,6 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
                      checkpoint_every=job["checkpoint_every"],
                      save=saver(out, "progressive-distillation", log), progress=progress,
                      desc="distill")
-        if state is not None and state.step % spr == 0 and state.step > 0:
-            objective.end_of_update(state.step)  # a round whose directory was not yet written
     return [d for d, r in zip(dirs, range(len(dirs)), strict=True)
             if (r + 1) * spr <= result.step]
 

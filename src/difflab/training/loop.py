@@ -78,6 +78,9 @@ class Objective:
     def end_of_update(self, step: int) -> None:
         """After update ``step`` (1-based) and its checkpoint: e.g. write a finished round."""
 
+    def resumed(self, step: int) -> None:
+        """After its state was restored at update ``step``, before training goes on."""
+
     def to(self, device: torch.device) -> None:
         for module in self.modules().values():
             module.to(device)
@@ -133,6 +136,7 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         torch.set_rng_state(resume.torch_rng)
         log.load_state_dict(resume.log)
         step, elapsed = resume.step, resume.elapsed
+        objective.resumed(step)
     end = steps if max_steps is None else min(steps, max_steps)
     bar = _bar(progress and backend.is_main, step, steps, desc)
     params = list(objective.net.parameters())

@@ -98,6 +98,10 @@ class ProgressiveDistillation(Objective):
             self.on_round(r, self.N(r), self.net.eval())
             self.net.train()
 
+    def resumed(self, step: int) -> None:
+        if step > 0 and step % self.per_round == 0:  # stopped right after a round's last update
+            self.end_of_update(step)  # the round's writer skips a round it wrote already
+
     def state_dict(self) -> dict[str, Tensor]:
         if self.frozen is None:
             return {}

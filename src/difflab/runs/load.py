@@ -1,0 +1,103 @@
+"""Loading a run directory: its config and its model, ready to sample on a device.
+
+``load_run`` reads runs of this format and of the one before it (see
+:mod:`difflab.runs.checkpoint`), builds the network of the run's config, loads the EMA (or raw)
+weights of its ``denoiser`` component and presents it as the samplers want it: an ε-model for
+diffusion runs and progressive students (x0/v students through ``Prediction.as_eps``), f_θ for
+consistency models (Weng eq. 30).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..build.model import build_model, build_schedule
+from ..config import CONSISTENCY_METHODS, TrainConfig
+from ..distill.consistency import ConsistencyModel
+from ..distill.progressive import EPS, X0, Prediction, V
+from ..schedules import Schedule
+from ..training import SIGMA_DATA
+from ..training.backend import resolve_device
+from . import checkpoint as ckpt
+
+PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
+
+
+def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as config.json stores it: by section."""
+    return cfg.to_sections() if hasattr(cfg, "to_sections") else cfg.to_dict()
+
+
+def config_from_json(values: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_json`; also reads the flat config of older runs."""
+    if hasattr(TrainConfig, "from_sections"):
+        return TrainConfig.from_sections(values)
+    return TrainConfig.from_dict(values)
+
+
+def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:
+    """(kind, config, job) of a run directory (CheckpointError if missing or invalid)."""
+    kind, values, job = ckpt.read_run_config(run_dir)
+    try:
+        return kind, config_from_json(values), job
+    except ValueError as err:
+        raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.CONFIG} is invalid: "
+                                   f"{ckpt.one_line(err)}") from None
+
+
+def read_run_config(run_dir: str | Path) -> TrainConfig:
+    """The TrainConfig saved in a run directory (CheckpointError if missing or invalid)."""
+    return read_run(run_dir)[1]
+
+
+def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ConsistencyModel:
+    """f_θ around the network F_θ of a consistency run: EDM's preconditioning with σ_d = 0.5
+    (``prediction = "eps"``, the default: F_θ is a fresh network) or the v-preconditioning in
+    the schedule's own coordinates (``prediction = "v"``: F_θ started as the teacher's copy)."""
+    if cfg.prediction == "v":
+        return ConsistencyModel.v_from_schedule(net, schedule)
+    return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+
+
+def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
+    """The model the samplers see for the network of ``cfg``'s run: x0/v students as ε-models
+    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), others as they are."""
+    if cfg.method == "progressive":
+        return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
+    if cfg.method in CONSISTENCY_METHODS:
+        return consistency_model(cfg, net, schedule)
+    return net
+
+
+def load_network(run_dir: str | Path, cfg: TrainConfig, which: str = "ema",
+                 component: str = "denoiser") -> nn.Module:
+    """The bare network of a run's component with its EMA (or raw, ``which="model"``) weights."""
+    model = build_model(cfg)
+    weights = ckpt.load_weights(run_dir, which, component)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as err:
+        msg = " ".join(str(err).split())[:200]
+        raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({msg})") from None
+    return model
+
+
+def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None
+             ) -> tuple[TrainConfig, nn.Module, Schedule]:
+    """The config, model (EMA weights by default, in eval mode, on ``device``: "auto", "cpu",
+    "cuda", …; None: the CPU) and schedule of a run; a distilled student comes as an ε-model and
+    a consistency run as its f_θ."""
+    kind, cfg, _ = read_run(run_dir)
+    if kind == "noisy-classifier":
+        raise ckpt.CheckpointError(f"{run_dir} is a noisy-classifier run, not a diffusion model; "
+                                   "pass it to 'difflab sample' as --classifier")
+    if "denoiser" not in ckpt.KINDS[kind]:
+        raise ckpt.CheckpointError(f"{run_dir} is a {kind} run, which has no model to sample")
+    model = load_network(run_dir, cfg, which)
+    if device is not None:
+        model.to(resolve_device(device))
+    schedule = build_schedule(cfg)
+    return cfg, sampling_model(cfg, model.eval().requires_grad_(False), schedule), schedule

@@ -1,0 +1,283 @@
+"""Several processes through HF Accelerate (issue 11, point 4), on 2 CPU processes (gloo).
+
+Every rank draws the same GLOBAL batch from the same seeded generator and computes its slice
+(``Backend.shard``), so a 2-process run ends within float rounding of the 1-process run with the
+same ``--batch``; gradient accumulation splits that batch further; a checkpoint does not depend
+on the world size (a run killed with SIGKILL resumes on 2 processes and on 1); rank 0 alone
+writes files.
+
+The runs are real ``difflab train`` commands, launched as users are told to launch them:
+``python -m accelerate.commands.launch --multi_gpu --num_processes 2 …`` (Accelerate's torchrun
+launcher, which also starts CPU processes), each on a free port, with a private ``HF_HOME`` so
+that a user's ``accelerate config`` cannot change them. The runs are shared by the tests (module
+fixtures): seven launches in all, about a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("accelerate", reason="several processes need HF Accelerate")
+psutil = pytest.importorskip("psutil", reason="the SIGKILL test finds the launcher's workers "
+                             "with psutil")
+from safetensors import SafetensorError, safe_open  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+STEPS = 300  # long enough that a 2-process run is still training when it is killed
+CKPT_EVERY = 50
+ARGS = ["--steps", str(STEPS), "--batch", "256", "--hidden", "32", "--n-train", "4096",
+        "--n-eval", "200", "--eval-steps", "2", "--threads", "1", "--device", "cpu",
+        "--checkpoint-every", str(CKPT_EVERY), "--no-progress"]
+ATOL = 1e-5  # max |Δw| between runs of different world sizes or accumulation (seen: ~1e-7)
+RTOL = 1e-5  # loss.csv values
+TIMEOUT = 240  # seconds per launch: a hung rendezvous fails instead of hanging the suite
+WEIGHTS = ("denoiser.safetensors", "denoiser.ema.safetensors")
+# a launcher that could not start for a reason of this machine, not of difflab
+ENVIRONMENTAL = re.compile(r"address already in use|EADDRINUSE|DistNetworkError|"
+                           r"Connection refused|Operation not permitted|"
+                           r"Cannot assign requested address", re.IGNORECASE)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def command(processes: int, args: list[str]) -> list[str]:
+    """``difflab train ARGS`` in 1 process, or under ``accelerate launch`` in ``processes``."""
+    if processes == 1:
+        return [sys.executable, "-m", "difflab", "train", *args]
+    return [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            "--num_processes", str(processes), "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "--main_process_port", str(free_port()),
+            "-m", "difflab", "train", *args]
+
+
+def environment(home: Path) -> dict[str, str]:
+    env = dict(os.environ, HF_HOME=str(home / "hf-home"), OMP_NUM_THREADS="1",
+               PYTHONUNBUFFERED="1")
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)  # pytest itself under a launcher: start clean
+    return env
+
+
+def train(home: Path, processes: int, *args: str) -> subprocess.CompletedProcess:
+    """Run ``difflab train`` to the end (cwd ``home``); skip on an environmental launch failure,
+    fail with the output on any other."""
+    for attempt in range(2):  # the free port may be taken between free_port() and the bind
+        proc = subprocess.run(command(processes, [*ARGS, *args]), cwd=home, text=True,
+                              capture_output=True, env=environment(home), timeout=TIMEOUT)
+        if proc.returncode == 0:
+            return proc
+        output = proc.stdout + proc.stderr
+        if processes > 1 and ENVIRONMENTAL.search(output):
+            if attempt == 0 and re.search(r"address already in use|EADDRINUSE", output, re.I):
+                continue
+            pytest.skip(f"the {processes}-process launcher could not start here: "
+                        f"{ENVIRONMENTAL.search(output).group(0)}")
+        break
+    pytest.fail(f"difflab train ({processes} process(es)) exited {proc.returncode}:\n"
+                f"{output[-4000:]}")
+
+
+def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
+    return load_file(run / name)
+
+
+def max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+def losses(run: Path) -> tuple[list[int], list[float]]:
+    with open(run / "loss.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [int(r["step"]) for r in rows], [float(r["loss"]) for r in rows]
+
+
+def assert_close_runs(a: Path, b: Path, atol: float = ATOL, rtol: float = RTOL) -> None:
+    """Raw and EMA weights within ``atol``; loss.csv: the same steps, values within ``rtol``."""
+    for name in WEIGHTS:
+        diff = max_diff(weights(a, name), weights(b, name))
+        assert diff < atol, f"{name}: max |Δ| = {diff:.3g} between {a.name} and {b.name}"
+    steps_a, loss_a = losses(a)
+    steps_b, loss_b = losses(b)
+    assert steps_a == steps_b and steps_a[-1] == STEPS
+    torch.testing.assert_close(torch.tensor(loss_a, dtype=torch.float64),
+                               torch.tensor(loss_b, dtype=torch.float64), rtol=rtol, atol=0)
+
+
+def checkpoint_step(run: Path) -> int | None:
+    """The step of ``run``'s checkpoint, None while there is none (written atomically)."""
+    try:
+        with safe_open(str(run / "checkpoint.safetensors"), framework="pt") as f:
+            return int(f.metadata()["step"])
+    except (OSError, SafetensorError, KeyError, ValueError):
+        return None
+
+
+def kill_tree(launcher: subprocess.Popen) -> None:
+    """SIGKILL the launcher's process group and every process under it. torchrun starts each
+    worker in a session of its own, so killing the launcher's group alone would leave the
+    workers training as orphans."""
+    try:
+        workers = psutil.Process(launcher.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        workers = []
+    os.killpg(launcher.pid, signal.SIGKILL)
+    for worker in workers:
+        try:
+            worker.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    launcher.wait(timeout=30)
+    psutil.wait_procs(workers, timeout=30)
+
+
+# --- the runs, shared by the tests ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("distributed")
+
+
+@pytest.fixture(scope="module")
+def one(home) -> tuple[Path, subprocess.CompletedProcess]:
+    """The reference: 1 process, the global batch in one piece."""
+    return home / "one", train(home, 1, "--out", "one")
+
+
+@pytest.fixture(scope="module")
+def two(home) -> tuple[Path, subprocess.CompletedProcess]:
+    """2 processes (gloo), the same global batch."""
+    return home / "two", train(home, 2, "--out", "two")
+
+
+@pytest.fixture(scope="module")
+def killed(home) -> Path:
+    """A 2-process run SIGKILLed (launcher and workers) after its first checkpoint."""
+    run = home / "killed"
+    log = open(home / "killed.log", "w")  # noqa: SIM115 - closed below
+    launcher = subprocess.Popen(command(2, [*ARGS, "--out", "killed"]), cwd=home,
+                                env=environment(home), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while (checkpoint_step(run) or 0) < CKPT_EVERY:
+            if launcher.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.005)
+    finally:
+        if launcher.poll() is None:
+            kill_tree(launcher)
+        log.close()
+    output = (home / "killed.log").read_text()
+    step = checkpoint_step(run)
+    if step is None:
+        if launcher.returncode not in (None, -signal.SIGKILL) and ENVIRONMENTAL.search(output):
+            pytest.skip(f"the 2-process launcher could not start here: "
+                        f"{ENVIRONMENTAL.search(output).group(0)}")
+        pytest.fail(f"no checkpoint before the kill (exit {launcher.returncode}):\n"
+                    f"{output[-4000:]}")
+    assert launcher.returncode == -signal.SIGKILL, (
+        f"the run was not killed mid-run (exit {launcher.returncode}):\n{output[-4000:]}")
+    assert CKPT_EVERY <= step < STEPS, step
+    assert not (run / "metrics.json").exists()
+    return run
+
+
+def resumed(home: Path, killed: Path, processes: int) -> Path:
+    """A copy of the killed run resumed to the end on ``processes`` processes."""
+    run = home / f"resumed-{processes}"
+    shutil.copytree(killed, run)
+    train(home, processes, "--resume", run.name, "--threads", "1", "--device", "cpu",
+          "--no-progress")
+    return run
+
+
+# --- a. 2 processes = 1 process with the same global batch --------------------------------------
+
+
+def test_two_processes_match_one(one, two):
+    assert_close_runs(one[0], two[0])
+
+
+def test_two_processes_metrics_and_checkpoint_match_one(one, two):
+    """Same config.json, the same figures in metrics.json (within rounding) and the same
+    checkpoint layout: nothing records the world size."""
+    (a, _), (b, _) = one, two
+    assert json.loads((a / "config.json").read_text()) == json.loads(
+        (b / "config.json").read_text())
+    ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
+    assert ma.keys() == mb.keys() and ma["train_steps"] == mb["train_steps"] == STEPS
+    assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
+    with safe_open(str(a / "checkpoint.safetensors"), "pt") as fa, \
+            safe_open(str(b / "checkpoint.safetensors"), "pt") as fb:
+        assert set(fa.keys()) == set(fb.keys())
+        meta_a, meta_b = fa.metadata(), fb.metadata()
+        assert {k: v for k, v in meta_a.items() if k != "elapsed"} == \
+            {k: v for k, v in meta_b.items() if k != "elapsed"}
+
+
+# --- b. gradient accumulation -------------------------------------------------------------------
+
+
+def test_grad_accum_matches_one_batch(home, one):
+    run = home / "accum-1"
+    train(home, 1, "--grad-accum", "2", "--out", run.name)
+    assert_close_runs(one[0], run)
+
+
+def test_two_processes_with_grad_accum_match_one(home, one):
+    run = home / "accum-2"
+    train(home, 2, "--grad-accum", "2", "--out", run.name)
+    assert_close_runs(one[0], run)
+
+
+# --- c. SIGKILL, then resume on 2 processes and on 1 --------------------------------------------
+
+
+def test_killed_run_resumes_on_two_processes(home, killed, one, two):
+    run = resumed(home, killed, 2)
+    # the same world size: bit-identical to the uninterrupted 2-process run
+    for name in WEIGHTS:
+        assert max_diff(weights(run, name), weights(two[0], name)) == 0.0, name
+    assert losses(run) == losses(two[0])
+    assert_close_runs(one[0], run)
+
+
+def test_killed_run_resumes_on_one_process(home, killed, one):
+    """The checkpoint does not depend on the world size: 2 processes, then 1."""
+    run = resumed(home, killed, 1)
+    assert_close_runs(one[0], run)
+
+
+# --- d. rank 0 alone writes ---------------------------------------------------------------------
+
+
+def test_only_rank_zero_writes(one, two):
+    (a, out_a), (b, out_b) = one, two
+    files_a, files_b = sorted(os.listdir(a)), sorted(os.listdir(b))
+    assert files_b == files_a
+    stray = [n for n in files_b if n.startswith(".") or n.endswith(".tmp")]
+    assert not stray, f"stray files in the 2-process run directory: {stray}"
+    # rank 0 alone reports: one summary line, and the run directory as the last line
+    assert out_b.stdout.count("trained ") == out_a.stdout.count("trained ") == 1
+    assert out_b.stdout.strip().splitlines()[-1] == "two"
