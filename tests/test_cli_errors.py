@@ -54,6 +54,8 @@ def test_usage_error_is_a_difflab_error():
 
 def test_bad_flag_values_are_one_line(trained, tmp_path, capsys):
     o = ["--out", tmp_path / "x.npy"]
+    a_file = tmp_path / "file"
+    a_file.write_text("")
     for argv in (["train", "--steps", "many"],
                  ["train", "--processes", "0"],
                  ["train", "--device", "tpu", "--out", tmp_path / "a"],
@@ -70,7 +72,10 @@ def test_bad_flag_values_are_one_line(trained, tmp_path, capsys):
                  ["distill", "--method", "consistency"],
                  ["distill", "--resume", tmp_path / "nope"],
                  ["distill", trained, "--resume", tmp_path / "nope"],
-                 ["distill", "--resume", trained, "--iters", "5"]):
+                 ["distill", "--resume", trained, "--iters", "5"],
+                 ["train", *TINY, "--out", a_file / "run"],
+                 ["train-classifier", "--out", a_file],
+                 ["distill", trained, "--method", "consistency", "--out", a_file / "cd"]):
         assert one_line_error(*run(capsys, *argv)), argv
     assert not (tmp_path / "x.npy").exists() and not (tmp_path / "a").exists()
 

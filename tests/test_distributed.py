@@ -15,6 +15,7 @@ fixtures): seven launches in all, about a minute on 2 cores.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -38,8 +39,11 @@ from safetensors.torch import load_file  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-STEPS = 300  # long enough that a 2-process run is still training when it is killed
-CKPT_EVERY = 50
+# float rounding differences between world sizes grow with the steps at the default lr (max |Δw|
+# 1e-7 at 100 steps, 3e-6 at 200, 3e-5 at 300), so the runs are short; a 2-process run still
+# trains for a second or more after its first checkpoint, when it is killed
+STEPS = 100
+CKPT_EVERY = 20
 ARGS = ["--steps", str(STEPS), "--batch", "256", "--hidden", "32", "--n-train", "4096",
         "--n-eval", "200", "--eval-steps", "2", "--threads", "1", "--device", "cpu",
         "--checkpoint-every", str(CKPT_EVERY), "--no-progress"]
@@ -77,23 +81,54 @@ def environment(home: Path) -> dict[str, str]:
     return env
 
 
-def train(home: Path, processes: int, *args: str) -> subprocess.CompletedProcess:
-    """Run ``difflab train`` to the end (cwd ``home``); skip on an environmental launch failure,
-    fail with the output on any other."""
-    for attempt in range(2):  # the free port may be taken between free_port() and the bind
-        proc = subprocess.run(command(processes, [*ARGS, *args]), cwd=home, text=True,
-                              capture_output=True, env=environment(home), timeout=TIMEOUT)
-        if proc.returncode == 0:
-            return proc
-        output = proc.stdout + proc.stderr
-        if processes > 1 and ENVIRONMENTAL.search(output):
-            if attempt == 0 and re.search(r"address already in use|EADDRINUSE", output, re.I):
-                continue
+def train_many(home: Path, *jobs: tuple[int, list[str]]) -> list[subprocess.CompletedProcess]:
+    """Run the ``difflab train`` commands ``jobs`` = (processes, args) side by side (cwd
+    ``home``; each of its runs is single-threaded, and side by side they fill the cores that
+    imports, the rendezvous and rank 0's evaluation leave idle) and wait for all. Skip on an
+    environmental launch failure, fail with the output on any other."""
+    def start(processes: int, args: list[str]) -> subprocess.Popen:
+        return subprocess.Popen(command(processes, args), cwd=home, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=environment(home))
+
+    def finish(job: tuple[int, list[str]], popen: subprocess.Popen,
+               attempt: int = 0) -> subprocess.CompletedProcess:
+        processes, args = job
+        try:
+            out, err = popen.communicate(timeout=TIMEOUT)
+        except subprocess.TimeoutExpired:
+            popen.kill()
+            out, err = popen.communicate()
+            pytest.fail(f"difflab train ({processes} process(es)) ran past {TIMEOUT} s:\n"
+                        f"{(out + err)[-4000:]}")
+        done = subprocess.CompletedProcess(popen.args, popen.returncode, out, err)
+        if done.returncode == 0:
+            return done
+        output = out + err
+        found = ENVIRONMENTAL.search(output) if processes > 1 else None
+        if found and attempt == 0 and re.search(r"address already in use|EADDRINUSE", output,
+                                                re.I):
+            # the free port was taken between free_port() and the bind: once more
+            return finish(job, start(*job), attempt + 1)
+        if found:
             pytest.skip(f"the {processes}-process launcher could not start here: "
-                        f"{ENVIRONMENTAL.search(output).group(0)}")
-        break
-    pytest.fail(f"difflab train ({processes} process(es)) exited {proc.returncode}:\n"
-                f"{output[-4000:]}")
+                        f"{found.group(0)}")
+        pytest.fail(f"difflab train ({processes} process(es)) exited {done.returncode}:\n"
+                    f"{output[-4000:]}")
+
+    popens = [start(*job) for job in jobs]
+    try:
+        return [finish(job, popen) for job, popen in zip(jobs, popens, strict=True)]
+    finally:
+        for popen in popens:  # after a failure: leave nothing running
+            if popen.poll() is None:
+                popen.kill()
+                popen.wait()
+
+
+def train(home: Path, processes: int, *args: str) -> subprocess.CompletedProcess:
+    """One ``difflab train ARGS`` (the tiny run of this module and ``args``) to the end."""
+    return train_many(home, (processes, [*ARGS, *args]))[0]
 
 
 def weights(run: Path, name: str) -> dict[str, torch.Tensor]:
@@ -142,10 +177,8 @@ def kill_tree(launcher: subprocess.Popen) -> None:
         workers = []
     os.killpg(launcher.pid, signal.SIGKILL)
     for worker in workers:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             worker.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
     launcher.wait(timeout=30)
     psutil.wait_procs(workers, timeout=30)
 
@@ -159,9 +192,18 @@ def home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def one(home) -> tuple[Path, subprocess.CompletedProcess]:
-    """The reference: 1 process, the global batch in one piece."""
-    return home / "one", train(home, 1, "--out", "one")
+def ones(home) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """1-process runs, side by side: ``one``, the reference (the global batch in one piece),
+    and ``accum-1`` (the same in 2 micro-batches, --grad-accum 2)."""
+    names = {"one": [], "accum-1": ["--grad-accum", "2"]}
+    done = train_many(home, *((1, [*ARGS, *args, "--out", name])
+                              for name, args in names.items()))
+    return {name: (home / name, proc) for name, proc in zip(names, done, strict=True)}
+
+
+@pytest.fixture(scope="module")
+def one(ones) -> tuple[Path, subprocess.CompletedProcess]:
+    return ones["one"]
 
 
 @pytest.fixture(scope="module")
@@ -203,13 +245,15 @@ def killed(home) -> Path:
     return run
 
 
-def resumed(home: Path, killed: Path, processes: int) -> Path:
-    """A copy of the killed run resumed to the end on ``processes`` processes."""
-    run = home / f"resumed-{processes}"
-    shutil.copytree(killed, run)
-    train(home, processes, "--resume", run.name, "--threads", "1", "--device", "cpu",
-          "--no-progress")
-    return run
+@pytest.fixture(scope="module")
+def resumed(home, killed) -> dict[int, Path]:
+    """Copies of the killed run resumed to the end on 2 processes and on 1, side by side."""
+    runs = {n: home / f"resumed-{n}" for n in (2, 1)}
+    for run in runs.values():
+        shutil.copytree(killed, run)
+    train_many(home, *((n, ["--resume", run.name, "--threads", "1", "--device", "cpu",
+                            "--no-progress"]) for n, run in runs.items()))
+    return runs
 
 
 # --- a. 2 processes = 1 process with the same global batch --------------------------------------
@@ -220,11 +264,13 @@ def test_two_processes_match_one(one, two):
 
 
 def test_two_processes_metrics_and_checkpoint_match_one(one, two):
-    """Same config.json, the same figures in metrics.json (within rounding) and the same
-    checkpoint layout: nothing records the world size."""
+    """The same config.json (but for --out), the same figures in metrics.json (within
+    rounding) and the same checkpoint layout: nothing records the world size."""
     (a, _), (b, _) = one, two
-    assert json.loads((a / "config.json").read_text()) == json.loads(
-        (b / "config.json").read_text())
+    config_a, config_b = (json.loads((r / "config.json").read_text()) for r in (a, b))
+    for config in (config_a, config_b):
+        config["config"]["run"].pop("out")
+    assert config_a == config_b
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma.keys() == mb.keys() and ma["train_steps"] == mb["train_steps"] == STEPS
     assert mb["loss"] == pytest.approx(ma["loss"], rel=1e-5)
@@ -239,10 +285,8 @@ def test_two_processes_metrics_and_checkpoint_match_one(one, two):
 # --- b. gradient accumulation -------------------------------------------------------------------
 
 
-def test_grad_accum_matches_one_batch(home, one):
-    run = home / "accum-1"
-    train(home, 1, "--grad-accum", "2", "--out", run.name)
-    assert_close_runs(one[0], run)
+def test_grad_accum_matches_one_batch(ones):
+    assert_close_runs(ones["one"][0], ones["accum-1"][0])
 
 
 def test_two_processes_with_grad_accum_match_one(home, one):
@@ -254,8 +298,8 @@ def test_two_processes_with_grad_accum_match_one(home, one):
 # --- c. SIGKILL, then resume on 2 processes and on 1 --------------------------------------------
 
 
-def test_killed_run_resumes_on_two_processes(home, killed, one, two):
-    run = resumed(home, killed, 2)
+def test_killed_run_resumes_on_two_processes(resumed, one, two):
+    run = resumed[2]
     # the same world size: bit-identical to the uninterrupted 2-process run
     for name in WEIGHTS:
         assert max_diff(weights(run, name), weights(two[0], name)) == 0.0, name
@@ -263,10 +307,9 @@ def test_killed_run_resumes_on_two_processes(home, killed, one, two):
     assert_close_runs(one[0], run)
 
 
-def test_killed_run_resumes_on_one_process(home, killed, one):
+def test_killed_run_resumes_on_one_process(resumed, one):
     """The checkpoint does not depend on the world size: 2 processes, then 1."""
-    run = resumed(home, killed, 1)
-    assert_close_runs(one[0], run)
+    assert_close_runs(one[0], resumed[1])
 
 
 # --- d. rank 0 alone writes ---------------------------------------------------------------------
