@@ -45,10 +45,10 @@ from samplers_2d import write_results
 
 from difflab import metrics, oracle, schedules
 from difflab.distill import ConsistencyModel, consistency_sample
-from difflab.training.consistency import consistency_distill
 from difflab.distill.consistency import karras_timesteps, sigma_table
 from difflab.distill.consistency_training import euler_step, heun_step
 from difflab.nn.mlp import MLPDenoiser
+from difflab.training.consistency import consistency_distill
 
 MIX = oracle.ring_mixture(8, radius=2.0, std=0.15, weights=torch.arange(1.0, 9.0))
 SCHED = schedules.linear(1000)

@@ -65,8 +65,8 @@ def train(name: str, steps: int, workdir: Path) -> Path:
 
 def fd_draws(run: Path, sampler: str, steps: int, draws: int, eta: float = 0.0) -> dict:
     """FD of ``draws`` independent sets of 180 samples (one seeded batch, split)."""
-    from difflab.data.fd import FDEvaluator
     from difflab.build.data import image_shape
+    from difflab.data.fd import FDEvaluator
     from difflab.runs.draw import draw
     from difflab.runs.load import load_run
 

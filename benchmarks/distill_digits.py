@@ -60,10 +60,10 @@ TEACHER_QUICK = [("ddim", 10, None), ("ddpm", 5, None), ("ddim", 2, "trailing"),
 def fd_row(run: Path, sampler: str, steps: int, spacing: str | None, draws: int,
            label: str) -> dict:
     """FD of ``draws`` independent sets of 180 samples of the run (one seeded batch, split)."""
-    from difflab.config import spacing_for
-    from difflab.runs.draw import draw
-    from difflab.data.fd import FDEvaluator
     from difflab.build.data import image_shape
+    from difflab.config import spacing_for
+    from difflab.data.fd import FDEvaluator
+    from difflab.runs.draw import draw
     from difflab.runs.load import load_run
 
     cfg, model, schedule = load_run(run)

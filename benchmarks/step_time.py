@@ -86,7 +86,8 @@ def main() -> None:
                          "compile": "compile" in rest, "skipped": str(err)})
     if int(os.environ.get("RANK", 0)) != 0:
         return
-    head = "| device | precision | compile | processes | ms/step | examples/s |\n|---|---|---|---|---|---|\n"
+    head = ("| device | precision | compile | processes | ms/step | examples/s |\n"
+            "|---|---|---|---|---|---|\n")
     body = "".join(
         f"| {r['device']} | {r['precision']} | {r['compile']} | {r.get('processes', '')} | "
         + (f"{r['ms_per_step']:.1f} | {r['examples_per_s']:.0f} |\n" if "ms_per_step" in r

@@ -63,9 +63,15 @@ def measure(preset: str, n: int, extra: dict, repeats: int, workdir: Path) -> di
             "speedup_2_over_1": med["1"] / med["2"]}
 
 
+def fmt_load(load: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
+
+
 def table(r: dict) -> str:
     lines = [f"Training step time (ms, median of {r['repeats']} repeats, min-max in brackets) at "
-             f"1 and 2 torch threads; {r['cores']} cores, torch {r['torch']}.", "",
+             f"1 and 2 torch threads; {r['cores']} cores, torch {r['torch']}; load average "
+             f"(1/5/15 min) {fmt_load(r['load_before'])} before, {fmt_load(r['load_after'])} "
+             "after.", "",
              "| preset | model | batch | 1 thread | 2 threads | 1 thread / 2 threads |",
              "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, row in r["presets"].items():
@@ -94,7 +100,7 @@ def main() -> None:
     from difflab.config import load_config, model_kind
 
     results: dict = {"cores": os.cpu_count(), "torch": torch.__version__,
-                     "repeats": args.repeats, "presets": {}}
+                     "repeats": args.repeats, "load_before": os.getloadavg(), "presets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (n, extra) in presets.items():
             cfg = load_config(name)
@@ -102,6 +108,7 @@ def main() -> None:
             row = measure(name, n, extra, args.repeats, Path(tmp))
             row.update(model=f"{model_kind(cfg)} ({params / 1e3:.0f}k params)", batch=cfg.batch)
             results["presets"][name] = row
+    results["load_after"] = os.getloadavg()  # 1, 5, 15-minute load averages of the machine
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     args.out.with_suffix(".md").write_text(table(results))
     print(table(results))

@@ -64,14 +64,14 @@ def config(name: str, seed: int, steps: int | None, extra: dict | None = None):
     return load_config("digits", over)
 
 
-def train_run(name: str, seed: int, steps: int | None, workdir: Path) -> dict:
+def train_run(name: str, seed: int, steps: int | None, workdir: Path, extra: dict) -> dict:
     """metrics.json of the variant's run at ``seed`` (trained unless already finished)."""
     from difflab.runs.train import train
 
     out = workdir / f"{slug(name)}-seed{seed}"
     if not (out / "metrics.json").exists():
         print(f"[{name} seed {seed}] training into {out}", flush=True)
-        train(config(name, seed, steps), out, overwrite=True, progress=False)
+        train(config(name, seed, steps, extra), out, overwrite=True, progress=False)
     metrics = json.loads((out / "metrics.json").read_text())
     print(f"[{name} seed {seed}] FD {metrics['fd']:.1f} (floor {metrics['fd_floor']:.1f}), "
           f"{1000 * metrics['train_seconds'] / metrics['train_steps']:.0f} ms/step", flush=True)
@@ -103,11 +103,12 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-unet-options"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "unet_options_digits")
-    p.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 1 seed")
+    p.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 1 seed, DDIM-5")
     args = p.parse_args()
-    timing_steps = TIMING_STEPS
-    if args.quick:
+    timing_steps, extra = TIMING_STEPS, {}
+    if args.quick:  # and a 5-step evaluation sampler
         args.steps, args.seeds, args.repeats, timing_steps = 20, "0", 1, 5
+        extra = {"eval_steps": 5}
         args.workdir = args.workdir.with_name(args.workdir.name + "-quick")
         args.out = args.out.with_name(args.out.name + "_quick")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -116,9 +117,10 @@ def main() -> None:
 
     results: dict = {"preset": "digits", "steps": config("default", 0, args.steps).steps,
                      "seeds": seeds, "cores": os.cpu_count(), "torch": torch.__version__,
-                     "threads": torch.get_num_threads(), "variants": {}}
+                     "threads": torch.get_num_threads(), "load_before": os.getloadavg(),
+                     "variants": {}}
     for name, keys in VARIANTS.items():
-        runs = [train_run(name, s, args.steps, args.workdir) for s in seeds]
+        runs = [train_run(name, s, args.steps, args.workdir, extra) for s in seeds]
         net = build_model(config(name, 0, args.steps))
         results["variants"][name] = {
             "keys": keys, "params": sum(q.numel() for q in net.parameters()),
@@ -126,9 +128,14 @@ def main() -> None:
             "run_ms_per_step": [1000 * m["train_seconds"] / m["train_steps"] for m in runs]}
     for name, ms in timing(args.repeats, timing_steps, args.workdir).items():
         results["variants"][name]["ms_per_step"] = ms
+    results["load_after"] = os.getloadavg()  # 1, 5, 15-minute load averages of the machine
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))
     args.out.with_suffix(".md").write_text(table(results))
     print(table(results))
+
+
+def fmt_load(load: list[float]) -> str:
+    return "/".join(f"{x:.1f}" for x in load)
 
 
 def table(r: dict) -> str:
@@ -137,7 +144,8 @@ def table(r: dict) -> str:
              f"{seeds}; {r['threads']} torch threads on {r['cores']} cores). FD of 180 DDIM-100 "
              "samples (metrics.json), mean over seeds and each seed; ms/step: median of "
              "interleaved short runs (in brackets: the whole runs' mean), and its ratio to the "
-             "default.", "",
+             f"default. Load average (1/5/15 min) {fmt_load(r['load_before'])} before, "
+             f"{fmt_load(r['load_after'])} after.", "",
              "| variant | config keys | params | FD (mean) | FD per seed | FD floor | ms/step | "
              "× default |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]

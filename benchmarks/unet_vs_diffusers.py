@@ -84,8 +84,8 @@ LIBS = ("difflab", "diffusers")
 def config_spec(name: str) -> dict:
     """What a child needs to build both models: the UNetConfig of the preset, as train.py builds
     it, with the image side and the training batch."""
-    from difflab.config import image_size, load_config
     from difflab.build.model import build_model
+    from difflab.config import image_size, load_config
 
     preset, overrides = CONFIGS[name]
     cfg = load_config(preset, overrides)

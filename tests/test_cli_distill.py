@@ -19,7 +19,7 @@ from difflab.parameterization import EpsFromV, EpsFromX0
 from difflab.runs import checkpoint as ckpt
 from difflab.runs.distill import round_steps
 from difflab.runs.draw import draw, snapshot_marks
-from difflab.runs.load import load_run
+from difflab.runs.load import load_run, read_run_config
 
 TINY = ["--steps", "40", "--hidden", "16", "--depth", "1", "--t-dim", "8", "--batch", "64",
         "--n-train", "1000", "--n-eval", "300", "--eval-steps", "5", "--warmup", "5",
@@ -72,7 +72,9 @@ def _calls(model):
 
 # --- progressive distillation ---------------------------------------------------------------
 def test_progressive_writes_one_sampleable_run_per_round(progressive, tmp_path, capsys):
-    assert sorted(p.name for p in progressive.iterdir()) == ["steps-1", "steps-2", "steps-4"]
+    # OUT: the job (its config, loss log and ONE checkpoint) and a run directory per round
+    assert sorted(p.name for p in progressive.iterdir()) == [
+        "checkpoint.safetensors", "config.json", "loss.csv", "steps-1", "steps-2", "steps-4"]
     for n in (4, 2, 1):
         d = progressive / f"steps-{n}"
         cfg, model, schedule = load_run(d)
@@ -323,8 +325,8 @@ def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, caps
     assert code == 0
     m = json.loads((out / "steps-2" / "metrics.json").read_text())
     assert m["teacher_guidance"] == 2.0 and 0 <= m["accuracy"] <= 1  # sampled class by class
-    cfg = json.loads((out / "steps-2" / "config.json").read_text())
-    assert cfg["cond"] == "class" and cfg["eval_guidance"] == 0.0
+    cfg = read_run_config(out / "steps-2")
+    assert cfg.cond == "class" and cfg.eval_guidance == 0.0
     capsys.readouterr()
     assert main(["sample", str(out / "steps-2"), "--class", "3", "-n", "2",
                  "--out", str(tmp_path / "x.npy")]) == 0

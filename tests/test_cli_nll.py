@@ -56,7 +56,7 @@ def test_hybrid_run_from_the_command_line_writes_its_curve_and_gif(image_run):
     with Image.open(image_run / "reverse_process.gif") as im:
         assert im.n_frames == 1 + 4  # x_T and one frame per step of the 4-step evaluation
     assert json.loads((image_run / ckpt.METRICS).read_text())["sampler"] == "ddpm"
-    assert ckpt.load_checkpoint(image_run).t_sampler["count"].sum() > 0
+    assert ckpt.load_checkpoint(image_run).extra["tsampler.count"].sum() > 0
 
 
 @pytest.mark.parametrize("steps,frames", [(5, 6), (60, 41)])

@@ -19,6 +19,7 @@ from difflab.cli import main
 from difflab.config import load_config
 from difflab.guidance import ClassifierFree, Thresholded, dynamic_threshold
 from difflab.runs import checkpoint as ckpt
+from difflab.runs.load import read_run_config
 from difflab.runs.train import train
 
 TINY = ["--dataset", "digits", "--steps", "8", "--batch", "16", "--model-channels", "8",
@@ -142,8 +143,8 @@ def test_sample_conditions_errors():
 def test_class_run_records_accuracy_and_guidance(runs):
     m = json.loads((runs["class"] / ckpt.METRICS).read_text())
     assert 0 <= m["accuracy"] <= 1 and m["guidance"] == 1.0
-    cfg = json.loads((runs["class"] / ckpt.CONFIG).read_text())
-    assert cfg["cond"] == "class" and cfg["num_classes"] == 10  # resolved from the data
+    cfg = read_run_config(runs["class"])
+    assert cfg.cond == "class" and cfg.num_classes == 10  # resolved from the data
     clf = json.loads((runs["classifier"] / ckpt.METRICS).read_text())
     assert set(clf["test_accuracy_at_t"]) == {"1", "10", "25", "50", "75", "100"}  # T = 100
 
@@ -221,7 +222,7 @@ def test_text_run_samples_from_prompts_and_templates(tmp_path, capsys):
     code, _, err = run(capsys, "train", *TINY, "--cond", "text", "--text-tokens", "8",
                        "--out", run_dir)
     assert code == 0, err
-    assert json.loads((run_dir / ckpt.CONFIG).read_text())["cond"] == "text"
+    assert read_run_config(run_dir).cond == "text"
     code, text, err = run(capsys, "eval", run_dir, "--prompt", "a handwritten three",
                           "--class", "3", "--guidance", "2", "-n", "6", "--steps", "3")
     assert code == 0, err

@@ -142,7 +142,8 @@ def test_importance_sampled_run_stopped_and_resumed_equals_uninterrupted(tmp_pat
     whole = train(cfg, tmp_path / "whole", progress=False, evaluate_after=False)
     part = train(cfg, tmp_path / "part", progress=False, max_steps=37)
     state = ckpt.load_checkpoint(part)
-    assert state.step == 37 and bool((part_of(state, "t_sampler")["count"] == 10).all())  # warm by then
+    warm = bool((part_of(state, "t_sampler")["count"] == 10).all())  # warm by then
+    assert state.step == 37 and warm
     train(cfg, part, resume=True, progress=False, evaluate_after=False)
     _assert_same(ckpt.load_checkpoint(whole), ckpt.load_checkpoint(part))
     assert (whole / ckpt.LOSS_CSV).read_bytes() == (part / ckpt.LOSS_CSV).read_bytes()

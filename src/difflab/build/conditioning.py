@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..config import TrainConfig
 from ..data import captions as cap
 from ..data.images import ImageData
+from ..errors import ConfigError
 from ..guidance import (
     AncestralClassifierGuidance,
     Bound,
@@ -95,10 +96,10 @@ def resolve(cfg: TrainConfig, data: ImageData) -> TrainConfig:
         return cfg
     K = cfg.num_classes or len(data.classes)
     if K < 2:
-        raise ValueError(f"class conditioning needs at least 2 classes; {data.name} has "
+        raise ConfigError(f"class conditioning needs at least 2 classes; {data.name} has "
                          f"{len(data.classes)} (a folder's classes are its top-level subfolders)")
     if int(data.y.max()) >= K:
-        raise ValueError(f"num_classes = {K} but the data has label {int(data.y.max())}")
+        raise ConfigError(f"num_classes = {K} but the data has label {int(data.y.max())}")
     return replace(cfg, num_classes=K)
 
 
@@ -132,16 +133,16 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
     classifier guidance).
     """
     if prompt is not None and not prompt.strip():
-        raise ValueError("empty prompt; give a caption such as 'a handwritten seven'")
+        raise ConfigError("empty prompt; give a caption such as 'a handwritten seven'")
     if prompt is not None and cfg.cond != "text":
-        raise ValueError(f"--prompt needs a text-conditional run; this one has cond {cfg.cond!r}")
+        raise ConfigError(f"--prompt needs a text-conditional run; this one has cond {cfg.cond!r}")
     K = cfg.num_classes if cfg.cond == "class" else 10
     y = None
     if labels is not None or (cfg.cond != "none" and prompt is None):
         base = torch.tensor(list(labels) if labels is not None else range(K), dtype=torch.long)
         bad = base[(base < 0) | (base >= K)]
         if len(base) == 0 or len(bad):
-            raise ValueError(f"class labels must lie in 0..{K - 1}, got "
+            raise ConfigError(f"class labels must lie in 0..{K - 1}, got "
                              f"{bad.tolist() if len(bad) else 'none'}")
         y = base.repeat(-(-n // len(base)))[:n]  # (n,)
     if cfg.cond == "class":
@@ -149,7 +150,7 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
     if cfg.cond == "none":
         return ({"y": y} if y is not None else {}), y
     if cfg.dataset == "folder" and prompt is None:
-        raise ValueError("a text-conditional folder run needs --prompt")
+        raise ConfigError("a text-conditional folder run needs --prompt")
     if prompt is not None:
         captions = cap.prompt_captions(prompt, n)
     else:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ConfigError
+
 CAPTIONS_FILE = "captions.csv"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 # {d}: the digit ("7"); {w}: its word ("seven"). No article stands before {w} ("a eight").
@@ -67,19 +69,19 @@ def read_captions(folder: str | Path, name: str = CAPTIONS_FILE) -> dict[str, st
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
         if header != ["file", "caption"]:
-            raise ValueError(f"{str(path)!r}: the first line must be file,caption, got {header}")
+            raise ConfigError(f"{str(path)!r}: the first line must be file,caption, got {header}")
         captions: dict[str, str] = {}
         for line, row in enumerate(reader, start=2):
             if not row:
                 continue  # blank line
             if len(row) != 2:
-                raise ValueError(
+                raise ConfigError(
                     f"{str(path)!r} line {line}: expected 2 fields (file,caption), got {len(row)};"
                     " quote captions that contain commas"
                 )
             file = row[0].strip().replace("\\", "/")
             if file in captions:
-                raise ValueError(f"{str(path)!r} line {line}: {file!r} has a caption already")
+                raise ConfigError(f"{str(path)!r} line {line}: {file!r} has a caption already")
             captions[file] = row[1].strip()
     return captions
 
@@ -92,7 +94,7 @@ def captions_for(files: Sequence[str | Path], captions: dict[str, str]) -> list[
     keys = [Path(f).as_posix() for f in files]
     missing = [k for k in keys if k not in captions]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"{len(missing)} of {len(keys)} image(s) have no row in {CAPTIONS_FILE}, "
             f"e.g. {missing[0]!r}"
         )

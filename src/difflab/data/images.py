@@ -27,6 +27,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional
 
+from ..errors import ConfigError
+
 SPLITS = ("train", "test", "all")
 TEST_FRACTION = 0.1
 DIGIT_CLASSES = tuple("0123456789")
@@ -218,9 +220,9 @@ def image_folder(
     """
     root = Path(path)
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
+        raise ConfigError(f"channels must be 1 (grey) or 3 (RGB), got {channels}")
     if not root.is_dir():
-        raise ValueError(f"image folder {str(root)!r} does not exist or is not a directory")
+        raise ConfigError(f"image folder {str(root)!r} does not exist or is not a directory")
     files = _image_files(root)
     images, kept, bad = [], [], []
     for f in files:
@@ -236,7 +238,7 @@ def image_folder(
             stacklevel=2,
         )
     if not images:
-        raise ValueError(f"no readable images under {str(root)!r} ({len(files)} candidate files)")
+        raise ConfigError(f"no readable images under {str(root)!r} ({len(files)} candidate files)")
     parts = [f.relative_to(root).parts for f in kept]
     groups = [p[0] if len(p) > 1 else "." for p in parts]  # top-level subfolder, or "."
     classes = tuple(sorted(set(groups)))

@@ -60,7 +60,8 @@ CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"
 )
 LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
-RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPOINT, METRICS, LOSS_CSV, LOSS_PNG, "samples.png",
+RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPOINT, METRICS,
+             LOSS_CSV, LOSS_PNG, "samples.png",
              "reverse_process.png", "reverse_process.gif")
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 

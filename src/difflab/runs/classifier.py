@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..config import TrainConfig, int_list, is_image
+from ..errors import ConfigError
 from ..nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from ..training.classifier import classifier_accuracy
 from . import checkpoint as ckpt
@@ -62,7 +63,7 @@ def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bo
     from .train import saver
 
     if not is_image(cfg.dataset):
-        raise ValueError(f"a noisy classifier needs image data with labels, not {cfg.dataset!r}")
+        raise ConfigError(f"a noisy classifier needs image data with labels, not {cfg.dataset!r}")
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     data = image_split(cfg, "train")
     cfg = resolve(dataclasses.replace(cfg, cond="class"), data)
@@ -126,5 +127,5 @@ def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
                       ("image size", image_size(classifier_cfg), image_size(cfg)),
                       ("channels", classifier_cfg.channels, cfg.channels)):
         if a != b:
-            raise ValueError(f"the classifier was trained with {key} {a!r} but the run has "
+            raise ConfigError(f"the classifier was trained with {key} {a!r} but the run has "
                              f"{b!r}; train one to match with 'difflab train-classifier'")

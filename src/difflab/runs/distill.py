@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ..build.model import build_model
 from ..config import CONSISTENCY_METHODS, TrainConfig
 from ..distill.consistency_training import euler_step, heun_step
 from ..distill.distances import classifier_features, feature_distance, l1, l2, pseudo_huber
+from ..errors import ConfigError
 from ..schedules import Schedule
 from ..training import fit
 from ..training.backend import Backend, torch_threads
@@ -73,10 +75,10 @@ def load_teacher(run: str | Path, threads: int | None = None
     from .load import load_run
 
     if threads is not None and threads < 0:
-        raise ValueError(f"--threads must be at least 0, got {threads}")
+        raise ConfigError(f"--threads must be at least 0, got {threads}")
     cfg, model, schedule = load_run(run)
     if cfg.method in CONSISTENCY_METHODS:
-        raise ValueError(f"{run} is a consistency model; distil a diffusion run or a "
+        raise ConfigError(f"{run} is a consistency model; distil a diffusion run or a "
                          "progressive student")
     if threads is not None:
         cfg = dataclasses.replace(cfg, threads=threads)
@@ -99,7 +101,7 @@ def cond_data(cfg: TrainConfig) -> dict[str, Tensor] | None:
     if cfg.cond == "none":
         return None
     if cfg.cond != "class":
-        raise ValueError(f"distilling a {cfg.cond!r}-conditional run is not implemented; "
+        raise ConfigError(f"distilling a {cfg.cond!r}-conditional run is not implemented; "
                          "distil an unconditional or class-conditional run")
     from ..build.data import image_split
 
@@ -116,7 +118,7 @@ def guided_teacher(cfg: TrainConfig, teacher: nn.Module, guidance: float) -> nn.
     from ..guidance import ClassifierFree
 
     if cfg.cond != "class":
-        raise ValueError("--guidance needs a class-conditional teacher (train it with --cond "
+        raise ConfigError("--guidance needs a class-conditional teacher (train it with --cond "
                          "class)")
     return ClassifierFree(teacher, guidance, null_cond(cfg))
 
@@ -138,12 +140,12 @@ def round_steps(start_steps: int, rounds: int, T: int) -> list[int]:
     """[N, N/2, …, N/2^(K−1)] for K = ``rounds``; ValueError where a round would need a
     fraction of a step (or fewer than 1) or its teacher more than T steps (2N ≤ T)."""
     if rounds < 1:
-        raise ValueError(f"--rounds must be at least 1, got {rounds}")
+        raise ConfigError(f"--rounds must be at least 1, got {rounds}")
     if start_steps < 1 or 2 * start_steps > T:
-        raise ValueError(f"--start-steps must lie in 1..T/2 (its teacher takes twice as many "
+        raise ConfigError(f"--start-steps must lie in 1..T/2 (its teacher takes twice as many "
                          f"steps; T = {T}), got {start_steps}")
     if start_steps % 2 ** (rounds - 1):
-        raise ValueError(f"--rounds {rounds} from --start-steps {start_steps} would go below 1 "
+        raise ConfigError(f"--rounds {rounds} from --start-steps {start_steps} would go below 1 "
                          f"step ({start_steps} is not divisible by 2^{rounds - 1}); use at most "
                          f"{int(math.log2(start_steps & -start_steps)) + 1} rounds")
     return [start_steps // 2**r for r in range(rounds)]
@@ -156,12 +158,12 @@ def distance_fn(name: str, cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tenso
         from ..config import IMAGE_SIZES, image_size
 
         if cfg.dataset not in IMAGE_SIZES:
-            raise ValueError(f"--distance features needs digits or mnist (a committed "
+            raise ConfigError(f"--distance features needs digits or mnist (a committed "
                              f"classifier), not {cfg.dataset}")
         return feature_distance(classifier_features(cfg.dataset, image_size(cfg)))
     fns = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
     if name not in fns:
-        raise ValueError(f"--distance must be one of {', '.join(DISTANCES)}, got {name!r}")
+        raise ConfigError(f"--distance must be one of {', '.join(DISTANCES)}, got {name!r}")
     return fns[name]
 
 
@@ -205,23 +207,23 @@ def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
     """
     t_cfg, _, _ = load_teacher(run, threads)
     if not (guidance >= 0 and guidance < float("inf")):
-        raise ValueError(f"--guidance must be a number >= 0, got {guidance}")
+        raise ConfigError(f"--guidance must be a number >= 0, got {guidance}")
     if prediction not in ("x0", "v", "eps"):
-        raise ValueError(f"--prediction must be v, x0 or eps, got {prediction!r}")
+        raise ConfigError(f"--prediction must be v, x0 or eps, got {prediction!r}")
     if init not in ("auto", "copy", "fresh"):
-        raise ValueError(f"--init must be auto, copy or fresh, got {init!r}")
+        raise ConfigError(f"--init must be auto, copy or fresh, got {init!r}")
     if start_steps is None:
         start_steps = (t_cfg.distilled_steps // 2 if t_cfg.method == "progressive"
                        else DEFAULT_START_STEPS)
     if t_cfg.method == "progressive" and 2 * start_steps != t_cfg.distilled_steps:
-        raise ValueError(f"{run} was distilled for {t_cfg.distilled_steps} steps; its student "
+        raise ConfigError(f"{run} was distilled for {t_cfg.distilled_steps} steps; its student "
                          f"must take half as many (--start-steps {t_cfg.distilled_steps // 2})")
     if steps_per_round < 1:
-        raise ValueError(f"--steps-per-round must be at least 1, got {steps_per_round}")
+        raise ConfigError(f"--steps-per-round must be at least 1, got {steps_per_round}")
     if checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+        raise ConfigError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     if init == "copy" and t_cfg.variance == "learned":
-        raise ValueError(f"--init copy needs a teacher with a fixed variance (the same "
+        raise ConfigError(f"--init copy needs a teacher with a fixed variance (the same "
                          f"network shape); {run} learns Σ_θ")
     Backend.create(device, precision, compile)  # a device this machine lacks fails here
     out = Path(out)
@@ -267,6 +269,8 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
     spr = job["steps_per_round"]
     log = LossLog(base.log_every)
 
+    clock = [time.perf_counter()]  # when this round (or this session of it) began
+
     def save_round(r: int, n: int, net: nn.Module) -> None:
         if not backend.is_main or (dirs[r] / ckpt.METRICS).is_file():
             return  # written before an interruption
@@ -279,7 +283,8 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
                  "rounds": job["rounds"], "distilled_steps": n, "teacher_steps": 2 * n,
                  "prediction": job["prediction"], "train_steps": spr,
                  "teacher_guidance": job["guidance"],
-                 "loss": _round_loss(log, r * spr, (r + 1) * spr)}
+                 "loss": _round_loss(log, r * spr, (r + 1) * spr),
+                 "train_seconds": time.perf_counter() - clock[0]}
         rows = [(s - r * spr, v) for s, v in log.rows if r * spr < s <= (r + 1) * spr]
         ckpt.atomic_write_bytes(dirs[r] / ckpt.LOSS_CSV, LossLog(base.log_every).csv().encode()
                                 if not rows else
@@ -291,6 +296,7 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
             ckpt.write_json(dirs[r] / ckpt.METRICS, extra)
         if report is not None:
             report(dirs[r], ckpt.read_json(dirs[r] / ckpt.METRICS))
+        clock[0] = time.perf_counter()
 
     with torch_threads(base.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(base.seed)
@@ -334,21 +340,21 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
     are empty when ``max_steps`` stopped it early (continue with :func:`resume_distillation`).
     """
     if solver not in SOLVERS:
-        raise ValueError(f"--solver must be euler or heun, got {solver!r}")
+        raise ConfigError(f"--solver must be euler or heun, got {solver!r}")
     if N < 2:
-        raise ValueError(f"--N must be at least 2 (levels of the ODE), got {N}")
+        raise ConfigError(f"--N must be at least 2 (levels of the ODE), got {N}")
     if iters < 1:
-        raise ValueError(f"--iters must be at least 1, got {iters}")
+        raise ConfigError(f"--iters must be at least 1, got {iters}")
     if checkpoint_every < 1:
-        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+        raise ConfigError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     t_cfg, _, _ = load_teacher(run, threads)
     copyable = t_cfg.variance != "learned" and t_cfg.prediction in ("eps", "v")
     if init not in ("auto", "fresh", "copy"):
-        raise ValueError(f"--init must be auto, fresh or copy, got {init!r}")
+        raise ConfigError(f"--init must be auto, fresh or copy, got {init!r}")
     if init == "auto":
         init = "copy" if copyable else "fresh"
     if init == "copy" and not copyable:
-        raise ValueError("--init copy needs a teacher whose network predicts ε or v with a "
+        raise ConfigError("--init copy needs a teacher whose network predicts ε or v with a "
                          f"fixed variance ({run} has variance {t_cfg.variance!r}, prediction "
                          f"{t_cfg.prediction!r}); use --init fresh")
     Backend.create(device, precision, compile)

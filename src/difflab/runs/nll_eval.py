@@ -38,6 +38,7 @@ from ..config import TrainConfig, is_image
 from ..likelihood import ode_bpd
 from ..schedules import Schedule
 from ..vlb import prior_kl, vlb_all_terms
+from .draw import model_device
 
 ROW_BUDGET = 2**16  # rows × dimensions of one model call of the bound (1024 digits: fastest)
 
@@ -85,6 +86,7 @@ def evaluate_nll(model: Callable, schedule: Schedule, cfg: TrainConfig, *, n: in
         raise ValueError(f"--ode-steps must lie in 1..T (T = {T} for this run), got {ode_steps}")
     if hutchinson_samples < 1:
         raise ValueError(f"--hutchinson-samples must be at least 1, got {hutchinson_samples}")
+    x0 = x0.to(model_device(model))  # (n, …) where the model runs
     chunks = x0.split(batch if is_image(cfg.dataset) else 1024)
     g = torch.Generator().manual_seed(seed)
     bits = D * math.log(2)  # nats per sample → bits per dimension
