@@ -15,7 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..build.model import build_model, build_schedule
-from ..config import CONSISTENCY_METHODS, TrainConfig
+from ..config import TrainConfig
 from ..distill.consistency import ConsistencyModel
 from ..distill.progressive import EPS, X0, Prediction, V
 from ..schedules import Schedule
@@ -62,14 +62,21 @@ def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> C
     return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
 
 
+def _student(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
+    return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
+
+
+# how each kind of run's network is presented to the samplers (absent: as it is, an ε-model)
+SAMPLING_MODELS = {"progressive": _student, "consistency-training": consistency_model,
+                   "consistency-distillation": consistency_model}
+
+
 def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
     """The model the samplers see for the network of ``cfg``'s run: x0/v students as ε-models
-    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), others as they are."""
-    if cfg.method == "progressive":
-        return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
-    if cfg.method in CONSISTENCY_METHODS:
-        return consistency_model(cfg, net, schedule)
-    return net
+    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), others as they are
+    (:data:`SAMPLING_MODELS`)."""
+    wrap = SAMPLING_MODELS.get(cfg.method)
+    return wrap(cfg, net, schedule) if wrap is not None else net
 
 
 def load_network(run_dir: str | Path, cfg: TrainConfig, which: str = "ema",
