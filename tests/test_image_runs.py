@@ -15,20 +15,11 @@ from difflab.cli import main
 from difflab.config import TrainConfig, load_config
 from difflab.runs import checkpoint as ckpt
 from difflab.runs.train import train
+from helpers import part_of
 
 TINY = ["--dataset", "digits", "--steps", "12", "--batch", "16", "--model-channels", "8",
         "--num-res-blocks", "1", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",
         "--eval-steps", "4", "--n-eval", "20", "--checkpoint-every", "10", "--no-progress"]
-
-
-def part_of(state: ckpt.TrainState, name: str) -> dict:
-    """A part of a checkpoint by its old name: a module, the importance sampler or the log."""
-    if name in ("model", "ema"):
-        return state.modules[name]
-    if name == "t_sampler":
-        return {k.split(".", 1)[1]: v for k, v in state.extra.items()
-                if k.startswith("tsampler.")}
-    return getattr(state, name)
 
 
 def run(capsys, *argv) -> tuple[int, str, str]:

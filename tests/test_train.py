@@ -16,19 +16,10 @@ from difflab.runs.evaluate import evaluate
 from difflab.runs.load import load_run
 from difflab.runs.train import train
 from difflab.training import lr_schedule
+from helpers import part_of
 
 TINY = {"hidden": 32, "depth": 1, "t_dim": 16, "batch": 128, "n_train": 4000, "warmup": 10,
         "n_eval": 2000, "eval_steps": 20, "threads": 1}
-
-
-def part_of(state: ckpt.TrainState, name: str) -> dict:
-    """A part of a checkpoint by its old name: a module, the importance sampler or the log."""
-    if name in ("model", "ema"):
-        return state.modules[name]
-    if name == "t_sampler":
-        return {k.split(".", 1)[1]: v for k, v in state.extra.items()
-                if k.startswith("tsampler.")}
-    return getattr(state, name)
 
 
 def tiny(**kw) -> TrainConfig:

@@ -18,22 +18,13 @@ from difflab.runs.load import load_run, read_run_config
 from difflab.runs.train import train
 from difflab.training.losslog import read_loss_csv
 from difflab.vlb import ImportanceSampler
+from helpers import part_of
 
 TINY = {"hidden": 32, "depth": 1, "t_dim": 16, "batch": 128, "n_train": 4000, "warmup": 10,
         "n_eval": 500, "eval_steps": 10, "threads": 1, "log_every": 5}
 # T = 50: the importance sampler needs 10 values of every L_t before it leaves uniform sampling,
 # which 128-sample batches reach within the first few dozen steps
 IMPORTANCE = {"variance": "learned", "loss": "hybrid", "t_sampling": "importance", "T": 50}
-
-
-def part_of(state: ckpt.TrainState, name: str) -> dict:
-    """A part of a checkpoint by its old name: a module, the importance sampler or the log."""
-    if name in ("model", "ema"):
-        return state.modules[name]
-    if name == "t_sampler":
-        return {k.split(".", 1)[1]: v for k, v in state.extra.items()
-                if k.startswith("tsampler.")}
-    return getattr(state, name)
 
 
 def tiny(**kw) -> TrainConfig:
