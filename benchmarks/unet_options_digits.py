@@ -78,7 +78,7 @@ def train_run(name: str, seed: int, steps: int | None, workdir: Path, extra: dic
     return metrics
 
 
-def timing(repeats: int, steps: int, workdir: Path) -> dict[str, list[float]]:
+def timing(repeats: int, steps: int, workdir: Path, extra: dict) -> dict[str, list[float]]:
     """ms per step of short runs, the variants interleaved (order reversed every other
     repeat) so that a change in the machine's load falls on all of them alike."""
     from difflab.runs.train import train
@@ -87,7 +87,8 @@ def timing(repeats: int, steps: int, workdir: Path) -> dict[str, list[float]]:
     names = list(VARIANTS)
     for r in range(repeats + 1):  # the first round warms up (imports, caches, data)
         for name in names if r % 2 else names[::-1]:
-            cfg = config(name, 0, steps, {"eval_steps": 5, "checkpoint_every": 10 * steps})
+            cfg = config(name, 0, steps, {**extra, "eval_steps": 5,
+                                          "checkpoint_every": 10 * steps})
             run = train(cfg, workdir / f"timing-{slug(name)}", overwrite=True, progress=False)
             m = json.loads((Path(run) / "metrics.json").read_text())
             if r:
@@ -101,6 +102,8 @@ def main() -> None:
                    "preset's 1500)")
     p.add_argument("--seeds", default="0,1", help="training seeds, comma-separated")
     p.add_argument("--repeats", type=int, default=3, help="interleaved timing rounds")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of every run (default "
+                   "0: the preset's, all cores; 1 is steadier on a machine shared with others)")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-unet-options"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "unet_options_digits")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 steps, 1 seed, DDIM-5")
@@ -112,6 +115,9 @@ def main() -> None:
         args.workdir = args.workdir.with_name(args.workdir.name + "-quick")
         args.out = args.out.with_name(args.out.name + "_quick")
     seeds = [int(s) for s in args.seeds.split(",")]
+    extra["threads"] = args.threads
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from difflab.build.model import build_model
 
@@ -126,7 +132,7 @@ def main() -> None:
             "keys": keys, "params": sum(q.numel() for q in net.parameters()),
             "fd": [m["fd"] for m in runs], "fd_floor": runs[0]["fd_floor"],
             "run_ms_per_step": [1000 * m["train_seconds"] / m["train_steps"] for m in runs]}
-    for name, ms in timing(args.repeats, timing_steps, args.workdir).items():
+    for name, ms in timing(args.repeats, timing_steps, args.workdir, extra).items():
         results["variants"][name]["ms_per_step"] = ms
     results["load_after"] = os.getloadavg()  # 1, 5, 15-minute load averages of the machine
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=2))

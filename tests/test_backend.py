@@ -120,3 +120,11 @@ def test_cuda_training_and_sampling(tmp_path, precision):
     _, model, schedule = load_run(gpu, device="cuda")
     x = draw(model, schedule, (100, 2), sampler="heun", steps=10)[0]
     assert x.device.type == "cpu" and torch.isfinite(x).all()
+
+
+def test_ranks_above_zero_draw_their_own_dropout_stream():
+    from difflab.training.loop import rank_seed
+
+    seeds = {rank_seed(0, step, rank) for step in range(50) for rank in range(1, 5)}
+    assert len(seeds) == 200  # a stream per (step, rank), none repeated
+    assert rank_seed(1, 0, 1) != rank_seed(0, 0, 1)

@@ -69,3 +69,18 @@ def test_a_classifier_or_job_directory_is_not_a_model_to_sample(tmp_path):
     ckpt.write_run_config(run, "progressive-distillation", cfg.to_dict(), {"teacher": "x"})
     with pytest.raises(ckpt.CheckpointError, match="no model to sample"):
         load_run(run)
+
+
+def test_resume_and_overwrite_remove_the_temp_files_of_a_killed_write(tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(FIXTURE, run)
+    stale = [run / ".denoiser.ema.safetensors.x1y2.tmp", run / ".checkpoint.safetensors.a.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a file")
+    keep = run / "notes.txt"
+    keep.write_text("the user's")
+    train(read_run_config(run), run, resume=True, progress=False, evaluate_after=False)
+    assert not any(p.exists() for p in stale) and keep.read_text() == "the user's"
+    stale[0].write_bytes(b"half a file")
+    ckpt.prepare_run_dir(run, overwrite=True)
+    assert not stale[0].exists() and keep.exists()

@@ -163,6 +163,14 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
     return run_dir
 
 
+def remove_stale_temps(run_dir: str | os.PathLike) -> None:
+    """Delete the temporary files of writes that a killed process left half done (a write is
+    a temporary file renamed over the old one; the old one is intact)."""
+    for name in (*RUN_FILES, CLASSIFIER, EMA, MODEL):
+        for path in Path(run_dir).glob(f".{name}.*.tmp"):
+            path.unlink(missing_ok=True)
+
+
 def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
     """Create ``run_dir`` for a new run. An existing non-empty directory is an error unless
     ``overwrite``, and even then only difflab's own files are removed (never anything else)."""
@@ -181,6 +189,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             )
         for name in (*RUN_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
             (run_dir / name).unlink(missing_ok=True)
+        remove_stale_temps(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir
 

@@ -422,6 +422,7 @@ def resume_distillation(out: str | Path, *, progress: bool = False,
     the round directories (progressive) or (run directory, metrics) (consistency)."""
     out = Path(out)
     kind, _, job = read_run(out)
+    ckpt.remove_stale_temps(out)  # of writes a killed run left half done
     if kind == "progressive-distillation":
         return _run_progressive(out, job, resume=True, progress=progress, max_steps=max_steps,
                                 report=report)

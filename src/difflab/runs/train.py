@@ -34,6 +34,7 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, ov
     without ``overwrite``) and write its config.json."""
     if resume:
         ckpt.check_run_dir(run_dir)
+        ckpt.remove_stale_temps(run_dir)  # of writes a killed run left half done
     else:
         ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
         ckpt.write_run_config(run_dir, kind, config_to_json(cfg), job)

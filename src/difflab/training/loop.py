@@ -121,6 +121,7 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
+    seed = generator.initial_seed()  # the run's seed (before any resumed state is set)
     if grad_accum < 1:
         raise ValueError(f"grad_accum must be at least 1, got {grad_accum}")
     objective.to(backend.device)
@@ -159,6 +160,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         if objective.new_phase(step):
             opt = objective.optimizer()
         batch = objective.draw(step, generator)
+        if backend.rank > 0:  # dropout: rank 0 keeps the run's stream, the others their own
+            torch.manual_seed(rank_seed(seed, step, backend.rank))
         B = next(iter(batch.values())).shape[0]
         opt.zero_grad(set_to_none=True)
         total = None
@@ -196,6 +199,12 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     if step == 0 or (resume is not None and resume.step >= end):
         checkpoint()  # nothing trained this session: still leave a resumable run
     return FitResult(step, elapsed + time.perf_counter() - t_start, loss_avg, log)
+
+
+def rank_seed(seed: int, step: int, rank: int) -> int:
+    """The seed of torch's global generator (dropout) on process ``rank`` > 0 at update
+    ``step``: a function of (seed, step, rank) alone, so resume stays exact and ranks differ."""
+    return (seed * 1_000_003 + step) * 1_009 + rank
 
 
 def _bar(progress: bool, initial: int, total: int, desc: str):
