@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..nn.registry import AUTO, MODEL_DATA, MODELS
-from .train_config import _typed
 
 if TYPE_CHECKING:
     from .train_config import TrainConfig
@@ -78,7 +77,6 @@ def validate(cfg: TrainConfig) -> None:
     def need(ok: bool, key: str, what: str) -> None:
         _need(cfg, ok, key, what)
 
-    _typed(cfg.to_dict())
     names = (*DATASETS, *IMAGE_DATASETS)
     need(cfg.dataset in names, "dataset", f"must be one of {', '.join(names)}")
     kinds = ("auto", *MODELS)
@@ -130,6 +128,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")
     need(cfg.image_size >= 0, "image_size", "must be at least 0 (0: the dataset's own)")
     _check_unet(cfg)
+    _check_dit(cfg)
     need(cfg.channels in ((1, 3) if cfg.dataset == "folder" else (1,)), "channels",
          "must be 1 (grey) or 3 (RGB) for folder, 1 otherwise")
     need(bool(cfg.data) == (cfg.dataset == "folder"), "data",
@@ -177,6 +176,22 @@ def _check_unet(cfg: TrainConfig) -> None:
     need(all(w % cfg.num_heads == 0 for w in attended), "num_heads",
          f"must divide the width of every attention layer ({', '.join(map(str, sorted(attended)))} "
          "channels)")
+
+
+def _check_dit(cfg: TrainConfig) -> None:
+    """The DiT's keys, checked on every config like the U-Net's; the patch must divide the image
+    only when the run builds a DiT."""
+    from ..nn.dit import DIT_BLOCKS, DIT_SIZES
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    need(cfg.dit_size in DIT_SIZES, "dit_size", f"must be one of {', '.join(DIT_SIZES)}")
+    need(cfg.patch_size >= 1, "patch_size", "must be at least 1")
+    need(cfg.dit_block in DIT_BLOCKS, "dit_block", f"must be one of {', '.join(DIT_BLOCKS)}")
+    if cfg.model == "dit" and is_image(cfg.dataset):
+        need(image_size(cfg) % cfg.patch_size == 0, "patch_size",
+             f"must divide the image size ({image_size(cfg)} pixels)")
 
 
 def _check_objective(cfg: TrainConfig) -> None:

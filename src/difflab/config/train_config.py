@@ -2,9 +2,9 @@
 
 ``TrainConfig`` is flat (the code reads ``cfg.lr``), but every field carries
 ``metadata={"section": ..., "help": ...}``: the section groups it in a config file (``[model]``)
-and the help is what ``difflab train --help`` prints beside its flag. :meth:`TrainConfig.
-to_sections` and :meth:`TrainConfig.from_sections` give the sectioned form; a flat dict (the
-``config.json`` of older runs) is accepted too.
+and the help is what ``difflab train --help`` prints beside its flag (:func:`field_help`).
+:meth:`TrainConfig.to_sections` and :meth:`TrainConfig.from_sections` give the sectioned form;
+a flat dict (the ``config.json`` of older runs) is accepted too.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from .checks import validate
 
 # the sections of a config file, in the order they are written
 SECTIONS = ("data", "model", "diffusion", "objective", "conditioning", "optimiser", "evaluation",
@@ -82,6 +83,14 @@ class TrainConfig:
                                       "projected, added to the time embedding (Saharia et al. "
                                       "2022, §2.2)")
     dropout: float = _model(0.0, "U-Net dropout")
+    # the diffusion transformer (difflab.nn.dit.DiTConfig; Peebles & Xie 2023), model "dit"
+    dit_size: str = _model("XS", "DiT size: depth/width/heads from difflab.nn.dit.DIT_SIZES: T "
+                                 "4/64/4, XS 6/128/4 (CPU); the paper's S 12/384/6, B 12/768/12, "
+                                 "L 24/1024/16, XL 28/1152/16")
+    patch_size: int = _model(2, "DiT patch side p: (H/p)(W/p) tokens (the paper's DiT-XL/2 has "
+                                "p = 2); must divide the image size")
+    dit_block: str = _model("adaln-zero", "DiT block design (Peebles & Xie 2023, Fig. 5): "
+                                          "adaln-zero, adaln, cross-attention or in-context")
 
     # --- diffusion ---
     schedule: str = _diffusion("linear", "noise schedule: linear or cosine")
@@ -132,8 +141,8 @@ class TrainConfig:
     grad_clip: float = _optimiser(1.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = _optimiser(0.995, "decay of the exponential moving average of the weights "
                                          "(warmed up as min(decay, (1 + n) / (10 + n)))")
-    grad_accum: int = _optimiser(1, "micro-batches per update (batch = processes × grad_accum × "
-                                    "micro-batch)")
+    grad_accum: int = _optimiser(1, "micro-batches per optimizer update (--batch is the whole "
+                                    "update's batch: processes × grad_accum × micro-batch)")
 
     # --- evaluation after training ---
     eval_sampler: str = _evaluation("heun", "sampler for the evaluation after training")
@@ -152,16 +161,17 @@ class TrainConfig:
     # --- run: where and how it trains (difflab.training.backend), and what it writes ---
     seed: int = _run(0, "seed of initialisation, batches and noise")
     threads: int = _run(0, "torch intra-op threads (0: all the cores torch is given)")
-    device: str = _run("auto", "auto (CUDA if present, else CPU), cpu, cuda or mps")
-    precision: str = _run("fp32", "fp32, bf16 or fp16 (autocast; fp16 with a gradient scaler)")
+    device: str = _run("auto", "where to train: auto, cpu, cuda, mps (auto: CUDA if present, "
+                               "else the CPU)")
+    precision: str = _run("fp32", "fp32, bf16, fp16: autocast precision (fp16 with a gradient "
+                                  "scaler, CUDA only); weights, optimiser and EMA stay float32")
     compile: bool = _run(False, "torch.compile the network")
     checkpoint_every: int = _run(1000, "steps between checkpoints (one more at the end)")
     log_every: int = _run(10, "steps per row of loss.csv (the mean loss of those steps)")
     out: str = _run("", "run directory (default: runs/<dataset>-<date>-<time>)")
 
     def __post_init__(self) -> None:
-        from .checks import validate
-
+        _typed(self.to_dict())  # every value of its field's type
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
@@ -217,15 +227,17 @@ def _field(name: str) -> dataclasses.Field:
     return _FIELDS[name]
 
 
-def flatten(values: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
+def flatten(values: Mapping[str, Any], where: str = "") -> dict[str, Any]:
     """{field: value} from a sectioned, flat or mixed mapping. A key whose value is a table is a
     section (``data`` and ``model`` are also field names, whose values are strings). ConfigError
-    for an unknown section, a field under the wrong section, or a field given twice."""
+    for an unknown section, a field under the wrong section, or a field given twice; ``where``
+    (e.g. the preset file) starts its message."""
     flat: dict[str, Any] = {}
+    where = f"{where}: " if where else ""
 
     def put(key: str, value: Any) -> None:
         if key in flat:
-            raise ConfigError(f"{where}: config key {key!r} is given twice")
+            raise ConfigError(f"{where}config key {key!r} is given twice")
         flat[key] = value
 
     for key, value in values.items():
@@ -233,14 +245,14 @@ def flatten(values: Mapping[str, Any], where: str = "config") -> dict[str, Any]:
             put(key, value)
             continue
         if key not in SECTIONS:
-            raise ConfigError(f"{where}: unknown section [{key}]; sections: {', '.join(SECTIONS)}")
+            raise ConfigError(f"{where}unknown section [{key}]; sections: {', '.join(SECTIONS)}")
         for name, v in value.items():
             if name not in _FIELDS:
                 known = ", ".join(n for n, f in _FIELDS.items() if _in_section(f, key))
-                raise ConfigError(f"{where}: unknown config key {name!r} in [{key}]; its keys: "
+                raise ConfigError(f"{where}unknown config key {name!r} in [{key}]; its keys: "
                                   f"{known}")
             if not _in_section(_FIELDS[name], key):
-                raise ConfigError(f"{where}: config key {name!r} belongs in "
+                raise ConfigError(f"{where}config key {name!r} belongs in "
                                   f"[{field_section(name)}], not [{key}]")
             put(name, v)
     return flat
