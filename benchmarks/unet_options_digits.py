@@ -149,9 +149,10 @@ def table(r: dict) -> str:
     lines = [f"U-Net options on digits ({r['preset']} preset, {r['steps']} steps each, seeds "
              f"{seeds}; {r['threads']} torch threads on {r['cores']} cores). FD of 180 DDIM-100 "
              "samples (metrics.json), mean over seeds and each seed; ms/step: median of "
-             "interleaved short runs (in brackets: the whole runs' mean), and its ratio to the "
-             f"default. Load average (1/5/15 min) {fmt_load(r['load_before'])} before, "
-             f"{fmt_load(r['load_after'])} after.", "",
+             "interleaved short runs, and its ratio to the default (the whole runs' own step "
+             "times, exposed to the machine's changing load, are in the JSON). Load average "
+             f"(1/5/15 min) {fmt_load(r['load_before'])} before, {fmt_load(r['load_after'])} "
+             "after.", "",
              "| variant | config keys | params | FD (mean) | FD per seed | FD floor | ms/step | "
              "× default |",
              "| --- | --- | ---: | ---: | --- | ---: | ---: | ---: |"]
@@ -162,7 +163,7 @@ def table(r: dict) -> str:
         lines.append(
             f"| {name} | {keys} | {v['params'] / 1e3:.0f}k | {statistics.fmean(v['fd']):.1f} | "
             f"{' / '.join(f'{x:.1f}' for x in v['fd'])} | {v['fd_floor']:.1f} | "
-            f"{ms:.0f} ({statistics.fmean(v['run_ms_per_step']):.0f}) | {ms / base:.2f} |")
+            f"{ms:.0f} | {ms / base:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -3,6 +3,7 @@ old flat run configs, sectioned presets, and presets that inherit (``base = ...`
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 import pytest
@@ -40,6 +41,13 @@ def test_field_help_lists_the_samplers_and_names_unknown_keys():
     assert all(name in field_help("eval_sampler") for name in SAMPLERS)
     with pytest.raises(ConfigError, match="'stepz'"):
         field_help("stepz")
+
+
+def test_help_renders_in_argparse():  # argparse %-formats help: a stray % would raise
+    p = argparse.ArgumentParser()
+    for f in dataclasses.fields(TrainConfig):
+        p.add_argument(f"--{f.name}", help=field_help(f.name) + " (default: %(default)s)")
+    assert "BigGAN" in p.format_help()
 
 
 def test_threads_default_uses_every_core():

@@ -95,3 +95,21 @@ def text_dim() -> int:
     from ..nn.text_encoder import MiniLMConfig
 
     return MiniLMConfig().dim  # D of the frozen text encoder's tokens
+
+
+@kwargs_for("dit")
+def dit_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """The fields of the run's :class:`~difflab.nn.dit.DiTConfig`: the named size ``dit_size``
+    (depth, width, heads from :data:`~difflab.nn.dit.DIT_SIZES`), ``patch_size``, the block
+    design ``dit_block`` (Peebles & Xie 2023, Fig. 5), the image's channels and size, labels
+    or caption tokens as the run's ``cond`` says, and [ε, v] outputs for a learned Σ_θ."""
+    from ..nn.dit import DIT_SIZES
+    from .data import image_shape
+
+    channels, height, width = image_shape(cfg)
+    return dict(
+        **DIT_SIZES[cfg.dit_size]._asdict(), in_channels=channels, input_size=(height, width),
+        patch_size=cfg.patch_size, block=cfg.dit_block,
+        num_classes=cfg.num_classes if cfg.cond == "class" else 0,
+        context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
+        learn_sigma=cfg.variance == "learned")

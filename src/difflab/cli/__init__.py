@@ -11,16 +11,18 @@ Errors: a user's mistake — a bad flag, an unknown dataset or sampler, a step c
 device this machine lacks — is one of difflab's own errors (:class:`difflab.errors.DifflabError`,
 :class:`~difflab.cli.common.UsageError` among them) and ends as ONE line ``difflab: error: …``
 on stderr with exit code 2. Any other exception is a bug: it propagates with its traceback
-(exit code 1 from the console script).
+(exit code 1 from the console script). Python warnings (e.g. the image files a folder dataset
+skips) print as one line ``difflab: warning: …``, without a source line.
 """
 
 from __future__ import annotations
 
 import sys
+import warnings
 
 from ..errors import DifflabError
 from . import classifier, distill, evaluate, sample, train
-from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line
+from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line, one_line_warning
 
 SUBCOMMANDS = (train, sample, evaluate, classifier, distill)  # in the order of --help
 COMMAND_NAMES = ("train", "sample", "eval", "train-classifier", "distill")
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code. difflab's own errors: one
     line and 2; KeyboardInterrupt: 130; anything else propagates (a bug: its traceback)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    format_warning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -68,3 +71,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG}: interrupted (a run continues from its last checkpoint with "
               f"'{PROG} train --resume RUN' or '{PROG} distill --resume OUT')", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        warnings.formatwarning = format_warning

@@ -8,7 +8,13 @@ import argparse
 from pathlib import Path
 
 from ..config import is_image
-from .common import UsageError, add_progress_flag, check_output_dir, show_progress
+from .common import (
+    UsageError,
+    add_progress_flag,
+    check_output_dir,
+    listing_skipped_files,
+    training_progress,
+)
 from .config_flags import add_config_flags, config_from_flags, given_fields
 
 # the TrainConfig fields of `train-classifier`: its data, noise, encoder, optimiser and device
@@ -30,7 +36,7 @@ def add_parser(sub) -> None:
                    "(default: digits)")
     add_config_flags(p, CLASSIFIER_FIELDS, show_defaults=False)
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
-    add_progress_flag(p)
+    add_progress_flag(p, training=True)
     p.set_defaults(run_command=run)
 
 
@@ -51,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
         run_dir = default_run_dir(cfg)
         run_dir = run_dir.with_name(run_dir.name + "-classifier")
     check_output_dir(run_dir)
-    run_dir = train_classifier_run(cfg, run_dir, overwrite=args.overwrite,
-                                   progress=show_progress(args))
+    with listing_skipped_files(run_dir):
+        run_dir = train_classifier_run(cfg, run_dir, overwrite=args.overwrite,
+                                       progress=training_progress(args))
     m = ckpt.read_json(run_dir / ckpt.METRICS)
     acc = ", ".join(f"t={t}: {a:.2f}" for t, a in sorted(m["test_accuracy_at_t"].items(),
                                                              key=lambda kv: int(kv[0])))

@@ -113,16 +113,64 @@ def check_output_dir(path, what: str = "--out") -> None:
         raise UsageError(f"{what} {path}: cannot create it in {parent} (permission denied)")
 
 
+# --- warnings and skipped files -----------------------------------------------------------------
+SKIPPED_FILES = "skipped_files.txt"
+
+
+def one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """``warnings.formatwarning`` of the command: ``difflab: warning: …`` on one line, without
+    the source line Python adds (the category is named unless it is a plain UserWarning)."""
+    kind = "" if category is UserWarning else f"{category.__name__}: "
+    return f"{PROG}: warning: {kind}{' '.join(str(message).split())}\n"
+
+
+@contextmanager
+def listing_skipped_files(run_dir) -> Iterator[None]:
+    """Around a command that writes ``run_dir``: the image files a folder dataset skipped (each
+    also reported in one warning line) are listed in ``run_dir/skipped_files.txt``, one path
+    per line (``folder/relative path``), and one line on stderr says so."""
+    from pathlib import Path
+
+    from ..data.images import collect_skipped
+    from ..training.backend import world
+
+    with collect_skipped() as found:
+        try:
+            yield
+        finally:
+            run_dir = Path(run_dir)
+            if found and run_dir.is_dir() and world()[0] == 0:
+                from ..runs.checkpoint import atomic_write_bytes
+
+                paths = [str(Path(root) / f) for root, files in found.items() for f in files]
+                atomic_write_bytes(run_dir / SKIPPED_FILES, ("\n".join(paths) + "\n").encode())
+                print(f"{PROG}: {len(paths)} unreadable image file(s) were skipped; listed in "
+                      f"{run_dir / SKIPPED_FILES}", file=sys.stderr)
+
+
 # --- progress, device, precision ----------------------------------------------------------------
-def add_progress_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+def add_progress_flag(p: argparse.ArgumentParser, training: bool = False) -> None:
+    what = ("no progress bar on a terminal, and no periodic progress line (step, loss, steps/s, "
+            "ETA) on stderr without one" if training else "no progress bar")
+    p.add_argument("--no-progress", action="store_true", help=what)
 
 
 def show_progress(args: argparse.Namespace) -> bool:
-    """A progress bar on a terminal, unless --no-progress, and only on the first process."""
+    """A progress bar on a terminal, unless --no-progress, and only on the first process
+    (sampling: a bar or nothing)."""
     from ..training.backend import world
 
     return not args.no_progress and sys.stderr.isatty() and world()[0] == 0
+
+
+def training_progress(args: argparse.Namespace) -> bool:
+    """The ``progress`` of a training or distillation: on unless --no-progress, on the first
+    process only. The loop draws a bar on a terminal and otherwise prints a one-line record
+    every 30 s (``difflab.training.loop.ProgressRecord``), so a run under ``nohup`` or with
+    its output redirected still reports."""
+    from ..training.backend import world
+
+    return not args.no_progress and world()[0] == 0
 
 
 def device_name(text: str) -> str:

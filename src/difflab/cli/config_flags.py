@@ -88,7 +88,7 @@ def add_config_flags(p: argparse.ArgumentParser, names: Iterable[str] | None = N
         if wanted is not None and f.name not in wanted:
             continue
         text = HELP.get(f.name, f.name.replace("_", " "))
-        if show_defaults:
+        if show_defaults and "(default" not in text:  # a help text may state its own
             text += f" (default: {getattr(defaults, f.name)!r})"
         if str(f.type) == "bool":
             p.add_argument(flag(f.name), dest=f.name, default=None, help=text,

@@ -23,7 +23,8 @@ from .common import (
     add_progress_flag,
     check_output_dir,
     flag,
-    show_progress,
+    listing_skipped_files,
+    training_progress,
     user_errors,
 )
 
@@ -71,7 +72,7 @@ def add_parser(sub) -> None:
     add_device_flags(p, compile=True, what="distillation")
     p.add_argument("--no-eval", action="store_true", help="skip the SWD / FD evaluation and "
                    "pictures after each run")
-    add_progress_flag(p)
+    add_progress_flag(p, training=True)
     p.add_argument("--init", choices=("auto", "copy", "fresh"), help="the (first) student: a "
                    "copy of the teacher's network, a fresh one, or auto (default; progressive: "
                    "a copy when it predicts the same thing; consistency: a copy, read as a "
@@ -107,7 +108,6 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"distill needs RUN and --method (or --resume OUT) (see '{PROG} "
                          "distill --help')")
     check_flags(args)
-    from ..runs.distill import distill_consistency, distill_progressive
     from ..runs.load import read_run_config
 
     run_dir = Path(args.run)
@@ -115,11 +115,18 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else run_dir.with_name(f"{run_dir.name}-{args.method}")
     check_output_dir(out)
     common = dict(lr=args.lr, batch=args.batch, seed=args.seed, threads=args.threads,
-                  overwrite=args.overwrite, progress=show_progress(args),
+                  overwrite=args.overwrite, progress=training_progress(args),
                   evaluate=not args.no_eval, init=args.init or "auto", device=args.device,
                   precision=args.precision, compile=args.compile, max_steps=args.stop_after)
     if args.checkpoint_every is not None:
         common["checkpoint_every"] = args.checkpoint_every
+    with listing_skipped_files(out):
+        return distill(args, run_dir, out, common)
+
+
+def distill(args: argparse.Namespace, run_dir: Path, out: Path, common: dict) -> int:
+    from ..runs.distill import distill_consistency, distill_progressive
+
     if args.method == "progressive":
         per_round = args.steps_per_round or 1000
         dirs = distill_progressive(
@@ -145,8 +152,9 @@ def resume(args: argparse.Namespace) -> int:
     out = Path(args.resume)
     if not out.is_dir():
         raise UsageError(f"--resume {out}: no such directory")
-    result = resume_distillation(out, progress=show_progress(args), max_steps=args.stop_after,
-                                 report=report)
+    with listing_skipped_files(out):
+        result = resume_distillation(out, progress=training_progress(args),
+                                     max_steps=args.stop_after, report=report)
     if isinstance(result, tuple):  # consistency: (run directory, metrics)
         return finish(args, out, result[0], None, result[1])
     return finish(args, out, result[-1], None)

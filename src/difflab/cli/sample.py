@@ -1,6 +1,7 @@
 """``difflab sample RUN --out FILE``: samples of a trained run as .npy, a picture or the reverse
 process as a GIF. Sampling runs on ``--device`` (the model's device) with the network under
-autocast in ``--precision``; the samples are written as float32 from the CPU."""
+autocast in ``--precision``; the samples are written as float32 from the CPU, image samples
+clipped to the data range [-1, 1] unless ``--no-clip``."""
 
 from __future__ import annotations
 
@@ -30,10 +31,19 @@ def add_parser(sub) -> None:
     add_sampling_flags(p, n_help=f"number of samples (default {N_DEFAULT})")
     add_guidance_flags(p)
     p.add_argument("--out", required=True, metavar="FILE",
-                   help="output file: .npy (float32 array (n, 2) or (n, C, H, W)), .png (scatter "
-                   "plot, or a grid of images) or .gif (the reverse process x_T → x_0 in "
-                   f"1 + min(steps, {GIF_MAX_FRAMES}) frames: all n points, or the first "
-                   f"{GIF_IMAGES} images)")
+                   help="output file, by its suffix. .npy: a float32 numpy array, (n, 2) points "
+                   "of a 2-D run, or (n, C, H, W) images of an image run (C = 1 grey or 3 RGB) "
+                   "in the data's range [-1, 1] (-1 black, 1 white; clipped to it unless "
+                   "--no-clip). .png: a scatter plot of the points (on ±3), or a grid of the "
+                   "images (8-bit grey or RGB, each pixel 4×4, [-1, 1] → 0..255). .gif: the "
+                   f"reverse process x_T → x_0 in 1 + min(steps, {GIF_MAX_FRAMES}) frames (all "
+                   f"n points, at most {GIF_POINTS}, or the first {GIF_IMAGES} images), drawn "
+                   "like the .png")
+    p.add_argument("--clip", action=argparse.BooleanOptionalAction, default=True,
+                   help="clip image samples to the data range [-1, 1] before writing them "
+                   "(default; --no-clip writes the sampler's raw output to a .npy, whose values "
+                   "can lie far outside it; .png and .gif are always drawn clipped). 2-D points "
+                   "are never clipped")
     p.set_defaults(run_command=run)
 
 
@@ -63,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
                   spacing=spacing, seed=args.seed, variance=cfg.variance, frames=frames,
                   progress=show_progress(args))[0]  # (n, 2) or (n, C, H, W)
     x0 = x0.detach().float().cpu()
+    if image and args.clip:
+        x0 = x0.clamp(-1.0, 1.0)  # the data range (difflab.data.images)
     with writing(out):
         write_samples(x0, out, frames, image,
                       title=f"{cfg.dataset}: {sampler}, {steps} steps (n = {n})")

@@ -22,7 +22,15 @@ import sys
 from pathlib import Path
 
 from ..config import builtin_presets
-from .common import PROG, UsageError, add_progress_flag, check_output_dir, flag, show_progress
+from .common import (
+    PROG,
+    UsageError,
+    add_progress_flag,
+    check_output_dir,
+    flag,
+    listing_skipped_files,
+    training_progress,
+)
 from .config_flags import add_config_flags, config_from_flags, given_fields
 
 # flags that may change when a run is resumed (the others would break exact resume); the
@@ -43,12 +51,18 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     p.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its last "
                    "checkpoint")
+    p.add_argument("--extend", action="store_true",
+                   help="with --resume RUN --steps N: let N differ from the run's steps although "
+                   "its schedule (cosine learning rate, consistency training's levels) spans "
+                   "the total steps; the rest of the schedule is then stretched to N from the "
+                   "step the run reached (a finished run trains on from there); refused "
+                   "without --extend")
     p.add_argument("--stop-after", type=int, metavar="K",
                    help="stop after K total steps with a checkpoint (resume later with --resume)")
     p.add_argument("--processes", type=int, metavar="N",
                    help="train in N processes on this machine through HF Accelerate (default 1; "
                    "the batch is split between them)")
-    add_progress_flag(p)
+    add_progress_flag(p, training=True)
     p.set_defaults(run_command=run)
 
 
@@ -70,17 +84,22 @@ def run(args: argparse.Namespace) -> int:
         if fixed:
             raise UsageError(f"{flag(fixed[0])} cannot change when resuming (only "
                              f"{', '.join(flag(k) for k in sorted(RESUMABLE))} can)")
-        cfg = config_from_flags(None, given, base=read_run_config(args.resume))
+        base = read_run_config(args.resume)
+        cfg = config_from_flags(None, given, base=base)
+        check_extend(args, base, cfg)
         run_dir = Path(args.resume)
     else:
+        if args.extend:
+            raise UsageError("--extend goes with --resume RUN --steps N")
         cfg = config_from_flags(args.preset, given)
         check_paths(cfg)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         check_output_dir(run_dir)
     if (args.processes or 1) > 1:
         return launch(args, cfg, run_dir)
-    run_dir = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
-                    progress=show_progress(args), max_steps=args.stop_after)
+    with listing_skipped_files(run_dir):
+        run_dir = train(cfg, run_dir, resume=bool(args.resume), overwrite=args.overwrite,
+                        progress=training_progress(args), max_steps=args.stop_after)
     if world()[0] != 0:  # one of several processes: the first one reports
         return 0
     if args.stop_after is not None and args.stop_after < cfg.steps:
@@ -90,6 +109,33 @@ def run(args: argparse.Namespace) -> int:
         print(summary(run_dir))
     print(run_dir)
     return 0
+
+
+def stretches_with_steps(cfg) -> str | None:
+    """What of a run is a function of its total ``steps`` (so that a resumed run given more
+    or fewer steps is no longer the run an uninterrupted training of that length gives), or
+    None: the cosine learning rate, consistency training's discretisation N(k)."""
+    if cfg.method == "consistency-training":
+        return "consistency training's schedule of N(k) levels"
+    if cfg.lr_schedule == "cosine":
+        return "the cosine learning-rate schedule"
+    return None
+
+
+def check_extend(args: argparse.Namespace, base, cfg) -> None:
+    """``--resume RUN --steps N`` with N other than the run's steps: refused unless
+    ``--extend`` where the run's schedule depends on its total steps."""
+    if cfg.steps == base.steps:
+        if args.extend:
+            raise UsageError(f"--extend needs --steps other than the run's {base.steps}")
+        return
+    what = stretches_with_steps(cfg)
+    if what is None or args.extend:
+        return
+    raise UsageError(f"--steps {cfg.steps} would change {args.resume}, a {base.steps}-step run: "
+                     f"{what} spans the total steps, so it would be stretched to {cfg.steps} "
+                     f"from the step the run reached (not the run {cfg.steps} steps from the "
+                     "start give); add --extend to continue it so anyway, or train a new run")
 
 
 def check_paths(cfg) -> None:

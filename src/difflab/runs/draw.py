@@ -105,6 +105,21 @@ def check_sampler_fits(model: Callable, sampler: str) -> None:
                          f"(1 or a few steps), not {sampler!r}")
 
 
+def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
+    """The timestep spacing ``sampler`` samples with when :func:`draw` gets ``spacing``: that
+    one, or (None) the sampler's own default — its ``spacing`` parameter's default: linspace
+    for ddpm, ddim, euler and heun, geometric for langevin, trailing for dpm++, karras for
+    edm-heun. None for a sampler without a grid to space (consistency). What metrics record."""
+    if spacing is not None:
+        return spacing
+    import inspect
+
+    param = inspect.signature(SAMPLERS[sampler]).parameters.get("spacing")
+    if param is None or param.default is inspect.Parameter.empty:
+        return None
+    return param.default
+
+
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
                       spacing: str | None = None) -> Tensor:
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own

@@ -21,6 +21,7 @@ batch, a checkpoint does not depend on the number of processes.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -117,7 +118,9 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     ``checkpoint_every`` updates (0: never), at the end, and on the main process only.
     ``grad_accum``: micro-batches per update (the global batch is split into processes ×
     ``grad_accum`` equal slices). ``on_update(step, loss)`` after every update. Modules end on
-    the backend's device.
+    the backend's device. ``progress`` (main process only): a tqdm bar where stderr is a
+    terminal, else a one-line :class:`ProgressRecord` (step, loss, steps/s, ETA) on stderr every
+    :data:`RECORD_SECONDS` seconds and at the end; False: silent.
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
@@ -139,9 +142,12 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         step, elapsed = resume.step, resume.elapsed
         objective.resumed(step)
     end = steps if max_steps is None else min(steps, max_steps)
-    bar = _bar(progress and backend.is_main, step, steps, desc)
+    show = progress and backend.is_main
+    bar = _bar(show and on_terminal(), step, steps, desc)
     params = list(objective.net.parameters())
     loss_avg, t_start = None, time.perf_counter()
+    record = (ProgressRecord(desc, step, end, t_start, total=steps) if show and bar is None
+              else None)
 
     def state() -> TrainState:
         return TrainState(step=step,
@@ -191,6 +197,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
             bar.update(1)
             if step % 50 == 0:
                 bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
+        elif record is not None:
+            record.update(step, loss_avg)
         if (checkpoint_every and step % checkpoint_every == 0) or step == end:
             checkpoint()
         objective.end_of_update(step)
@@ -199,6 +207,55 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     if step == 0 or (resume is not None and resume.step >= end):
         checkpoint()  # nothing trained this session: still leave a resumable run
     return FitResult(step, elapsed + time.perf_counter() - t_start, loss_avg, log)
+
+
+RECORD_SECONDS = 30.0  # without a terminal: one progress line per this many seconds
+
+
+def on_terminal() -> bool:
+    """True where a progress bar can redraw itself: stderr is a terminal (or a notebook)."""
+    return sys.stderr.isatty() or "ipykernel" in sys.modules
+
+
+class ProgressRecord:
+    """The progress of :func:`fit` where no bar can be drawn (stderr redirected, ``nohup``):
+    one line on stderr every :data:`RECORD_SECONDS` seconds and at the session's last update,
+
+        train: step 1200/3000 (40%), loss 0.0312, 85.3 steps/s, ETA 0:00:21
+
+    (the loss is the running mean that the bar shows; the speed is this session's; the ETA is
+    to the session's last update, which a ``max_steps`` before the end names). It only
+    reads the clock and the loss already computed, so training is unchanged."""
+
+    def __init__(self, desc: str, start: int, end: int, t_start: float,
+                 every: float | None = None, total: int | None = None):
+        self.desc, self.start, self.end, self.t_start = desc, start, end, t_start
+        self.total = end if total is None else total  # the run's steps; end: this session's
+        self.every = RECORD_SECONDS if every is None else every
+        self.last = t_start
+
+    def update(self, step: int, loss: float | None) -> None:
+        now = time.perf_counter()
+        if now - self.last < self.every and step < self.end:
+            return
+        self.last = now
+        print(self.line(step, loss, now), file=sys.stderr, flush=True)
+
+    def line(self, step: int, loss: float | None, now: float) -> str:
+        done = step - self.start
+        rate = done / max(now - self.t_start, 1e-9)
+        eta = (self.end - step) / rate if rate > 0 else float("inf")
+        eta_text = _clock(eta) if eta != float("inf") else "?"
+        loss_text = "?" if loss is None else f"{loss:.4g}"
+        stop = f" (stopping at {self.end})" if self.end < self.total else ""
+        return (f"{self.desc}: step {step}/{self.total} ({100 * step / max(self.total, 1):.0f}%)"
+                f", loss {loss_text}, {rate:.3g} steps/s, ETA {eta_text}{stop}")
+
+
+def _clock(seconds: float) -> str:
+    """h:mm:ss."""
+    s = round(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
 def rank_seed(seed: int, step: int, rank: int) -> int:
