@@ -49,14 +49,21 @@ def slug(text: str) -> str:
     return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
 
 
-def train_run(name: str, preset: str, keys: dict, workdir: Path) -> dict:
-    """metrics.json of the run ``name`` (trained unless already finished)."""
+NO_TRAIN = False  # --report-only: finished runs only
+
+
+def train_run(name: str, preset: str, keys: dict, workdir: Path) -> dict | None:
+    """metrics.json of the run ``name`` (trained unless already finished; None for an
+    unfinished run with ``--report-only``)."""
     from difflab.config import load_config
     from difflab.runs.train import train
     from difflab.training.losslog import read_loss_csv
 
     out = workdir / slug(name)
     if not (out / "metrics.json").exists():
+        if NO_TRAIN:
+            print(f"[{name}] not finished: left out", flush=True)
+            return None
         print(f"[{name}] training into {out}", flush=True)
         train(load_config(preset, keys), out, overwrite=True, progress=False)
     m = json.loads((out / "metrics.json").read_text())
@@ -113,8 +120,12 @@ def main() -> None:
                    help="part 2's size/patch pairs")
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-dit-digits"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "dit_digits")
+    p.add_argument("--report-only", action="store_true", help="train nothing: tabulate the "
+                   "finished runs in --workdir")
     p.add_argument("--quick", action="store_true", help="smoke test: 10 steps, DDIM-5, n = 40")
     args = p.parse_args()
+    global NO_TRAIN
+    NO_TRAIN = args.report_only
     common = {"batch": args.batch, "eval_steps": args.eval_steps, "threads": args.threads,
               "warmup": min(100, args.steps // 10)}
     if args.quick:
@@ -155,6 +166,9 @@ def main() -> None:
             keys = {**BLOCK_BASE, "dit_block": block}
             runs = [train_run(f"block {block} seed {s}", "digits-dit",
                               {**common, **keys, "seed": s}, args.workdir) for s in seeds]
+            runs = [m for m in runs if m is not None]
+            if not runs:
+                continue
             g, n = gflops("digits-dit", keys)
             r["blocks"][block] = {"gflops": g, "params": n, "fd": [m["fd"] for m in runs],
                                   "final_loss": [m["final_loss"] for m in runs],
@@ -170,6 +184,9 @@ def main() -> None:
                 f"size {size} patch {patch}"
             runs = [train_run(f"{run_name} seed {s}", "digits-dit",
                               {**common, **keys, "seed": s}, args.workdir) for s in seeds]
+            runs = [m for m in runs if m is not None]
+            if not runs:
+                continue
             g, n = gflops("digits-dit", keys)
             r["sizes"][name] = {"gflops": g, "params": n, "fd": [m["fd"] for m in runs],
                                 "final_loss": [m["final_loss"] for m in runs],
@@ -195,14 +212,18 @@ def main() -> None:
             base = train_run(f"block adaln-zero seed {s}", "digits-dit",
                              {**common, **BLOCK_BASE, "dit_block": "adaln-zero", "seed": s},
                              args.workdir)
+            if unet is None or base is None:
+                continue
             steps = max(1, round(1000 * unet["train_seconds"] / base["ms_per_step"]))
             dit = train_run(f"dit equal time seed {s}", "digits-dit",
                             {**common, **BLOCK_BASE, "steps": steps, "checkpoint_every": steps,
                              "warmup": min(100, steps // 10), "seed": s}, args.workdir)
+            equal = dit is not None  # else (--report-only) part 1's run stands in, marked
             r["vs_unet"][s] = {
                 name: {k: m[k] for k in ("fd", "fd_floor", "train_seconds", "train_steps",
                                          "ms_per_step", "final_loss")}
-                for name, m in (("unet", unet), ("dit", dit))}
+                for name, m in (("unet", unet), ("dit" if equal else "dit (not equal time)",
+                                                 dit if equal else base))}
             save()
 
     for part in parts:  # in the order given
@@ -256,8 +277,7 @@ def table(r: dict) -> str:
                   "| seed | model | steps | train s | ms/step | final loss | FD | FD floor |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for seed, v in r["vs_unet"].items():
-            for name in ("unet", "dit"):
-                m = v[name]
+            for name, m in v.items():
                 lines.append(f"| {seed} | {name} | {m['train_steps']} | "
                              f"{m['train_seconds']:.0f} | {m['ms_per_step']:.0f} | "
                              f"{m['final_loss']:.4f} | {m['fd']:.1f} | {m['fd_floor']:.1f} |")
