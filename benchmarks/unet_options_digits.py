@@ -21,7 +21,7 @@ floor of the 180 real test images. One FD of 180 moves by ±10 or more between t
 `train_seconds` over its steps, and (less exposed to a shared machine's drifting load) the
 median of `--repeats` short runs of 30 steps with the variants interleaved.
 
-    nice -n 19 .venv/bin/python benchmarks/unet_options_digits.py           # ~1.5 h on 2 cores
+    nice -n 19 .venv/bin/python benchmarks/unet_options_digits.py           # ~1 h on 2 cores
     nice -n 19 .venv/bin/python benchmarks/unet_options_digits.py --quick   # smoke test, ~1 min
 
 A finished run directory is reused (delete `--workdir` to retrain), so an interrupted benchmark
