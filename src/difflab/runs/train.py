@@ -18,6 +18,7 @@ import torch
 from ..build.data import training_set
 from ..build.model import build_schedule
 from ..config import TrainConfig
+from ..errors import ConfigError
 from ..training import OBJECTIVES, fit
 from ..training.backend import Backend, torch_threads
 from ..training.losslog import LossLog
@@ -80,11 +81,11 @@ def train(
     if progress is None:
         progress = sys.stderr.isatty()
     if cfg.method not in OBJECTIVES:
-        raise ValueError(f"method {cfg.method!r} runs are written by 'difflab distill', not "
+        raise ConfigError(f"method {cfg.method!r} runs are written by 'difflab distill', not "
                          "'difflab train'")
     if run_dir is None:
         if resume:
-            raise ValueError("resume needs the run directory")
+            raise ConfigError("resume needs the run directory")
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
