@@ -22,8 +22,8 @@ and checks (default ``~/.cache/difflab-bench/diffusers-venv``: this difflab envi
 pinned, and ``diffusers==0.42.1``); difflab's environment never gets diffusers. The helpers for
 it are imported from ``unet_vs_diffusers.py``.
 
-    nice -n 19 .venv/bin/python benchmarks/dit_vs_diffusers.py            # ~6 min, 1 thread
-    nice -n 19 .venv/bin/python benchmarks/dit_vs_diffusers.py --quick    # T/2 and XS/2, ~1 min
+    nice -n 19 .venv/bin/python benchmarks/dit_vs_diffusers.py            # ~3 min, 1 thread
+    nice -n 19 .venv/bin/python benchmarks/dit_vs_diffusers.py --quick    # T/2 and XS/2, ~30 s
     .venv/bin/python benchmarks/dit_vs_diffusers.py --configs S/2-32x4 --threads 2
 
 Timing pairs the libraries as ``unet_vs_diffusers.py`` does: each round is one fresh process of
@@ -229,7 +229,9 @@ def report(rows: list[dict], specs: dict, args, peak: float, versions: dict,
         f"inference_mode; same batch. ms = medians over all rounds. **ratio = diffusers time / "
         f"difflab time** (> 1: difflab faster), the median over pairs of steps run back to "
         f"back; [range] = that median in each round alone; CPU ratio = the same by process CPU "
-        f"time. util = GFLOP/s over the matmul peak.",
+        f"time. util = GFLOP/s over the matmul peak. Each model has its own initialisation: "
+        f"difflab DiT's (adaLN modulations and final layer zero), diffusers' constructor's "
+        f"(PyTorch defaults, nothing zero).",
         "",
         "| config | mode | batch | difflab ms | diffusers ms | **ratio** [range] | CPU ratio "
         "| img/s difflab / diffusers | GFLOP/step difflab / diffusers "
