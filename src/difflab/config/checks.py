@@ -6,13 +6,10 @@ claim to. Every failure is ONE line that names the config key, as a
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..nn.registry import AUTO, MODEL_DATA, MODELS
-
-if TYPE_CHECKING:
-    from .train_config import TrainConfig
+from .train_config import VALIDATORS, TrainConfig
 
 SCHEDULES = ("linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # see difflab.training.backend
@@ -256,3 +253,6 @@ def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
         return int_list(getattr(cfg, key))
     except ValueError as err:
         raise ConfigError(f"config key {key!r}: {err}") from None
+
+
+VALIDATORS.append(validate)

@@ -15,7 +15,6 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
-from .checks import validate
 
 # the sections of a config file, in the order they are written
 SECTIONS = ("data", "model", "diffusion", "objective", "conditioning", "optimiser", "evaluation",
@@ -36,6 +35,11 @@ _data, _model, _diffusion, _objective = (_in("data"), _in("model"), _in("diffusi
                                          _in("objective"))
 _conditioning, _optimiser, _evaluation, _run = (_in("conditioning"), _in("optimiser"),
                                                 _in("evaluation"), _in("run"))
+
+
+# the checks every config passes when it is made, registered by difflab.config.checks (which
+# imports this module, so this one need not import it back)
+VALIDATORS: list[Callable[[Any], None]] = []
 
 
 @dataclass(frozen=True)
@@ -172,7 +176,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _typed(self.to_dict())  # every value of its field's type
-        validate(self)
+        for check in VALIDATORS:  # config/checks.py: ranges, names, combinations
+            check(self)
 
     def to_dict(self) -> dict[str, Any]:
         """Flat: {field: value}."""
