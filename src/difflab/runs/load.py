@@ -28,14 +28,12 @@ PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
 
 def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     """The config as config.json stores it: by section."""
-    return cfg.to_sections() if hasattr(cfg, "to_sections") else cfg.to_dict()
+    return cfg.to_sections()
 
 
 def config_from_json(values: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_json`; also reads the flat config of older runs."""
-    if hasattr(TrainConfig, "from_sections"):
-        return TrainConfig.from_sections(values)
-    return TrainConfig.from_dict(values)
+    return TrainConfig.from_sections(values)
 
 
 def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -181,9 +180,6 @@ class Backend:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
 
-    def iter_micro(self, micro_steps: int) -> Iterator[int]:
-        return iter(range(micro_steps))
-
 
 def _accelerator(device: torch.device):
     try:
@@ -191,14 +187,3 @@ def _accelerator(device: torch.device):
     except ImportError:  # pragma: no cover - accelerate is a dependency
         raise BackendError("several processes need HF Accelerate: pip install accelerate") from None
     return Accelerator(cpu=device.type == "cpu")
-
-
-def unwrap(module: nn.Module) -> nn.Module:
-    """The bare module under DDP and ``torch.compile`` wrappers."""
-    while True:
-        if hasattr(module, "module") and isinstance(module, nn.parallel.DistributedDataParallel):
-            module = module.module
-        elif hasattr(module, "_orig_mod"):
-            module = module._orig_mod
-        else:
-            return module
