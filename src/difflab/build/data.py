@@ -32,10 +32,19 @@ def image_shape(cfg: TrainConfig) -> tuple[int, int, int]:
     return (cfg.channels, s, s)
 
 
+def model_shape(cfg: TrainConfig) -> tuple[int, int, int]:
+    """(C, H, W) of what the run's denoiser sees: the images, or for a latent run (an
+    ``autoencoder`` given) the latents (c, H/f, W/f)."""
+    c, h, w = image_shape(cfg)
+    if not cfg.autoencoder:
+        return (c, h, w)
+    return (cfg.ae_latent_channels, h // cfg.ae_factor, w // cfg.ae_factor)
+
+
 def data_levels(cfg: TrainConfig) -> int | None:
     """K, the grey levels of the run's image data (digits 17, MNIST and folders 256) for the
-    discretised decoder L_0; None for 2-D data, which is continuous."""
-    if not is_image(cfg.dataset):
+    discretised decoder L_0; None for 2-D data and latents, which are continuous."""
+    if not is_image(cfg.dataset) or cfg.autoencoder:
         return None
     own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS}
     return own.get(cfg.dataset, 256)  # folders: 8-bit images

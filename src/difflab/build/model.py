@@ -46,7 +46,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     images — initialised from ``cfg.seed`` without touching torch's global RNG. With
     ``variance = "learned"`` the network outputs [ε̂, v_raw] (twice the channels) and comes
     wrapped in :class:`~difflab.parameterization.LearnedVariance`, so the model returns (ε̂, v) —
-    Weng eq. (23)."""
+    Weng eq. (23). An autoencoder run (``method = "autoencoder"``) gets its autoencoder
+    (:func:`build_autoencoder`)."""
+    if cfg.method == "autoencoder":
+        return build_autoencoder(cfg)
     kind = model_kind(cfg)
     kwargs = MODEL_KWARGS[kind](cfg)  # draws no random numbers
     with torch.random.fork_rng(devices=[]):
@@ -75,12 +78,12 @@ def unet_kwargs(cfg: TrainConfig) -> dict[str, Any]:
       to the time embedding (ibid. §2.2); ``mid_attention``: self-attention in the middle.
 
     GroupNorm takes gcd(32, every level's width) groups, so any width works."""
-    from .data import image_shape
+    from .data import model_shape
 
     mult = int_list(cfg.channel_mult)
     widths = [cfg.model_channels * m for m in mult]
     return dict(
-        in_channels=image_shape(cfg)[0], model_channels=cfg.model_channels, channel_mult=mult,
+        in_channels=model_shape(cfg)[0], model_channels=cfg.model_channels, channel_mult=mult,
         num_res_blocks=cfg.num_res_blocks, attention_resolutions=int_list(cfg.attention),
         mid_attention=cfg.mid_attention, num_heads=cfg.num_heads,
         num_head_channels=cfg.num_head_channels or None, dropout=cfg.dropout,
@@ -104,12 +107,27 @@ def dit_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     design ``dit_block`` (Peebles & Xie 2023, Fig. 5), the image's channels and size, labels
     or caption tokens as the run's ``cond`` says, and [ε, v] outputs for a learned Σ_θ."""
     from ..nn.dit import DIT_SIZES
-    from .data import image_shape
+    from .data import model_shape
 
-    channels, height, width = image_shape(cfg)
+    channels, height, width = model_shape(cfg)
     return dict(
         **DIT_SIZES[cfg.dit_size]._asdict(), in_channels=channels, input_size=(height, width),
         patch_size=cfg.patch_size, block=cfg.dit_block,
         num_classes=cfg.num_classes if cfg.cond == "class" else 0,
         context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
         learn_sigma=cfg.variance == "learned")
+
+
+def build_autoencoder(cfg: TrainConfig):
+    """The :class:`~difflab.nn.autoencoder.Autoencoder` the ``ae_*`` fields describe, for the
+    run's images, initialised from ``cfg.seed`` without touching torch's global RNG."""
+    from ..nn.autoencoder import Autoencoder, AutoencoderConfig
+    from .data import image_shape
+
+    config = AutoencoderConfig(
+        in_channels=image_shape(cfg)[0], latent_channels=cfg.ae_latent_channels,
+        factor=cfg.ae_factor, channels=cfg.ae_channels, res_blocks=cfg.ae_res_blocks,
+        kind=cfg.ae_type, codebook_size=cfg.codebook_size, vq_beta=cfg.vq_beta)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return Autoencoder(config)

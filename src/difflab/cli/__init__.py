@@ -1,4 +1,5 @@
-"""The ``difflab`` command: ``train``, ``sample``, ``eval``, ``train-classifier`` and ``distill``.
+"""The ``difflab`` command: ``train``, ``train-autoencoder``, ``sample``, ``eval``,
+``train-classifier`` and ``distill``.
 
 Strings live here and only here: the CLI turns names into objects and passes them to the library.
 One module per subcommand (``train``, ``sample``, ``evaluate``, ``classifier``, ``distill``),
@@ -25,7 +26,7 @@ from . import classifier, distill, evaluate, sample, train
 from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line, one_line_warning
 
 SUBCOMMANDS = (train, sample, evaluate, classifier, distill)  # in the order of --help
-COMMAND_NAMES = ("train", "sample", "eval", "train-classifier", "distill")
+COMMAND_NAMES = ("train", "train-autoencoder", "sample", "eval", "train-classifier", "distill")
 EXIT_INTERRUPTED = 130
 
 __all__ = ["PROG", "UsageError", "build_parser", "main"]

@@ -60,15 +60,19 @@ def run(args: argparse.Namespace) -> int:
     model = autocast_network(model, args.precision)
     model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)
     if is_image(cfg.dataset):
+        from ..runs.draw import model_device
         from ..runs.evaluate import evaluate_images
+        from ..runs.latent import load_codec
 
+        codec = load_codec(args.run, cfg, model_device(model))  # a latent run: decode
         if n < 2:
             raise UsageError(f"FD needs at least 2 samples, got -n {n}")
         with torch_threads(cfg.threads):
             metrics = evaluate_images(model, schedule, cfg, sampler=sampler, steps=steps, eta=eta,
                                       spacing=spacing, n=n, seed=args.seed,
                                       variance=cfg.variance, progress=show_progress(args),
-                                      labels=labels)[0]
+                                      labels=labels,
+                                      decode=codec.decode if codec is not None else None)[0]
         metrics.update(guidance_record(args, cfg))
         print(json.dumps(metrics, indent=2, sort_keys=True))
         return 0
@@ -95,6 +99,10 @@ def run_nll(args: argparse.Namespace) -> int:
     if args.precision != "fp32":
         raise UsageError("--precision does not apply to --nll (bits/dim are computed in fp32)")
     cfg, model, schedule = load_run(args.run, device=args.device)
+    if cfg.autoencoder:
+        raise UsageError("--nll is not defined for a latent run: its bound is on the latents z, "
+                         "whose density is not one of images (the deterministic decoder "
+                         "gives the pixels no density); evaluate FD instead")
     if cfg.method in CONSISTENCY_METHODS:
         raise UsageError("--nll needs an ε-model (a diffusion run or a progressive student); "
                          "this run is a consistency model")

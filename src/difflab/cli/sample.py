@@ -48,9 +48,10 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..build.data import image_shape
+    from ..build.data import model_shape
     from ..config import is_image
-    from ..runs.draw import Frames, draw
+    from ..runs.draw import Frames, draw, model_device
+    from ..runs.latent import load_codec
     from ..runs.load import load_run
     from ..training.backend import torch_threads
 
@@ -61,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
     cfg, model, schedule = load_run(args.run, device=args.device)
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, N_DEFAULT)
     image = is_image(cfg.dataset)
-    shape = image_shape(cfg) if image else (2,)
+    shape = model_shape(cfg) if image else (2,)  # a latent run: its latents'
+    codec = load_codec(args.run, cfg, model_device(model))
     model = autocast_network(model, args.precision)
     model = guided_from_args(args, cfg, model, schedule, sampler, steps, n)[0]
     frames = None
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
     with torch_threads(cfg.threads):
         x0 = draw(model, schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
                   spacing=spacing, seed=args.seed, variance=cfg.variance, frames=frames,
-                  progress=show_progress(args))[0]  # (n, 2) or (n, C, H, W)
+                  progress=show_progress(args),
+                  decode=codec.decode if codec is not None else None)[0]  # (n, 2) or (n, C, H, W)
     x0 = x0.detach().float().cpu()
     if image and args.clip:
         x0 = x0.clamp(-1.0, 1.0)  # the data range (difflab.data.images)

@@ -37,14 +37,29 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 # device, compile and the processes do not change what a checkpoint holds
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile"}
-TRAINED_METHODS = ("diffusion", "consistency-training")  # the others: 'difflab distill'
+TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
+AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="train a model on 2-D data or images and evaluate it",
                        description="Train a diffusion model and write a run directory (its path "
                        "is the last line of standard output). With no arguments: the default "
-                       "swiss-roll model. Every flag overrides the preset.")
+                       "swiss-roll model. Every flag overrides the preset. With --autoencoder "
+                       "RUN (a run of train-autoencoder): latent diffusion in its latent space.")
+    add_train_flags(p)
+    p.set_defaults(run_command=run, autoencoder_command=False)
+    p = sub.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion",
+                       description="Train the first stage of latent diffusion (Rombach et al. "
+                       "2022): a KL- or VQ-regularised autoencoder, and write a run directory "
+                       "(its path is the last line of standard output) with PSNR, rFD and the "
+                       "latent scale in metrics.json. Without --preset: "
+                       f"{AE_PRESET}. Then: difflab train --autoencoder RUN.")
+    add_train_flags(p)
+    p.set_defaults(run_command=run, autoencoder_command=True)
+
+
+def add_train_flags(p) -> None:
     p.add_argument("--preset", metavar="NAME_OR_PATH",
                    help=f"TOML preset: a built-in name ({', '.join(builtin_presets())}) or a path")
     add_config_flags(p)
@@ -63,7 +78,6 @@ def add_parser(sub) -> None:
                    help="train in N processes on this machine through HF Accelerate (default 1; "
                    "the batch is split between them)")
     add_progress_flag(p, training=True)
-    p.set_defaults(run_command=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,8 +105,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.extend:
             raise UsageError("--extend goes with --resume RUN --steps N")
-        cfg = config_from_flags(args.preset, given)
-        check_paths(cfg)
+        preset = args.preset
+        if args.autoencoder_command:
+            preset = preset or AE_PRESET
+            given.setdefault("method", "autoencoder")
+        cfg = config_from_flags(preset, given)
+        check_paths(cfg, args.autoencoder_command)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         check_output_dir(run_dir)
     if (args.processes or 1) > 1:
@@ -138,11 +156,16 @@ def check_extend(args: argparse.Namespace, base, cfg) -> None:
                      "start give); add --extend to continue it so anyway, or train a new run")
 
 
-def check_paths(cfg) -> None:
-    """What the library would only find out deep inside: the method and the data directory."""
+def check_paths(cfg, autoencoder_command: bool = False) -> None:
+    """What the library would only find out deep inside: the method and the directories."""
+    if cfg.autoencoder and not Path(cfg.autoencoder).is_dir():
+        raise UsageError(f"--autoencoder {cfg.autoencoder}: no such run directory")
     if cfg.method not in TRAINED_METHODS:
         raise UsageError(f"--method {cfg.method} runs are written by '{PROG} distill', not "
                          f"'{PROG} train'")
+    if autoencoder_command and cfg.method != "autoencoder":
+        raise UsageError(f"train-autoencoder trains autoencoders; --method {cfg.method} runs "
+                         f"with '{PROG} train'")
     if cfg.dataset == "folder" and not Path(cfg.data).is_dir():
         raise UsageError(f"--data {cfg.data}: no such directory")
 
@@ -153,6 +176,11 @@ def summary(run_dir: Path) -> str:
 
     m = ckpt.read_json(run_dir / ckpt.METRICS)
     head = f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s"
+    if "psnr" in m:  # an autoencoder
+        rfd = f", rFD {m['rfd']:.2f}" if "rfd" in m else ""
+        usage = f", codebook usage {m['codebook_usage']:.2f}" if "codebook_usage" in m else ""
+        return (f"{head}; test PSNR {m['psnr']:.2f} dB{rfd}{usage}; latent scale "
+                f"{m['latent_scale']:.4g}")
     if "fd" in m:
         acc = f"; accuracy {m['accuracy']:.2f}" if "accuracy" in m else ""
         return (f"{head}; {m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "

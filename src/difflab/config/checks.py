@@ -22,7 +22,8 @@ T_SAMPLINGS = ("uniform", "importance")
 CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
 # how a run's network was made (difflab.distill): trained as a diffusion model or by consistency
 # training (`difflab train --method`), or distilled from a teacher run (`difflab distill`)
-METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation")
+METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation",
+           "autoencoder")
 CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
@@ -135,10 +136,14 @@ def validate(cfg: TrainConfig) -> None:
         sizes = IMAGE_SIZES[cfg.dataset]
         need(image_size(cfg) in sizes, "image_size",
              f"must be one of {', '.join(map(str, sizes))} for {cfg.dataset} (or 0)")
-    if is_image(cfg.dataset):
-        need(image_size(cfg) % factors[-1] == 0, "image_size",
-             f"must be divisible by {factors[-1]} ({len(factors)} resolution levels in "
-             f"channel_mult {cfg.channel_mult!r})")
+    _check_autoencoder(cfg)
+    if is_image(cfg.dataset) and cfg.method != "autoencoder":
+        side, what = image_size(cfg), "the image size"
+        if cfg.autoencoder:
+            side, what = side // cfg.ae_factor, f"the latent size (image / {cfg.ae_factor})"
+        need(side % factors[-1] == 0, "image_size",
+             f"must make {what} divisible by {factors[-1]} ({len(factors)} resolution levels "
+             f"in channel_mult {cfg.channel_mult!r})")
 
 
 def _check_unet(cfg: TrainConfig) -> None:
@@ -187,8 +192,47 @@ def _check_dit(cfg: TrainConfig) -> None:
     need(cfg.patch_size >= 1, "patch_size", "must be at least 1")
     need(cfg.dit_block in DIT_BLOCKS, "dit_block", f"must be one of {', '.join(DIT_BLOCKS)}")
     if cfg.model == "dit" and is_image(cfg.dataset):
-        need(image_size(cfg) % cfg.patch_size == 0, "patch_size",
-             f"must divide the image size ({image_size(cfg)} pixels)")
+        side = image_size(cfg) // (cfg.ae_factor if cfg.autoencoder else 1)
+        need(side % cfg.patch_size == 0, "patch_size",
+             f"must divide the {'latent' if cfg.autoencoder else 'image'} size ({side} pixels)")
+
+
+AE_TYPES, AE_FACTORS, REC_LOSSES = ("kl", "vq"), (1, 2, 4, 8), ("l1", "l2")
+
+
+def _check_autoencoder(cfg: TrainConfig) -> None:
+    """The autoencoder's keys (checked on every config, like the U-Net's), and what an
+    autoencoder run or a latent run needs: image data, and for an autoencoder run no
+    conditioning; a latent run is trained as a diffusion model (and distilled from one)."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    need(cfg.ae_type in AE_TYPES, "ae_type", f"must be one of {', '.join(AE_TYPES)}")
+    need(cfg.ae_factor in AE_FACTORS, "ae_factor", f"must be one of {AE_FACTORS}")
+    need(cfg.rec_loss in REC_LOSSES, "rec_loss", f"must be one of {', '.join(REC_LOSSES)}")
+    for key in ("ae_latent_channels", "ae_channels", "ae_res_blocks"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    need(cfg.codebook_size >= 2, "codebook_size", "must be at least 2")
+    for key in ("vq_beta", "kl_weight", "perceptual_weight", "disc_weight", "latent_scale"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key,
+             "must be a finite number >= 0")
+    need(cfg.disc_start >= 0, "disc_start", "must be at least 0")
+    if cfg.method == "autoencoder" or cfg.autoencoder:
+        need(is_image(cfg.dataset), "dataset", "must be image data for an autoencoder or a "
+             "latent run")
+        need(image_size(cfg) % cfg.ae_factor == 0, "image_size",
+             f"must be divisible by the autoencoder's factor ae_factor = {cfg.ae_factor}")
+    if cfg.method == "autoencoder":
+        need(cfg.cond == "none", "cond", "must be none for an autoencoder run (it is "
+             "unconditional)")
+        need(not cfg.autoencoder, "autoencoder", "must be empty for an autoencoder run")
+    if cfg.autoencoder:
+        need(cfg.method != "consistency-training", "autoencoder",
+             "is for diffusion runs (latent consistency training is not implemented; distil a "
+             "latent run with 'difflab distill' instead)")
+    need(not cfg.latent_cache or bool(cfg.autoencoder), "latent_cache",
+         "needs a latent run (autoencoder = an autoencoder run)")
 
 
 def _check_objective(cfg: TrainConfig) -> None:

@@ -17,8 +17,8 @@ from typing import Any
 from ..errors import ConfigError
 
 # the sections of a config file, in the order they are written
-SECTIONS = ("data", "model", "diffusion", "objective", "conditioning", "optimiser", "evaluation",
-            "run")
+SECTIONS = ("data", "model", "autoencoder", "diffusion", "objective", "conditioning", "optimiser",
+            "evaluation", "run")
 
 
 def _in(section: str) -> Callable[[Any, str], Any]:
@@ -35,6 +35,7 @@ _data, _model, _diffusion, _objective = (_in("data"), _in("model"), _in("diffusi
                                          _in("objective"))
 _conditioning, _optimiser, _evaluation, _run = (_in("conditioning"), _in("optimiser"),
                                                 _in("evaluation"), _in("run"))
+_autoencoder = _in("autoencoder")
 
 
 # the checks every config passes when it is made, registered by difflab.config.checks (which
@@ -96,6 +97,40 @@ class TrainConfig:
     dit_block: str = _model("adaln-zero", "DiT block design (Peebles & Xie 2023, Fig. 5): "
                                           "adaln-zero, adaln, cross-attention or in-context")
 
+    # --- autoencoder: the first stage of latent diffusion (difflab.nn.autoencoder; Rombach et
+    # al. 2022). `difflab train-autoencoder` trains one (method "autoencoder"); a diffusion run
+    # given `autoencoder` = that run's directory trains in its latent space and copies these
+    # fields and the measured `latent_scale` from it ---
+    autoencoder: str = _autoencoder("", "an autoencoder run (difflab train-autoencoder): train "
+                                        "the denoiser on its latents z = scale · E(x) (latent "
+                                        "diffusion, Weng eq. 33); '' for pixel space")
+    latent_cache: bool = _autoencoder(False, "latent runs: encode the training set once (the "
+                                             "posterior's mean and log-variance, so z is still "
+                                             "drawn afresh each step) instead of every batch")
+    latent_scale: float = _autoencoder(0.0, "set by a latent run: 1/std of the autoencoder's "
+                                            "latents over the training set (measured, never "
+                                            "0.18215)")
+    ae_type: str = _autoencoder("kl", "autoencoder regularisation: kl (q(z|x) towards N(0, I)) "
+                                      "or vq (a codebook; van den Oord et al. 2017)")
+    ae_factor: int = _autoencoder(4, "autoencoder downsampling factor f (1, 2, 4, 8): latents "
+                                     "are H/f × W/f")
+    ae_latent_channels: int = _autoencoder(3, "autoencoder latent channels c")
+    ae_channels: int = _autoencoder(32, "autoencoder base width (levels × 1, 2, 2, 4)")
+    ae_res_blocks: int = _autoencoder(1, "autoencoder residual blocks a level")
+    codebook_size: int = _autoencoder(256, "VQ codebook entries K")
+    vq_beta: float = _autoencoder(0.25, "VQ commitment weight β")
+    kl_weight: float = _autoencoder(1e-6, "KL weight (LDM's: KL summed over latent dims against "
+                                          "the reconstruction summed over pixels)")
+    rec_loss: str = _autoencoder("l1", "autoencoder reconstruction loss: l1 or l2")
+    perceptual_weight: float = _autoencoder(1.0, "weight of the perceptual distance in the "
+                                                 "committed classifier's features (an LPIPS "
+                                                 "stand-in; 0: off, as folders need)")
+    disc_weight: float = _autoencoder(0.0, "weight of the patch discriminator's hinge loss, "
+                                           "scaled by LDM's adaptive weight (0: no "
+                                           "discriminator)")
+    disc_start: int = _autoencoder(0, "step from which the discriminator trains and its loss "
+                                      "counts")
+
     # --- diffusion ---
     schedule: str = _diffusion("linear", "noise schedule: linear or cosine")
     T: int = _diffusion(1000, "number of diffusion steps")
@@ -116,9 +151,10 @@ class TrainConfig:
     # progressive students predict `prediction` and were distilled for `distilled_steps` steps;
     # consistency-distillation runs with prediction "v" read F_θ as a v-network (a copy of the
     # teacher's, ConsistencyModel.v_from_schedule), with "eps" under EDM's preconditioning
-    method: str = _objective("diffusion", "diffusion, or consistency-training (Weng eq. 32: a "
+    method: str = _objective("diffusion", "diffusion, consistency-training (Weng eq. 32: a "
                                           "consistency model, sampled with --sampler "
-                                          "consistency)")
+                                          "consistency), or autoencoder (the first stage of "
+                                          "latent diffusion; difflab train-autoencoder)")
     prediction: str = _objective("eps", "what the network outputs: eps (x0 and v: students of "
                                         "'difflab distill')")
     distilled_steps: int = _objective(0, "set by 'difflab distill' (the steps a progressive "

@@ -54,6 +54,9 @@ KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
     "consistency-distillation": {"denoiser": ("model", "ema")},
     "progressive": {"denoiser": ("model", "model")},  # a round's student (no EMA)
     "noisy-classifier": {"classifier": ("model", None)},
+    # the autoencoder inside the trainer module "model" (beside its discriminator, which only
+    # the checkpoint holds), and its EMA
+    "autoencoder": {"autoencoder": ("model.ae", "ema")},
     "progressive-distillation": {},  # the job directory above the rounds: a checkpoint only
 }
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
@@ -63,6 +66,8 @@ LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
 RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPOINT, METRICS,
              LOSS_CSV, LOSS_PNG, "samples.png",
              "reverse_process.png", "reverse_process.gif")
+# the files of other kinds of run (an autoencoder run's, a latent run's frozen autoencoder)
+OTHER_FILES = ("autoencoder.safetensors", "autoencoder.ema.safetensors", "reconstructions.png")
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 
 
@@ -177,7 +182,7 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
 def remove_stale_temps(run_dir: str | os.PathLike) -> None:
     """Delete the temporary files of writes that a killed process left half done (a write is
     a temporary file renamed over the old one; the old one is intact)."""
-    for name in (*RUN_FILES, CLASSIFIER, EMA, MODEL):
+    for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):
         for path in Path(run_dir).glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
 
@@ -198,7 +203,7 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             raise RunExistsError(
                 f"refusing to overwrite {run_dir}: it is not empty and not a difflab run directory"
             )
-        for name in (*RUN_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
+        for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
             (run_dir / name).unlink(missing_ok=True)
         remove_stale_temps(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -294,9 +299,21 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
     save_tensors(run_dir / CHECKPOINT, tensors, metadata)
     meta = {"format": FORMAT, "step": str(state.step)}
     for component, (raw, ema) in KINDS.get(kind or "", {}).items():
-        save_tensors(run_dir / weight_file(component, False), state.modules[raw], meta)
+        save_tensors(run_dir / weight_file(component, False), submodule(state.modules, raw),
+                     meta)
         if ema is not None:
-            save_tensors(run_dir / weight_file(component, True), state.modules[ema], meta)
+            save_tensors(run_dir / weight_file(component, True), submodule(state.modules, ema),
+                         meta)
+
+
+def submodule(modules: dict[str, dict[str, Tensor]], name: str) -> dict[str, Tensor]:
+    """The state dict of ``name``: a module of the checkpoint ("model"), or a submodule of one
+    ("model.ae": the keys of "model" under "ae.", that prefix removed)."""
+    module, _, prefix = name.partition(".")
+    state = modules[module]
+    if not prefix:
+        return state
+    return {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
 
 
 def load_checkpoint(run_dir: str | os.PathLike) -> TrainState:

@@ -37,13 +37,16 @@ class Frames:
 def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler: str,
          steps: int, eta: float = 0.0, spacing: str | None = None, seed: int = 0, keep: int = 0,
          variance: str | None = None, frames: Frames | None = None,
-         progress: bool = False) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
+         progress: bool = False, decode: Callable[[Tensor], Tensor] | None = None
+         ) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
     """Run the sampler named ``sampler`` from x_T ~ N(0, I) of ``shape`` (seeded), the one place
     where a sampler is picked by name. With ``keep`` > 0 it also pictures the first ``keep``
     samples along the reverse process (see :func:`snapshot_marks`); with ``frames`` it records
     an animation's frames into it (see :class:`Frames`). ``variance``: Σ_θ for ``ddpm``
     ("beta_tilde", "beta" or "learned"; None: the sampler's default, learned for a model that
-    returns (ε̂, v)); the other samplers use ε̂ alone.
+    returns (ε̂, v)); the other samplers use ε̂ alone. ``decode``: a latent run's decoder
+    (:meth:`difflab.pipelines.LatentCodec.decode`): the sampler runs on latents of ``shape``,
+    and x_0, the snapshots and the frames come back as images (the seconds include decoding).
 
     Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
     """
@@ -71,8 +74,14 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
     with torch.inference_mode():
         x0 = SAMPLERS[sampler](model, schedule, x_T, steps=steps, generator=g,
                                progress=progress, callback=callback, **kwargs)  # (n, …)
+        if decode is not None:
+            x0 = decoded(decode, x0)  # (n, C, H, W) images of the latents
     seconds = time.perf_counter() - t0
     x0 = x0.cpu()  # (n, …)
+    if decode is not None:
+        snapshots = [(label, decoded(decode, x)) for label, x in snapshots]
+        if frames is not None:
+            frames.frames[:] = [(p, decoded(decode, x)) for p, x in frames.frames]
     if keep:
         snapshots.append(("x_0", x0[:keep]))
     if frames is not None:  # the last frame is what the sampler returned (e.g. after denoising)
@@ -82,10 +91,21 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
     return x0, snapshots, seconds
 
 
+DECODE_BATCH = 256
+
+
+@torch.inference_mode()
+def decoded(decode: Callable[[Tensor], Tensor], z: Tensor) -> Tensor:
+    """``decode`` of latents z (n, …) in batches, on the decoder's device; a CPU tensor."""
+    device = model_device(decode)
+    return torch.cat([decode(b.to(device)).cpu() for b in z.split(DECODE_BATCH)])
+
+
 def model_device(model: Callable) -> torch.device:
     """The device of a model's parameters (the CPU for a parameter-free model)."""
-    if isinstance(model, torch.nn.Module):
-        for p in model.parameters():
+    owner = getattr(model, "__self__", model)  # a bound method: its module's
+    if isinstance(owner, torch.nn.Module):
+        for p in owner.parameters():
             return p.device
     return torch.device("cpu")
 

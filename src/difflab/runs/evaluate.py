@@ -15,7 +15,7 @@ from pathlib import Path
 
 from torch import Tensor, nn
 
-from ..build.data import image_shape, image_split
+from ..build.data import image_split, model_shape
 from ..config import TrainConfig, image_size, is_image, spacing_for
 from ..data import toy2d
 from ..data.fd import DEFAULT_SIZE, FDEvaluator
@@ -68,21 +68,23 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
                     spacing: str | None = None, n: int = 180, seed: int = 0,
                     n_strip: int = 8, variance: str | None = None,
                     frames: Frames | None = None, progress: bool = False,
-                    labels: Tensor | None = None):
+                    labels: Tensor | None = None,
+                    decode: Callable[[Tensor], Tensor] | None = None):
     """Sample ``n`` images; FD to the real train split and its floor (real test vs train).
 
     Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
     to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
     ``variance`` (ddpm's Σ_θ) and ``frames`` (an animation's): see :func:`difflab.draw.draw`.
     ``labels`` (n,): the classes the samples should show (a conditional or guided ``model``);
-    then ``accuracy`` is the fraction the committed classifier assigns to them.
+    then ``accuracy`` is the fraction the committed classifier assigns to them. ``decode``: a
+    latent run's decoder; ``model`` then samples latents of the run's :func:`model_shape`.
     """
     if n < 2:
         raise ValueError(f"FD needs at least 2 samples, got n = {n}")
-    x0, snapshots, seconds = draw(model, schedule, (n, *image_shape(cfg)), sampler=sampler,
+    x0, snapshots, seconds = draw(model, schedule, (n, *model_shape(cfg)), sampler=sampler,
                                   steps=steps, eta=eta, spacing=spacing, seed=seed,
                                   keep=n_strip, variance=variance, frames=frames,
-                                  progress=progress)  # (n, C, H, W)
+                                  progress=progress, decode=decode)  # (n, C, H, W)
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta,
@@ -102,9 +104,10 @@ GIF_KEEP = 64  # images in the reverse-process GIF of an image run (2-D runs: ev
 
 
 def evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_dir: Path,
-                    extra: dict) -> None:
+                   extra: dict, decode: Callable[[Tensor], Tensor] | None = None) -> None:
     """metrics.json (SWD or FD and its floor, plus ``extra``), samples.png, and the reverse
-    process as reverse_process.png (a strip) and reverse_process.gif."""
+    process as reverse_process.png (a strip) and reverse_process.gif. ``decode``: a latent
+    run's decoder (the pictures show decoded latents)."""
     from . import plots
 
     kw = dict(sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
@@ -122,7 +125,7 @@ def evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_dir
             extra = {**extra, "guidance": cfg.eval_guidance}
         frames = Frames(keep=min(cfg.n_eval, GIF_KEEP))
         metrics, samples, snapshots = evaluate_images(model, schedule, cfg, frames=frames,
-                                                      labels=labels, **kw)
+                                                      labels=labels, decode=decode, **kw)
         ckpt.write_json(run_dir / ckpt.METRICS, {**metrics, **extra})
         plots.save_image_grid(samples[:100], run_dir / "samples.png")
         plots.plot_image_reverse_process(snapshots, run_dir / "reverse_process.png")

@@ -23,10 +23,12 @@ from ..training import OBJECTIVES, fit
 from ..training.backend import Backend, torch_threads
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
+from . import latent
 from .evaluate import evaluate_after as write_evaluation
 from .load import config_to_json, sampling_model
 
-LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT"}
+LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
+              "autoencoder": "autoencoder loss"}
 
 
 def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, overwrite: bool,
@@ -92,8 +94,16 @@ def train(
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
     kind = cfg.method
+    codec, ae_weights = None, None
+    if cfg.autoencoder and resume:  # a latent run: its own copy of the autoencoder
+        codec = latent.load_codec(run_dir, cfg)
+    elif cfg.autoencoder:
+        cfg, ae_weights = latent.attach(cfg)
+        codec = latent.codec_from(cfg, ae_weights)
     if backend.is_main:
         open_run_dir(run_dir, cfg, kind, resume=resume, overwrite=overwrite)
+        if ae_weights is not None:
+            latent.write_autoencoder(run_dir, ae_weights)
     backend.barrier()
 
     # torch's global RNG (dropout draws from it) is seeded here and saved in every checkpoint,
@@ -101,7 +111,7 @@ def train(
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
-        objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend)
+        objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend, codec=codec)
         g = torch.Generator().manual_seed(cfg.seed)
         log = LossLog(cfg.log_every)
         state = ckpt.load_checkpoint(run_dir) if resume else None
@@ -123,5 +133,11 @@ def train(
             ema.eval()
             extra = {"train_seconds": result.seconds, "train_steps": result.step,
                      "loss": result.loss, **objective.metrics()}
-            write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir, extra)
+            if kind == "autoencoder":
+                from .autoencoder import evaluate_after as evaluate_autoencoder
+
+                evaluate_autoencoder(cfg, ema, run_dir, extra)
+            else:
+                write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir,
+                                 extra, decode=codec.decode if codec is not None else None)
     return run_dir

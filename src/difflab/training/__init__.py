@@ -1,7 +1,8 @@
 """The one training loop (:func:`~difflab.training.loop.fit`) and its objectives.
 
 :data:`OBJECTIVES` is the registry of what ``difflab train`` can train, by the config's
-``method``: a factory ``(cfg, schedule, data, conds, backend) -> Objective``. Distillation
+``method``: a factory ``(cfg, schedule, data, conds, backend, codec) -> Objective`` (``codec``:
+the autoencoder of a latent run, or None). Distillation
 objectives (:mod:`.progressive`, :mod:`.consistency`) and the noisy classifier
 (:mod:`.classifier`) are built by the run code that loads their teacher or labels.
 """
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
 from torch import Tensor
 
 from ..build.data import data_levels
 from ..build.model import build_model
 from ..config import TrainConfig
+from ..pipelines.latent import LatentCodec
 from ..schedules import Schedule
 from ..vlb import ImportanceSampler
 from .backend import Backend
@@ -38,20 +41,68 @@ def lr_schedule(cfg: TrainConfig) -> LRSchedule:
 
 
 def diffusion_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
-              backend: Backend) -> Objective:
-    """L_simple or L_hybrid (Weng eq. 19, 23) with the run's EMA and learning-rate schedule."""
+                        backend: Backend, codec: LatentCodec | None = None) -> Objective:
+    """L_simple or L_hybrid (Weng eq. 19, 23) with the run's EMA and learning-rate schedule;
+    with a ``codec`` (a latent run) on z = s · E(x) (:mod:`.latent`; ``data`` the images, or
+    their encoder outputs when ``cfg.latent_cache``)."""
     lr = lr_schedule(cfg)
     t_sampler = ImportanceSampler(cfg.T) if cfg.t_sampling == "importance" else None
-    return DiffusionObjective(build_model(cfg), schedule, data, batch=cfg.batch, lr=lr,
-                              ema_decay=cfg.ema_decay, conds=conds, p_uncond=cfg.p_uncond,
-                              loss=cfg.loss, hybrid_lambda=cfg.hybrid_lambda,
-                              t_sampler=t_sampler, levels=data_levels(cfg),
-                              weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                              backend=backend)
+    kwargs = dict(batch=cfg.batch, lr=lr, ema_decay=cfg.ema_decay, conds=conds,
+                  p_uncond=cfg.p_uncond, loss=cfg.loss, hybrid_lambda=cfg.hybrid_lambda,
+                  t_sampler=t_sampler, levels=data_levels(cfg), weight_decay=cfg.weight_decay,
+                  grad_clip=cfg.grad_clip, backend=backend)
+    if codec is None:
+        return DiffusionObjective(build_model(cfg), schedule, data, **kwargs)
+    from ..build.data import image_shape
+    from .latent import LatentDiffusionObjective, encode_dataset
+
+    cached = cfg.latent_cache
+    if cached:
+        data = encode_dataset(codec, data)
+    return LatentDiffusionObjective(build_model(cfg), schedule, data, codec,
+                                    image_shape=image_shape(cfg), cached=cached, **kwargs)
+
+
+def autoencoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
+                          backend: Backend, codec=None) -> Objective:
+    """The first stage of latent diffusion (:mod:`.autoencoder`): the autoencoder of the
+    ``ae_*`` fields, a patch discriminator when ``disc_weight`` > 0 and the perceptual distance
+    in the dataset's committed classifier when ``perceptual_weight`` > 0."""
+    from ..build.data import image_shape
+    from ..build.model import build_autoencoder
+    from ..config import image_size
+    from ..errors import ConfigError
+    from ..nn.discriminator import PatchDiscriminator
+    from ..nn.perceptual import PerceptualDistance
+    from .autoencoder import AutoencoderObjective, AutoencoderTrainer
+
+    perceptual = None
+    if cfg.perceptual_weight > 0:
+        from ..data.fd import load_classifier
+
+        try:
+            classifier = load_classifier(cfg.dataset, image_size(cfg))[0]
+        except ValueError:
+            raise ConfigError(f"perceptual_weight > 0 needs a committed classifier of "
+                              f"{cfg.dataset} at {image_size(cfg)} pixels, and there is none; "
+                              "set --perceptual-weight 0") from None
+        perceptual = PerceptualDistance(classifier)
+    disc = None
+    if cfg.disc_weight > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed + 1)
+            disc = PatchDiscriminator(image_shape(cfg)[0], cfg.ae_channels)
+    trainer = AutoencoderTrainer(build_autoencoder(cfg), disc, perceptual,
+                                 rec_loss=cfg.rec_loss, perceptual_weight=cfg.perceptual_weight,
+                                 kl_weight=cfg.kl_weight, disc_weight=cfg.disc_weight)
+    return AutoencoderObjective(trainer, data, batch=cfg.batch, lr=lr_schedule(cfg),
+                                ema_decay=cfg.ema_decay, disc_start=cfg.disc_start,
+                                weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                                seed=cfg.seed, backend=backend)
 
 
 def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
-                         backend: Backend) -> Objective:
+                 backend: Backend, codec=None) -> Objective:
     """Consistency training (Weng eq. 32) of a fresh f_θ: s0 = 2, s1 = :func:`ct_final_levels`,
     μ0 = 0.9, ℓ2; lr decayed linearly to 0 unless ``lr_schedule = "constant"``."""
     from ..distill.consistency import ConsistencyModel
@@ -73,6 +124,7 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "diffusion": diffusion_objective,
     "consistency-training": ct_objective,
+    "autoencoder": autoencoder_objective,
 }
 
 __all__ = ["OBJECTIVES", "SIGMA_DATA", "Backend", "Objective", "ct_final_levels", "fit",

@@ -81,6 +81,7 @@ class DiffusionObjective(Objective):
         self.t_sampler = t_sampler
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
         self.backend = backend
+        self.sample_shape = tuple(data.shape[1:])  # of x_0 and ε (a latent run: the latents')
         if loss not in ("simple", "hybrid"):
             raise ValueError(f"loss must be simple or hybrid, got {loss!r}")
 
@@ -97,7 +98,8 @@ class DiffusionObjective(Objective):
             out["t"] = self.t_sampler.sample(self.batch, g)[0]  # (B,) ∼ p_t
         else:
             out["t"] = torch.randint(1, self.schedule.T + 1, (self.batch,), generator=g)
-        out["noise"] = torch.randn(x0.shape, generator=g, dtype=x0.dtype)  # (B, …)
+        out["noise"] = torch.randn((self.batch, *self.sample_shape), generator=g,
+                                   dtype=x0.dtype)  # (B, …)
         return out
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:

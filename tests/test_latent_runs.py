@@ -1,0 +1,156 @@
+"""Autoencoder runs and latent runs end to end: `difflab train-autoencoder` writes its metrics
+and latent scale and resumes exactly (VQ's revived entries included); `difflab train
+--autoencoder` copies the autoencoder into the run, trains on fresh posterior draws (the same
+loss with or without the cached encoder outputs), samples and evaluates decoded images; bad
+input is one line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from difflab.build.data import image_split, model_shape
+from difflab.build.model import build_schedule
+from difflab.cli import main
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.latent import AUTOENCODER_FILE, load_codec
+from difflab.runs.load import read_run_config
+from difflab.training import OBJECTIVES
+from difflab.training.backend import Backend
+
+AE = ["--dataset", "digits", "--image-size", "16", "--ae-factor", "2", "--ae-channels", "8",
+      "--ae-latent-channels", "2", "--steps", "10", "--batch", "16", "--warmup", "2",
+      "--checkpoint-every", "5", "--no-progress", "--threads", "1"]
+LATENT = ["--steps", "6", "--batch", "16", "--model-channels", "8", "--num-res-blocks", "1",
+          "--channel-mult", "1,2", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",
+          "--eval-steps", "4", "--n-eval", "20", "--checkpoint-every", "3", "--no-progress",
+          "--threads", "1"]
+
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str) -> bool:
+    return code == 2 and err.count("\n") == 1 and err.startswith("difflab: error: ")
+
+
+@pytest.fixture(scope="module")
+def ae_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ae") / "kl"
+    assert main(["train-autoencoder", *AE, "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory, ae_run) -> Path:
+    out = tmp_path_factory.mktemp("latent") / "run"
+    assert main(["train", "--dataset", "digits", "--image-size", "16", "--autoencoder",
+                 str(ae_run), *LATENT, "--out", str(out)]) == 0
+    return out
+
+
+def test_an_autoencoder_run_writes_its_metrics_and_pictures(ae_run):
+    m = json.loads((ae_run / "metrics.json").read_text())
+    assert m["latent_shape"] == [2, 8, 8]
+    assert m["latent_scale"] == pytest.approx(1 / m["latent_std"])
+    assert np.isfinite(m["psnr"]) and m["rfd"] > 0
+    for name in ("reconstructions.png", "autoencoder.safetensors",
+                 "autoencoder.ema.safetensors", "loss.png"):
+        assert (ae_run / name).is_file()
+    assert read_run_config(ae_run).method == "autoencoder"
+
+
+def test_a_vq_run_reports_codebook_usage_and_resumes_exactly(tmp_path, capsys):
+    vq = [*AE, "--ae-type", "vq", "--codebook-size", "32"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    code, out, _ = run(capsys, "train-autoencoder", *vq, "--out", whole)
+    assert code == 0 and "codebook usage" in out
+    m = json.loads((whole / "metrics.json").read_text())
+    assert 0 < m["codebook_usage"] <= 1 and 1 <= m["perplexity"] <= 32
+    assert run(capsys, "train-autoencoder", *vq, "--stop-after", "5", "--out", part)[0] == 0
+    assert run(capsys, "train", "--resume", part)[0] == 0
+    for name in ("autoencoder.safetensors", "autoencoder.ema.safetensors"):
+        a = ckpt.load_tensors(whole / name)[0]
+        b = ckpt.load_tensors(part / name)[0]
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_a_latent_run_copies_the_autoencoder_and_its_scale(ae_run, latent_run):
+    cfg = read_run_config(latent_run)
+    ae_metrics = json.loads((ae_run / "metrics.json").read_text())
+    assert cfg.latent_scale == pytest.approx(ae_metrics["latent_scale"])
+    assert (cfg.ae_factor, cfg.ae_channels, cfg.ae_latent_channels) == (2, 8, 2)
+    copied = ckpt.load_tensors(latent_run / AUTOENCODER_FILE)[0]
+    source = ckpt.load_tensors(ae_run / "autoencoder.ema.safetensors")[0]
+    assert all(torch.equal(copied[k], source[k]) for k in source)
+    assert model_shape(cfg) == (2, 8, 8)
+    m = json.loads((latent_run / "metrics.json").read_text())
+    assert "fd" in m and m["n_eval"] == 20
+
+
+def test_latent_samples_are_decoded_images(latent_run, tmp_path, capsys):
+    out = tmp_path / "x.npy"
+    for sampler in ("ddim", "dpm++"):
+        code, _, err = run(capsys, "sample", latent_run, "--sampler", sampler, "--steps", "3",
+                           "-n", "5", "--out", out)
+        assert code == 0, err
+        x = np.load(out)
+        assert x.shape == (5, 1, 16, 16) and x.min() >= -1 and x.max() <= 1
+    code, out_text, err = run(capsys, "eval", latent_run, "--steps", "3", "-n", "10")
+    assert code == 0, err
+    assert json.loads(out_text)["n_eval"] == 10
+    code, _, err = run(capsys, "eval", latent_run, "--nll")
+    assert one_error_line(code, err) and "latent" in err
+
+
+def test_a_latent_run_resumes_exactly(ae_run, latent_run, tmp_path, capsys):
+    part = tmp_path / "part"
+    args = ["--dataset", "digits", "--image-size", "16", "--autoencoder", ae_run, *LATENT]
+    assert run(capsys, "train", *args, "--stop-after", "3", "--out", part)[0] == 0
+    assert run(capsys, "train", "--resume", part)[0] == 0
+    for name in ("denoiser.safetensors", "denoiser.ema.safetensors"):
+        a = ckpt.load_tensors(latent_run / name)[0]
+        b = ckpt.load_tensors(part / name)[0]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_cached_encoder_outputs_give_the_same_loss(latent_run):
+    cfg = read_run_config(latent_run)
+    codec = load_codec(latent_run, cfg)
+    x = image_split(cfg, "train").x[:64]
+    losses = []
+    for cached in (False, True):
+        c = cfg.__class__.from_dict({"latent_cache": cached}, base=cfg)
+        obj = OBJECTIVES["diffusion"](c, build_schedule(c), x, None,
+                                      Backend(torch.device("cpu")), codec=codec)
+        batch = obj.draw(0, torch.Generator().manual_seed(0))
+        assert batch["posterior"].shape == (cfg.batch, 2, 8, 8)
+        with torch.no_grad():
+            losses.append(obj.loss(obj.net, batch).item())
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+
+
+def test_bad_autoencoder_input_is_one_line(ae_run, latent_run, tmp_path, capsys):
+    cases = {
+        "not a run": ["train", "--dataset", "digits", "--autoencoder", tmp_path],
+        "missing": ["train", "--dataset", "digits", "--autoencoder", tmp_path / "nope"],
+        "a diffusion run": ["train", "--dataset", "digits", "--image-size", "16",
+                            "--autoencoder", latent_run, *LATENT],
+        "other images": ["train", "--dataset", "digits", "--image-size", "8", "--autoencoder",
+                         ae_run, *LATENT],
+        "conditional ae": ["train-autoencoder", *AE, "--cond", "class"],
+        "not an ae": ["train-autoencoder", *AE, "--method", "diffusion"],
+        "2-D data": ["train-autoencoder", "--dataset", "moons"],
+        "cache without ae": ["train", "--latent-cache"],
+    }
+    for what, argv in cases.items():
+        code, _, err = run(capsys, *argv, "--out", tmp_path / what.replace(" ", "_"))
+        assert one_error_line(code, err), (what, err)
