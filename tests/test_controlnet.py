@@ -63,7 +63,8 @@ def test_controlled_model_equals_its_base_exactly_at_init_for_any_hint(kw):
     for hint in (torch.rand(4, 1, 8, 8, generator=g), 100 * torch.randn(4, 1, 8, 8, generator=g),
                  torch.zeros(4, 1, 8, 8)):
         assert torch.equal(model(x, t, hint=hint, **cond), want)
-    assert torch.equal(model(x, t, **cond), want)  # no hint: the base
+    with pytest.raises(ConfigError, match="needs its hint"):
+        model(x, t, **cond)
 
 
 def test_the_branch_is_a_copy_of_the_base_encoder_with_zero_connections():
@@ -258,6 +259,8 @@ def test_sample_from_a_hint_file_and_bad_hints_are_one_line(cn_run, base_run, tm
         assert code == 2 and err.count("\n") == 1 and err.startswith("difflab: error: "), what
     code, _, err = run(capsys, "sample", base_run, "--hint", good, "--out", tmp_path / "d.npy")
     assert code == 2 and "ControlNet" in err
+    code, _, err = run(capsys, "eval", cn_run, "-n", "4", "--steps", "2")  # no hint flags
+    assert code == 2 and err.count("\n") == 1 and "hint" in err
 
 
 def test_bad_bases_and_flags_are_one_line(base_run, tmp_path, capsys):
@@ -307,3 +310,10 @@ def test_the_objective_drops_the_base_condition_half_of_the_time():
     dropped = (batch["y"] == 3).double().mean().item()
     assert abs(dropped - 0.5) < 4 * (0.25 / 4000) ** 0.5  # within 4 standard errors
     assert batch["hint"].shape == (4000, 1, 8, 8)
+
+
+def test_train_resume_refuses_a_controlnet_run_and_leaves_it_intact(cn_run, capsys):
+    before = (cn_run / ckpt.CONFIG).read_bytes()
+    code, _, err = run(capsys, "train", "--resume", cn_run)
+    assert code == 2 and err.count("\n") == 1 and "controlnet run" in err
+    assert (cn_run / ckpt.CONFIG).read_bytes() == before

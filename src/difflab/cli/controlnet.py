@@ -123,7 +123,10 @@ def run(args: argparse.Namespace) -> int:
 def finish(out: Path) -> int:
     """One summary line (or where to resume), then OUT as the last line."""
     from ..runs import checkpoint as ckpt
+    from ..training.backend import world
 
+    if world()[0] != 0:  # one report, from the first process
+        return 0
     metrics = out / ckpt.METRICS
     if metrics.is_file():
         m = ckpt.read_json(metrics)

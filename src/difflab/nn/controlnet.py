@@ -27,7 +27,7 @@ ends in ONE zero convolution and the branch's own first layers are the base's tr
 
 :class:`ControlledUNet` is an ε-model like any other: ``model(x_t, t, hint=…, **cond)``; the
 hint is one more keyword, so ``guidance.Bound`` binds it and every sampler and guidance wrapper
-works unchanged. ``hint=None`` (or a scale of 0) gives the base's prediction.
+works unchanged. A ``conditioning_scale`` of 0 gives the base's prediction.
 
 Which base networks can be controlled is a registry (:data:`CONTROL_BRANCHES`, by the base's
 class): a DiT base would be one more entry (a copy of its first blocks with zero-initialised
@@ -152,8 +152,9 @@ def controlled_forward(base: UNet, control: nn.Module, x_t: Tensor, t: Tensor,
 
 class ControlledUNet(nn.Module):
     """ε_θ(x_t, t, hint, **cond): the frozen ``base`` U-Net with a :class:`ControlNet`
-    ``control``; ``conditioning_scale`` multiplies the control's residuals (0 or ``hint=None``:
-    the base alone)."""
+    ``control``; ``conditioning_scale`` multiplies the control's residuals (0: the base alone).
+    The hint is required: a caller that forgot it (``difflab eval`` of a ControlNet run) gets a
+    one-line ConfigError rather than the base's samples."""
 
     def __init__(self, base: UNet, control: ControlNet, conditioning_scale: float = 1.0):
         super().__init__()
@@ -165,6 +166,9 @@ class ControlledUNet(nn.Module):
         return self.base.config
 
     def forward(self, x_t: Tensor, t: Tensor, hint: Tensor | None = None, **cond) -> Tensor:
+        if hint is None:
+            raise ConfigError("a ControlNet model needs its hint (hint=…): sample it with "
+                              "'difflab sample RUN --hint FILE' or '--hint-from-data N'")
         return controlled_forward(self.base, self.control, x_t, t, hint,
                                   self.conditioning_scale, **cond)
 
