@@ -26,7 +26,7 @@ train split beside the floor of the real test images (n = 180 both), DDIM 20 ste
    unconditional branch WITHOUT the hint), w ∈ {0, 1, 3}. With an unconditional base, CFG with the
    hint in both branches is the plain controlled model (w has nothing to act on): the w = 0 row.
 
-    nice -n 19 .venv/bin/python benchmarks/controlnet_digits.py           # 225 s on 1 thread
+    nice -n 19 .venv/bin/python benchmarks/controlnet_digits.py           # 270 s on 1 thread
     nice -n 19 .venv/bin/python benchmarks/controlnet_digits.py --quick   # smoke test, ~10 s
 
 Writes results/controlnet_digits.{md,json}.
@@ -133,11 +133,13 @@ class Scorer:
 
 
 def train_variant(name: str, base_dir: Path, scorer: Scorer, steps: int, lr: float,
-                  eval_at: tuple[int, ...]) -> tuple[list[dict], nn.Module, nn.Module, float]:
-    """Train one variant; returns (rows at the steps ``eval_at``, the trained model, its base,
-    seconds of training alone)."""
+                  eval_at: tuple[int, ...], seed: int = 0
+                  ) -> tuple[list[dict], nn.Module, nn.Module, float]:
+    """Train one variant with ``seed`` (the hint encoder's initialisation, the batches and
+    noise); returns (rows at the steps ``eval_at``, the trained model, its base, seconds of
+    training alone)."""
     cfg, base, schedule = load_base(base_dir)
-    torch.manual_seed(1)
+    torch.manual_seed(1 + seed)
     train_x = image_split(cfg, "train").x
     sched = LRSchedule(lr, steps, warmup=20, kind="cosine")
     if name == "finetune":
@@ -152,17 +154,18 @@ def train_variant(name: str, base_dir: Path, scorer: Scorer, steps: int, lr: flo
         scored = controlled(base, control)
     rows, seconds = [], [0.0]
     if 0 in eval_at:
-        rows.append({"variant": name, "step": 0, **scorer(scored)})
+        rows.append({"variant": name, "seed": seed, "step": 0, **scorer(scored)})
     clock = [time.perf_counter()]
 
     def on_update(step: int, loss: float) -> None:
         if step in eval_at:
             seconds[0] += time.perf_counter() - clock[0]
-            rows.append({"variant": name, "step": step, "loss": loss, **scorer(scored)})
-            print(f"  {name} step {step}: {rows[-1]}", flush=True)
+            rows.append({"variant": name, "seed": seed, "step": step, "loss": loss,
+                         **scorer(scored)})
+            print(f"  {name} seed {seed} step {step}: {rows[-1]}", flush=True)
             clock[0] = time.perf_counter()
 
-    fit(obj, steps=steps, generator=torch.Generator().manual_seed(0), on_update=on_update)
+    fit(obj, steps=steps, generator=torch.Generator().manual_seed(seed), on_update=on_update)
     if name != "finetune":
         scored = controlled(base, obj.ema.eval())  # the EMA branch, as sampled
     return rows, scored, base, seconds[0]
@@ -176,6 +179,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--n", type=int, default=180, help="held-out hints scored (180: all)")
     p.add_argument("--sample-steps", type=int, default=20)
+    p.add_argument("--seeds", type=int, default=2, help="seeds of the zero-convolution curve")
     p.add_argument("--workdir", default="runs/bench-controlnet", help="where the base run is kept "
                    "(reused when present)")
     p.add_argument("--out", default=str(ROOT / "results" / "controlnet_digits"))
@@ -202,8 +206,10 @@ def main() -> None:
                      "base_params": sum(p.numel() for p in base.parameters())}
     curve, zero_model, zero_base, zero_s = train_variant("zero", base_dir, scorer, S, args.lr,
                                                          curve_at)
+    for seed in range(1, args.seeds):
+        curve += train_variant("zero", base_dir, scorer, S, args.lr, curve_at, seed)[0]
     results["curve"] = curve
-    ends = [curve[0], curve[-1]]
+    ends = [row for row in curve if row["seed"] == 0 and row["step"] in (0, S)]
     seconds = {"zero": zero_s}
     for name in ("random", "finetune"):
         rows, _, _, s = train_variant(name, base_dir, scorer, S, args.lr, (0, S))
@@ -235,12 +241,16 @@ def markdown(r: dict) -> str:
              f"{a['sample_steps']} steps, seed 0. FD floor {r['fd_floor']:.1f}; chance edge F1 "
              f"(hints vs other digits' edges) {r['chance_edge_f1']:.3f}; real digits 1.000. "
              f"Run time {r['seconds']:.0f} s (1 thread).\n",
-             "## 1. Adherence and FD against steps (zero convolutions, raw weights)\n",
-             "| step | edge F1 | precision | recall | FD | loss |", "|---|---|---|---|---|---|"]
-    for row in r["curve"]:
-        loss = f"{row['loss']:.4f}" if "loss" in row else "–"
-        lines.append(f"| {row['step']} | {row['edge_f1']:.3f} | {row['precision']:.3f} | "
-                     f"{row['recall']:.3f} | {row['fd']:.1f} | {loss} |")
+             "## 1. Adherence and FD against steps (zero convolutions, raw weights)\n"]
+    seeds = sorted({row["seed"] for row in r["curve"]})
+    lines += ["| step | " + " | ".join(f"edge F1 (seed {k}) | FD (seed {k})" for k in seeds)
+              + " | loss (seed 0) |", "|---" * (2 * len(seeds) + 2) + "|"]
+    by = {(row["seed"], row["step"]): row for row in r["curve"]}
+    for step in sorted({row["step"] for row in r["curve"]}):
+        cells = [f"{by[k, step]['edge_f1']:.3f} | {by[k, step]['fd']:.1f}" for k in seeds]
+        loss = by[0, step].get("loss")
+        lines.append(f"| {step} | " + " | ".join(cells) + " | "
+                     + (f"{loss:.4f}" if loss is not None else "–") + " |")
     lines += ["\n## 2. Zero convolutions against their ablations (raw weights)\n",
               "| variant | step | edge F1 | FD | train s |", "|---|---|---|---|---|"]
     for row in r["variants"]:

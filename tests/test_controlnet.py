@@ -317,3 +317,31 @@ def test_train_resume_refuses_a_controlnet_run_and_leaves_it_intact(cn_run, caps
     code, _, err = run(capsys, "train", "--resume", cn_run)
     assert code == 2 and err.count("\n") == 1 and "controlnet run" in err
     assert (cn_run / ckpt.CONFIG).read_bytes() == before
+
+
+def test_a_folder_base_trains_on_its_own_control_images(tmp_path, capsys):
+    root = tmp_path / "imgs"
+    rng = np.random.default_rng(0)
+    rows = ["file,control"]
+    for i in range(12):
+        img = np.zeros((8, 8))
+        img[2:6, i % 4:i % 4 + 3] = 255
+        write_png(root / f"{i}.png", img)
+        write_png(root / ".controls" / f"{i}.png", (img > 0) * 255 * rng.integers(0, 2))
+        rows.append(f"{i}.png,.controls/{i}.png")
+    (root / hl.CONTROLS_FILE).write_text("\n".join(rows) + "\n")
+    cfg = TrainConfig.from_dict({**TINY_BASE, "dataset": "folder", "data": str(root),
+                                 "image_size": 8})
+    base = train(cfg, tmp_path / "base", progress=False, evaluate_after=False)
+    out = tmp_path / "cn"
+    code, stdout, err = run(capsys, "train-controlnet", base, "--hint", "file", "--steps", "2",
+                            "--batch", "4", "--device", "cpu", "--out", out)
+    assert code == 0, err
+    assert json.loads((out / ckpt.METRICS).read_text())["n_eval"] >= 1
+    code, _, err = run(capsys, "sample", out, "--hint-from-data", "1", "--steps", "2",
+                       "--out", tmp_path / "s.npy")
+    assert code == 0, err
+    (root / hl.CONTROLS_FILE).write_text("file,control\n")  # no rows: one line
+    code, _, err = run(capsys, "train-controlnet", base, "--hint", "file", "--out",
+                       tmp_path / "cn2")
+    assert code == 2 and err.count("\n") == 1 and "no row" in err
