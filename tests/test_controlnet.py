@@ -345,3 +345,75 @@ def test_a_folder_base_trains_on_its_own_control_images(tmp_path, capsys):
     code, _, err = run(capsys, "train-controlnet", base, "--hint", "file", "--out",
                        tmp_path / "cn2")
     assert code == 2 and err.count("\n") == 1 and "no row" in err
+
+
+def test_bases_that_cannot_be_controlled_are_refused_by_name():
+    import dataclasses
+
+    from difflab.runs.controlnet_model import check_base
+
+    cfg = TrainConfig.from_dict({**TINY_BASE})
+    for kind, changes, words in (("progressive", {}, "progressive run"),
+                                 ("diffusion", {"variance": "learned"}, "variance"),
+                                 ("diffusion", {"autoencoder": "runs/ae"}, "latent")):
+        with pytest.raises(ConfigError, match=words):
+            check_base("r", kind, dataclasses.replace(cfg, **changes))
+    check_base("r", "diffusion", cfg)
+
+
+# --- beyond the paper: a DiT base ------------------------------------------------------------
+def random_dit(block: str = "adaln-zero", **kw):
+    from difflab.nn.dit import DiT, DiTConfig
+
+    torch.manual_seed(0)
+    net = DiT(DiTConfig.named("T", in_channels=1, input_size=(8, 8), patch_size=2, block=block,
+                              **kw))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0.0, 0.2)
+    return net.requires_grad_(False).eval()
+
+
+@pytest.mark.parametrize("block", ["adaln-zero", "adaln", "cross-attention"])
+def test_a_controlled_dit_equals_its_base_at_init_and_its_zero_layers_train(block):
+    from difflab.nn.controlnet import ControlledDiT
+
+    kw = {"context_dim": 6} if block == "cross-attention" else {"num_classes": 3}
+    base = random_dit(block, **kw)
+    model = controlled(base, control_branch(base))
+    assert isinstance(model, ControlledDiT) and len(model.control.blocks) == 2  # half of 4
+    x, t = torch.randn(4, 1, 8, 8), torch.tensor([1, 5, 50, 99])
+    cond = ({"context": torch.randn(4, 3, 6)} if block == "cross-attention"
+            else {"y": torch.tensor([0, 1, 2, 3])})
+    assert torch.equal(model(x, t, hint=torch.rand(4, 1, 8, 8), **cond), base(x, t, **cond))
+    with pytest.raises(ConfigError, match="hint"):
+        model(x, t, hint=torch.rand(4, 1, 4, 4), **cond)
+    if block != "adaln-zero":
+        return
+    data = torch.rand(16, 1, 8, 8) * 2 - 1
+    control = model.control
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    obj = ControlNetObjective(base, control, linear(100), data, hl.edges(data), batch=8,
+                              lr=LRSchedule(1e-3, 10), ema_decay=0.9, conds=None)
+    obj.draw = lambda step, g, draw=obj.draw: {**draw(step, g),
+                                               "y": torch.randint(0, 3, (8,), generator=g)}
+    fit(obj, steps=2, generator=torch.Generator().manual_seed(0))
+    assert all(z.weight.abs().sum() > 0 for z in control.zero_linears)
+    assert control.hint_encoder.net[-1].weight.abs().sum() > 0
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())
+
+
+def test_in_context_dit_has_no_controlnet():
+    base = random_dit("in-context", num_classes=3)
+    with pytest.raises(ConfigError, match="in-context"):
+        control_branch(base)
+
+
+def test_train_controlnet_on_a_dit_run(tmp_path, capsys):
+    cfg = TrainConfig.from_dict({**TINY_BASE, "model": "dit", "dit_size": "T", "patch_size": 2})
+    base = train(cfg, tmp_path / "base", progress=False, evaluate_after=False)
+    out = train_controlnet(base, tmp_path / "cn", steps=2, batch=8, device="cpu", threads=1)
+    assert "edge_f1" in json.loads((out / ckpt.METRICS).read_text())
+    code, _, err = run(capsys, "sample", out, "--hint-from-data", "2", "--sampler", "dpm++",
+                       "--steps", "3", "--out", tmp_path / "s.npy")
+    assert code == 0, err

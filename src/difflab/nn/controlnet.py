@@ -30,8 +30,10 @@ hint is one more keyword, so ``guidance.Bound`` binds it and every sampler and g
 works unchanged. A ``conditioning_scale`` of 0 gives the base's prediction.
 
 Which base networks can be controlled is a registry (:data:`CONTROL_BRANCHES`, by the base's
-class): a DiT base would be one more entry (a copy of its first blocks with zero-initialised
-linear layers into the frozen ones), not another branch in the run code.
+class), not a branch in the run code. Beyond the paper, a DiT base has one too
+(:class:`DiTControlNet`: a trainable copy of its first blocks, the hint patch-embedded by a zero
+convolution and added to the copy's input tokens, zero-initialised linear layers from each
+copied block into the frozen block of the same index; the layout of PixArt-δ, Chen et al. 2024).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import ConfigError
+from .dit import DiT
 from .unet import UNet
 from .unet_blocks import zero_init
 
@@ -59,11 +62,12 @@ class HintEncoder(nn.Module):
 
     conv3×3 → SiLU, then k times [conv3×3 → SiLU → conv3×3 stride 2 → SiLU] doubling the width,
     then a zero 3×3 convolution (cldm's ``input_hint_block``, with k = 3 and widths 16…256 for
-    Stable Diffusion's 512-pixel hints and 64-pixel latents; k = 0 for a pixel-space base).
+    Stable Diffusion's 512-pixel hints and 64-pixel latents; k = 0 for a pixel-space base) — or,
+    with ``patch`` p > 1, a zero p×p convolution of stride p: a DiT's tokens (B, D, H/p, W/p).
     """
 
     def __init__(self, hint_channels: int, channels_out: int, hidden: int = 16,
-                 downscale: int = 1, zero: bool = True):
+                 downscale: int = 1, zero: bool = True, patch: int = 1):
         super().__init__()
         k = downscale.bit_length() - 1
         if downscale < 1 or 2**k != downscale:
@@ -74,7 +78,11 @@ class HintEncoder(nn.Module):
             layers += [nn.Conv2d(width, width, 3, padding=1), nn.SiLU(),
                        nn.Conv2d(width, 2 * width, 3, padding=1, stride=2), nn.SiLU()]
             width *= 2
-        layers.append(zero_conv(width, channels_out, 3, zero))
+        if patch == 1:
+            layers.append(zero_conv(width, channels_out, 3, zero))
+        else:  # a DiT's patch embedding of the hint: p×p, stride p → tokens
+            last = nn.Conv2d(width, channels_out, patch, stride=patch)
+            layers.append(zero_init(last) if zero else last)
         self.net = nn.Sequential(*layers)
         self.hint_channels, self.downscale = hint_channels, downscale
 
@@ -150,13 +158,16 @@ def controlled_forward(base: UNet, control: nn.Module, x_t: Tensor, t: Tensor,
     return base.decode(h, skips, c)
 
 
-class ControlledUNet(nn.Module):
-    """ε_θ(x_t, t, hint, **cond): the frozen ``base`` U-Net with a :class:`ControlNet`
-    ``control``; ``conditioning_scale`` multiplies the control's residuals (0: the base alone).
-    The hint is required: a caller that forgot it (``difflab eval`` of a ControlNet run) gets a
-    one-line ConfigError rather than the base's samples."""
+class Controlled(nn.Module):
+    """ε_θ(x_t, t, hint, **cond): the frozen ``base`` with its ``control`` branch, through the
+    class's ``forward_fn`` (:func:`controlled_forward` for a U-Net); ``conditioning_scale``
+    multiplies the control's residuals (0: the base alone). The hint is required: a caller that
+    forgot it (``difflab eval`` of a ControlNet run) gets a one-line ConfigError rather than the
+    base's samples."""
 
-    def __init__(self, base: UNet, control: ControlNet, conditioning_scale: float = 1.0):
+    forward_fn = staticmethod(controlled_forward)
+
+    def __init__(self, base: nn.Module, control: nn.Module, conditioning_scale: float = 1.0):
         super().__init__()
         self.base, self.control = base, control
         self.conditioning_scale = conditioning_scale
@@ -169,14 +180,85 @@ class ControlledUNet(nn.Module):
         if hint is None:
             raise ConfigError("a ControlNet model needs its hint (hint=…): sample it with "
                               "'difflab sample RUN --hint FILE' or '--hint-from-data N'")
-        return controlled_forward(self.base, self.control, x_t, t, hint,
-                                  self.conditioning_scale, **cond)
+        return self.forward_fn(self.base, self.control, x_t, t, hint, self.conditioning_scale,
+                               **cond)
+
+
+class ControlledUNet(Controlled):
+    """A :class:`~difflab.nn.unet.UNet` with a :class:`ControlNet` (:func:`controlled_forward`)."""
+
+
+# --- the same for a DiT (beyond the paper; PixArt-δ, Chen et al. 2024, does it this way) -------
+class DiTControlNet(nn.Module):
+    """The control branch of a :class:`~difflab.nn.dit.DiT`: a trainable copy of its first
+    ``depth`` blocks (default half of them), fed the base's tokens plus the hint's (a
+    :class:`HintEncoder` whose last layer is a zero p×p patch embedding), each block's output
+    through a zero-initialised linear layer (D → D) added to the output of the frozen block of
+    the same index. Shares the base's conditioning c (t, label, caption embeddings)."""
+
+    def __init__(self, base: nn.Module, hint_channels: int = 1, hidden: int = 16,
+                 downscale: int = 1, zero: bool = True, depth: int | None = None):
+        super().__init__()
+        cfg = base.config
+        if cfg.block == "in-context":
+            raise ConfigError("no ControlNet for the in-context DiT design (its conditioning "
+                              "tokens precede the patches); use adaln-zero, adaln or cross-attention")
+        n = depth or max(1, len(base.blocks) // 2)
+        if not 1 <= n <= len(base.blocks):
+            raise ConfigError(f"depth must lie in 1..{len(base.blocks)}, got {n}")
+        self.blocks = copy.deepcopy(base.blocks[:n]).requires_grad_(True)
+        D = cfg.width
+        self.hint_encoder = HintEncoder(hint_channels, D, hidden, downscale, zero,
+                                        patch=cfg.patch_size)
+        self.zero_linears = nn.ModuleList(nn.Linear(D, D) for _ in range(n))
+        if zero:
+            for layer in self.zero_linears:
+                zero_init(layer)
+        self.hint_channels, self.downscale = hint_channels, downscale
+
+    check_hint = ControlNet.check_hint
+
+    def forward(self, x_t: Tensor, tokens: Tensor, c, hint: Tensor) -> list[Tensor]:
+        """Residuals (B, N, D) for the first ``depth`` blocks of the base, from its input
+        tokens (B, N, D) and conditioning ``c``."""
+        self.check_hint(hint, x_t)
+        h = tokens + self.hint_encoder(hint.to(x_t.dtype)).flatten(2).transpose(1, 2)
+        residuals = []
+        for block, zero in zip(self.blocks, self.zero_linears, strict=True):
+            h = block(h, c)  # (B, N, D)
+            residuals.append(zero(h))
+        return residuals
+
+
+def dit_controlled_forward(base: nn.Module, control: nn.Module, x_t: Tensor, t: Tensor,
+                           hint: Tensor | None = None, scale: float = 1.0, **cond) -> Tensor:
+    """ε̂ of the frozen DiT ``base`` with the residuals of a :class:`DiTControlNet` times
+    ``scale`` added after its first blocks."""
+    base.check_input(x_t)
+    H, W = x_t.shape[-2:]
+    frozen = not any(p.requires_grad for p in base.x_embedder.parameters())
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+        c = base.condition(t, **cond)
+        x = base.patchify(x_t)  # (B, N, D)
+    residuals = control(x_t, x, c, hint) if hint is not None and scale != 0 else []
+    for i, block in enumerate(base.blocks):
+        x = block(x, c)
+        if i < len(residuals):
+            x = x + scale * residuals[i]
+    return base.unpatchify(base.final_layer(x, c), H, W)
+
+
+class ControlledDiT(Controlled):
+    """A :class:`~difflab.nn.dit.DiT` with a :class:`DiTControlNet`."""
+
+    forward_fn = staticmethod(dit_controlled_forward)
 
 
 # --- the registry: which networks can be controlled, and how ------------------------------------
 BranchBuilder = Callable[..., nn.Module]
-CONTROL_BRANCHES: dict[type, tuple[BranchBuilder, type]] = {
+CONTROL_BRANCHES: dict[type, tuple[BranchBuilder, type[Controlled]]] = {
     UNet: (ControlNet, ControlledUNet),
+    DiT: (DiTControlNet, ControlledDiT),
 }
 
 
@@ -191,6 +273,12 @@ def control_branch(base: nn.Module, **kwargs) -> nn.Module:
 
 
 def controlled(base: nn.Module, control: nn.Module, conditioning_scale: float = 1.0
-               ) -> nn.Module:
+               ) -> Controlled:
     """The ε-model of ``base`` with its ``control`` branch (the registry's wrapper class)."""
     return CONTROL_BRANCHES[type(base)][1](base, control, conditioning_scale)
+
+
+def control_forward(base: nn.Module) -> Callable[..., Tensor]:
+    """``forward(base, control, x_t, t, hint, scale, **cond) -> ε̂`` for ``base``'s class (the
+    training objective calls it with the branch as the backend prepared it)."""
+    return CONTROL_BRANCHES[type(base)][1].forward_fn

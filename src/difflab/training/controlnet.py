@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..losses import l_simple
-from ..nn.controlnet import controlled_forward
+from ..nn.controlnet import control_forward
 from ..schedules import Schedule
 from .diffusion import LRSchedule
 from .ema import ema_decay_at, ema_update
@@ -62,7 +62,7 @@ class ControlNetObjective(Objective):
 
     def eps(self, model: nn.Module, x_t: Tensor, t: Tensor, hint: Tensor, **cond) -> Tensor:
         """ε̂ of the base with the branch ``model`` (as the backend prepared it)."""
-        return controlled_forward(self.base, model, x_t, t, hint, 1.0, **cond)
+        return control_forward(self.base)(self.base, model, x_t, t, hint, 1.0, **cond)
 
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         cond = {k: v for k, v in batch.items() if k not in ("x0", "t", "noise")}
