@@ -202,7 +202,8 @@ class DiTControlNet(nn.Module):
         cfg = base.config
         if cfg.block == "in-context":
             raise ConfigError("no ControlNet for the in-context DiT design (its conditioning "
-                              "tokens precede the patches); use adaln-zero, adaln or cross-attention")
+                              "tokens precede the patches); use adaln-zero, adaln or "
+                              "cross-attention")
         n = depth or max(1, len(base.blocks) // 2)
         if not 1 <= n <= len(base.blocks):
             raise ConfigError(f"depth must lie in 1..{len(base.blocks)}, got {n}")
