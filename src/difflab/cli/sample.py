@@ -18,6 +18,7 @@ from .common import (
     show_progress,
     writing,
 )
+from .controlnet import add_hint_flags, bind_hint, default_n, hint_from_args
 from .guidance_flags import add_guidance_flags, guided_from_args
 
 OUT_SUFFIXES = (".npy", ".png", ".gif")
@@ -30,6 +31,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("sample", help=what, description=what[0].upper() + what[1:] + ".")
     add_sampling_flags(p, n_help=f"number of samples (default {N_DEFAULT})")
     add_guidance_flags(p)
+    add_hint_flags(p)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output file, by its suffix. .npy: a float32 numpy array, (n, 2) points "
                    "of a 2-D run, or (n, C, H, W) images of an image run (C = 1 grey or 3 RGB) "
@@ -60,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--out must end in {', '.join(OUT_SUFFIXES)}, got {args.out!r}")
     check_output_file(out)
     cfg, model, schedule = load_run(args.run, device=args.device)
-    sampler, steps, eta, n, spacing = sampling_args(args, cfg, N_DEFAULT)
+    hints = hint_from_args(args, cfg, model)  # a ControlNet run's hints (N, C_h, H, W), or None
+    sampler, steps, eta, n, spacing = sampling_args(args, cfg, default_n(args, N_DEFAULT))
     image = is_image(cfg.dataset)
     shape = model_shape(cfg) if image else (2,)  # a latent run: its latents'
     codec = load_codec(args.run, cfg, model_device(model))
     model = autocast_network(model, args.precision)
     model = guided_from_args(args, cfg, model, schedule, sampler, steps, n)[0]
+    model = bind_hint(model, hints, n)
     frames = None
     if out.suffix == ".gif":
         frames = Frames(keep=min(n, GIF_IMAGES if image else GIF_POINTS),

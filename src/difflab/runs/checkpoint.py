@@ -58,6 +58,7 @@ KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
     # the checkpoint holds), and its EMA
     "autoencoder": {"autoencoder": ("model.ae", "ema")},
     "progressive-distillation": {},  # the job directory above the rounds: a checkpoint only
+    "controlnet": {"control": ("model", "ema")},  # + its frozen base run in base/
 }
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"

@@ -22,6 +22,7 @@ from ..schedules import Schedule
 from ..training import SIGMA_DATA
 from ..training.backend import resolve_device
 from . import checkpoint as ckpt
+from .controlnet_model import load_controlled
 
 PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
 
@@ -77,6 +78,10 @@ def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.M
     return wrap(cfg, net, schedule) if wrap is not None else net
 
 
+# the kinds of run whose model load_run assembles from several components
+ASSEMBLED = {"controlnet": load_controlled}
+
+
 def load_network(run_dir: str | Path, cfg: TrainConfig, which: str = "ema",
                  component: str = "denoiser") -> nn.Module:
     """The bare network of a run's component with its EMA (or raw, ``which="model"``) weights."""
@@ -96,6 +101,8 @@ def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None
     "cuda", …; None: the CPU) and schedule of a run; a distilled student comes as an ε-model and
     a consistency run as its f_θ."""
     kind, cfg, _ = read_run(run_dir)
+    if kind in ASSEMBLED:  # a model of several components (a ControlNet: base + control)
+        return ASSEMBLED[kind](run_dir, which, device)
     if kind == "noisy-classifier":
         raise ckpt.CheckpointError(f"{run_dir} is a noisy-classifier run, not a diffusion model; "
                                    "pass it to 'difflab sample' as --classifier")

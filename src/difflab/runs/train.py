@@ -37,6 +37,11 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, ov
     without ``overwrite``) and write its config.json."""
     if resume:
         ckpt.check_run_dir(run_dir)
+        found = ckpt.read_run_config(run_dir)[0]
+        if found != kind:  # e.g. a ControlNet: resuming it here would rewrite its config.json
+            raise ckpt.CheckpointError(f"{run_dir} is a {found} run, not a {kind} run of "
+                                       "'difflab train'; resume it with the command that "
+                                       "wrote it")
         ckpt.remove_stale_temps(run_dir)  # of writes a killed run left half done
     else:
         ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
