@@ -353,3 +353,33 @@ def test_only_rank_zero_writes(one, two):
     # rank 0 alone reports: one summary line, and the run directory as the last line
     assert out_b.stdout.count("trained ") == out_a.stdout.count("trained ") == 1
     assert out_b.stdout.strip().splitlines()[-1] == "two"
+
+
+# --- e. an autoencoder: VQ assignments gathered over the ranks, the GAN term under DDP ----------
+AE_ARGS = ["--method", "autoencoder", "--dataset", "digits", "--image-size", "16",
+           "--ae-type", "vq", "--ae-factor", "2", "--ae-channels", "8", "--codebook-size", "32",
+           "--disc-weight", "0.5", "--disc-start", "5", "--steps", "20", "--batch", "32",
+           "--warmup", "2", "--threads", "1", "--device", "cpu", "--checkpoint-every", "10",
+           "--no-progress"]
+
+
+def test_an_autoencoder_on_two_processes_matches_one(home):
+    """The discriminator's adaptive weight (gradients inside the loss, averaged over the ranks)
+    and the codebook (its usage gathered from every rank) stay in step across 2 processes: the
+    losses and the reconstructions match one process within rounding. (The weights are not
+    compared: a bias just before a one-channel GroupNorm has a zero gradient up to rounding,
+    which AdamW turns into steps of ±lr that differ between runs and change nothing.)"""
+    from difflab.runs.load import load_network, read_run_config
+
+    train_many(home, (1, [*AE_ARGS, "--out", "ae-one"]), (2, [*AE_ARGS, "--out", "ae-two"]))
+    runs = [home / "ae-one", home / "ae-two"]
+    (steps_a, loss_a), (steps_b, loss_b) = losses(runs[0]), losses(runs[1])
+    assert steps_a == steps_b
+    torch.testing.assert_close(torch.tensor(loss_a), torch.tensor(loss_b), rtol=1e-4, atol=0)
+    x = torch.linspace(-1, 1, 16 * 16 * 8).view(8, 1, 16, 16).sin()
+    out = []
+    for run in runs:
+        ae = load_network(run, read_run_config(run), "model", "autoencoder")
+        with torch.no_grad():
+            out.append(ae.decode(ae.latent(ae.encode(x))))
+    assert (out[0] - out[1]).abs().max().item() < 1e-3

@@ -10,6 +10,8 @@ Esser et al. 2021, eq. 4-7): tensors in, tensors out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 from torch.nn import functional
@@ -34,12 +36,17 @@ def hinge_g_loss(logits_fake: Tensor) -> Tensor:
 
 
 def adaptive_weight(rec_loss: Tensor, g_loss: Tensor, last_layer: Tensor,
-                    delta: float = 1e-4, max_weight: float = 1e4) -> Tensor:
+                    delta: float = 1e-4, max_weight: float = 1e4,
+                    average: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """λ = ‖∇_{G_L} L_rec‖ / (‖∇_{G_L} L_GAN‖ + δ), clamped to [0, max_weight] and detached
     (Esser et al. 2021, eq. 7). Both losses must depend on ``last_layer`` through a graph that
-    is kept (they are differentiated once more by the caller)."""
+    is kept (they are differentiated once more by the caller). ``average``: the mean over the
+    processes of a run, applied to both gradients first, so that λ is that of the whole batch
+    (as one process computes it) and the same on every process."""
     g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
     g_gan = torch.autograd.grad(g_loss, last_layer, retain_graph=True)[0]
+    if average is not None:
+        g_rec, g_gan = average(g_rec), average(g_gan)
     weight = g_rec.norm() / (g_gan.norm() + delta)
     return weight.clamp(0.0, max_weight).detach()
 

@@ -61,6 +61,7 @@ class AutoencoderTrainer(nn.Module):
         self.ae, self.disc, self.perceptual = ae, disc, perceptual
         self.rec_loss, self.perceptual_weight = rec_loss, perceptual_weight
         self.kl_weight, self.disc_weight = kl_weight, disc_weight
+        self.average = None  # several processes: the mean over them (Backend.mean)
 
     def forward(self, x: Tensor, noise: Tensor, gan: Tensor) -> dict[str, Tensor]:
         """x (B, C, H, W); noise (B, c, h, w) for q(z|x); gan (B,) the factor a_k (all equal)."""
@@ -91,7 +92,8 @@ class AutoencoderTrainer(nn.Module):
             detached = {k: v.detach() for k, v in self.disc.named_parameters()}
             g_loss = hinge_g_loss(functional_call(self.disc, detached, (x_hat,)))
             if factor > 0 and torch.is_grad_enabled():
-                weight = self.disc_weight * adaptive_weight(rec, g_loss, ae.last_layer())
+                weight = self.disc_weight * adaptive_weight(rec, g_loss, ae.last_layer(),
+                                                            average=self.average)
             else:
                 weight = torch.zeros((), device=x.device)
             d_loss = hinge_d_loss(self.disc(x.detach()), self.disc(x_hat.detach()))
@@ -114,6 +116,8 @@ class AutoencoderObjective(Objective):
         self.schedule_lr, self.lr, self.ema_decay = lr, lr.lr, ema_decay
         self.disc_start, self.weight_decay, self.grad_clip = disc_start, weight_decay, grad_clip
         self.seed, self.backend = seed, backend
+        if backend is not None and backend.world_size > 1:  # λ of the whole batch
+            trainer.average = backend.mean
         self.latent_shape = trainer.ae.latent_shape(tuple(data.shape[1:]))
         self.counts: Tensor | None = None  # VQ: assignments of the current update
         self.last: dict[str, float] = {}

@@ -165,7 +165,7 @@ class Backend:
         return slice(k * size, (k + 1) * size)
 
     def mean(self, value: Tensor) -> Tensor:
-        """The mean of a scalar over the processes (itself with one process)."""
+        """The mean of a tensor over the processes (itself with one process)."""
         if self.accelerator is None:
             return value
         return self.accelerator.reduce(value.detach().clone(), reduction="mean")
