@@ -160,7 +160,8 @@ def main() -> None:
               "| f | diffuses | steps | s/step | train s | + autoencoder s | FD | images/s "
               "(decoded) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['f']} | {'×'.join(map(str, r['shape']))} | {r['steps']} | {r['step_seconds']:.3f} | "
+        lines.append(f"| {r['f']} | {'×'.join(map(str, r['shape']))} | {r['steps']} | "
+                     f"{r['step_seconds']:.3f} | "
                      f"{r['train_seconds']:.0f} | {r['ae_seconds']:.0f} | {r['fd']:.1f} | "
                      f"{r['images_per_second']:.1f} |")
     out.with_suffix(".md").write_text("\n".join(lines) + "\n")
