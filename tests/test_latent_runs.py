@@ -154,3 +154,24 @@ def test_bad_autoencoder_input_is_one_line(ae_run, latent_run, tmp_path, capsys)
     for what, argv in cases.items():
         code, _, err = run(capsys, *argv, "--out", tmp_path / what.replace(" ", "_"))
         assert one_error_line(code, err), (what, err)
+
+
+def test_a_latent_run_distils_into_latent_students(latent_run, tmp_path, capsys):
+    out = tmp_path / "pd"
+    code, _, err = run(capsys, "distill", latent_run, "--method", "progressive", "--rounds", "1",
+                       "--start-steps", "4",
+                       "--steps-per-round", "3", "--out", out, "--no-progress")
+    assert code == 0, err
+    student = out / "steps-4"
+    assert (student / AUTOENCODER_FILE).is_file()
+    assert "fd" in json.loads((student / "metrics.json").read_text())
+    x = tmp_path / "x.npy"
+    assert run(capsys, "sample", student, "--steps", "4", "-n", "3", "--out", x)[0] == 0
+    assert np.load(x).shape == (3, 1, 16, 16)
+    cd = tmp_path / "cd"
+    code, _, err = run(capsys, "distill", latent_run, "--method", "consistency", "--iters", "3",
+                       "--N", "4", "--out", cd, "--no-progress")
+    assert code == 0, err
+    assert run(capsys, "sample", cd, "--sampler", "consistency", "--steps", "1", "-n", "3",
+               "--out", x)[0] == 0
+    assert np.load(x).shape == (3, 1, 16, 16)

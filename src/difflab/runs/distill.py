@@ -42,6 +42,7 @@ from ..training.consistency import ConsistencyDistillation
 from ..training.losslog import LossLog
 from ..training.progressive import ProgressiveDistillation
 from . import checkpoint as ckpt
+from . import latent
 from .evaluate import evaluate_after
 from .load import PREDICTIONS, config_to_json, consistency_model, read_run, sampling_model
 from .train import saver
@@ -83,6 +84,21 @@ def load_teacher(run: str | Path, threads: int | None = None
     if threads is not None:
         cfg = dataclasses.replace(cfg, threads=threads)
     return cfg, EpsOnly(model).eval(), schedule
+
+
+def distill_data(t_cfg: TrainConfig, job: dict[str, Any]) -> Tensor:
+    """The x_0 the students learn from: the teacher's training images, or for a latent teacher
+    their latents (:func:`~difflab.runs.latent.encoded_training_data`)."""
+    x = training_data(t_cfg)
+    if not t_cfg.autoencoder:
+        return x
+    return latent.encoded_training_data(t_cfg, job["teacher"], x, job["seed"])
+
+
+def decoder(cfg: TrainConfig, run_dir: Path) -> Callable[[Tensor], Tensor] | None:
+    """A latent student's decoder (None in pixel space)."""
+    codec = latent.load_codec(run_dir, cfg)
+    return codec.decode if codec is not None else None
 
 
 def raw_network(cfg: TrainConfig, run: str | Path) -> nn.Module:
@@ -160,6 +176,9 @@ def distance_fn(name: str, cfg: TrainConfig) -> Callable[[Tensor, Tensor], Tenso
         if cfg.dataset not in IMAGE_SIZES:
             raise ConfigError(f"--distance features needs digits or mnist (a committed "
                              f"classifier), not {cfg.dataset}")
+        if cfg.autoencoder:
+            raise ConfigError("--distance features compares images; a latent run's student "
+                              "outputs latents (use l2, l1 or pseudo_huber)")
         return feature_distance(classifier_features(cfg.dataset, image_size(cfg)))
     fns = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
     if name not in fns:
@@ -279,6 +298,8 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
         ckpt.write_run_config(dirs[r], "progressive", config_to_json(cfg))
         meta = {"format": ckpt.FORMAT, "step": str(spr), "method": "progressive"}
         ckpt.save_tensors(dirs[r] / ckpt.weight_file("denoiser", False), net.state_dict(), meta)
+        if cfg.autoencoder:  # a latent student: its own copy of the teacher's autoencoder
+            latent.copy_autoencoder(job["teacher"], dirs[r])
         extra = {"method": "progressive", "teacher": job["teacher"], "round": r + 1,
                  "rounds": job["rounds"], "distilled_steps": n, "teacher_steps": 2 * n,
                  "prediction": job["prediction"], "train_steps": spr,
@@ -291,7 +312,8 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
                                 ("step,loss\n" + "".join(f"{s},{v!r}\n" for s, v in rows))
                                 .encode())
         if job["evaluate"]:
-            evaluate_after(cfg, sampling_model(cfg, net, schedule), schedule, dirs[r], extra)
+            evaluate_after(cfg, sampling_model(cfg, net, schedule), schedule, dirs[r], extra,
+                           decode=decoder(cfg, dirs[r]))
         else:
             ckpt.write_json(dirs[r] / ckpt.METRICS, extra)
         if report is not None:
@@ -305,7 +327,7 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
         else:
             student = build_model(base)  # seeded by ``seed``
         objective = ProgressiveDistillation(
-            teacher, student, schedule, training_data(t_cfg), steps[0], job["rounds"],
+            teacher, student, schedule, distill_data(t_cfg, job), steps[0], job["rounds"],
             parameterization=PREDICTIONS[job["prediction"]], steps_per_round=spr,
             batch=job["batch"], lr=job["lr"], grad_clip=t_cfg.grad_clip,
             cond_data=cond_data(t_cfg), on_round=save_round)
@@ -392,7 +414,7 @@ def _run_consistency(out: Path, job: dict[str, Any], *, resume: bool, progress: 
         net = (raw_network(t_cfg, job["teacher"]).requires_grad_(True) if job["init"] == "copy"
                else build_model(cfg))
         objective = ConsistencyDistillation(
-            consistency_model(cfg, net, schedule), teacher, schedule, training_data(t_cfg),
+            consistency_model(cfg, net, schedule), teacher, schedule, distill_data(t_cfg, job),
             N=job["N"], solver=SOLVERS[job["solver"]], mu=job["mu"], batch=job["batch"],
             iters=job["iters"], lr=job["lr"], lr_decay=True, grad_clip=cfg.grad_clip,
             cond_data=cond_data(t_cfg), distance=distance_fn(job["distance"], cfg))
@@ -408,8 +430,10 @@ def _run_consistency(out: Path, job: dict[str, Any], *, resume: bool, progress: 
              "N": job["N"], "distance": job["distance"], "mu": job["mu"], "init": job["init"],
              "train_steps": result.step, "train_seconds": result.seconds, "loss": result.loss}
     target = objective.target.eval()
+    if cfg.autoencoder:  # a latent student: its own copy of the teacher's autoencoder
+        latent.copy_autoencoder(job["teacher"], out)
     if job["evaluate"]:
-        evaluate_after(cfg, target, schedule, out, extra)
+        evaluate_after(cfg, target, schedule, out, extra, decode=decoder(cfg, out))
     else:
         ckpt.write_json(out / ckpt.METRICS, extra)
     return out, ckpt.read_json(out / ckpt.METRICS)

@@ -75,3 +75,29 @@ def load_codec(run_dir: str | Path, cfg: TrainConfig,
     weights, _ = ckpt.load_tensors(Path(run_dir) / AUTOENCODER_FILE)
     codec = codec_from(cfg, weights)
     return codec.to(device) if device is not None else codec
+
+
+def copy_autoencoder(source_run: str | Path, run_dir: str | Path) -> None:
+    """Give a run derived from the latent run ``source_run`` (a distilled student) its own copy
+    of the autoencoder, so that it too loads on its own."""
+    weights, _ = ckpt.load_tensors(Path(source_run) / AUTOENCODER_FILE)
+    write_autoencoder(run_dir, weights)
+
+
+def encoded_training_data(cfg: TrainConfig, run_dir: str | Path, x: Tensor,
+                          seed: int = 0) -> Tensor:
+    """The latents z = s · E(x) (N, c, h, w) of a latent run's training images x (N, C, H, W):
+    for distillation, whose objectives noise a fixed x_0. KL: one draw of q(z|x) per image
+    (seeded by ``seed``), the distribution the teacher was trained on; VQ: h."""
+    codec = load_codec(run_dir, cfg)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.inference_mode():
+        for xb in x.split(500):
+            m = codec.moments(xb)
+            noise = None
+            if codec.ae.quantizer is None:
+                noise = torch.randn((len(xb), *codec.latent_shape(tuple(xb.shape[1:]))),
+                                    generator=g)
+            out.append(codec.from_moments(m, noise))
+    return torch.cat(out)
