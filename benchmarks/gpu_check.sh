@@ -13,6 +13,16 @@ mkdir -p "$OUT"
 $PY -m pytest -q -p no:cacheprovider tests/test_backend.py -k cuda
 $PY benchmarks/step_time.py --preset digits --steps 60 --configs \
     cpu:fp32 cuda:fp32 cuda:bf16 cuda:fp32:compile cuda:bf16:compile --out "$OUT/gpu_check"
+# latent diffusion (issue 13): an autoencoder trained briefly on the GPU, then one latent
+# training step timed beside the pixel-space mnist U-Net and the autoencoder's own step
+AE_RUN=$(mktemp -d)/ae
+$PY -m difflab train-autoencoder --steps 50 --device cuda --no-progress --out "$AE_RUN" >/dev/null
+$PY benchmarks/step_time.py --preset mnist --steps 60 --configs cpu:fp32 cuda:fp32 cuda:bf16 \
+    --out "$OUT/gpu_check_mnist"
+$PY benchmarks/step_time.py --preset mnist-latent --autoencoder "$AE_RUN" --steps 60 \
+    --configs cpu:fp32 cuda:fp32 cuda:bf16 cuda:bf16:compile --out "$OUT/gpu_check_latent"
+$PY benchmarks/step_time.py --preset mnist-ae-kl-f4 --steps 60 \
+    --configs cpu:fp32 cuda:fp32 cuda:bf16 --out "$OUT/gpu_check_autoencoder"
 if [ "$($PY -c 'import torch; print(torch.cuda.device_count())')" -ge 2 ]; then
     $PY benchmarks/step_time.py --preset digits --steps 60 --processes 2 \
         --configs cuda:fp32 cuda:bf16 --out "$OUT/gpu_check_2gpu"

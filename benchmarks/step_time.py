@@ -5,6 +5,7 @@ the one loop (``difflab.training.fit``) on the preset's data and network, the fi
     python benchmarks/step_time.py --preset digits --steps 60 --configs cpu:fp32 cpu:bf16
     python benchmarks/step_time.py --preset digits --configs cuda:fp32 cuda:bf16:compile
     python benchmarks/step_time.py --preset digits --processes 2 --configs cuda:fp32
+    python benchmarks/step_time.py --preset mnist-latent --autoencoder runs/ae --configs cuda:bf16
 
 Each config is DEVICE:PRECISION[:compile]. With ``--processes N`` the script re-launches itself
 under ``accelerate launch`` (N processes, the same global batch) and reports the main process's
@@ -31,13 +32,20 @@ from difflab.training.backend import Backend, BackendError
 
 
 def step_ms(preset: str, device: str, precision: str, compile: bool, steps: int,
-            warmup: int, threads: int) -> dict:
+            warmup: int, threads: int, autoencoder: str = "") -> dict:
     cfg = load_config(preset, {"device": device, "precision": precision, "compile": compile,
-                               "threads": threads})
+                               "threads": threads, "autoencoder": autoencoder})
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     x, cfg, conds = training_set(cfg)
+    codec = None
+    if cfg.autoencoder:  # a latent run: the autoencoder run's codec, as `difflab train` has it
+        from difflab.runs import latent
+
+        cfg, weights = latent.attach(cfg)
+        codec = latent.codec_from(cfg, weights)
     torch.manual_seed(cfg.seed)
-    objective = OBJECTIVES[cfg.method](cfg, build_schedule(cfg), x, conds, backend)
+    objective = OBJECTIVES[cfg.method](cfg, build_schedule(cfg), x, conds, backend,
+                                       codec=codec)
     times: list[float] = []
     last = [time.perf_counter()]
 
@@ -67,6 +75,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--autoencoder", default="", metavar="RUN",
+                   help="time latent diffusion on this autoencoder run's latents")
     p.add_argument("--out", help="write PREFIX.json and PREFIX.md")
     args = p.parse_args()
     if args.processes > 1 and int(os.environ.get("WORLD_SIZE", 1)) == 1:
@@ -80,7 +90,7 @@ def main() -> None:
         device, precision, *rest = spec.split(":")
         try:
             rows.append(step_ms(args.preset, device, precision, "compile" in rest, args.steps,
-                                args.warmup, args.threads))
+                                args.warmup, args.threads, args.autoencoder))
         except BackendError as err:
             rows.append({"preset": args.preset, "device": device, "precision": precision,
                          "compile": "compile" in rest, "skipped": str(err)})

@@ -175,3 +175,15 @@ def test_a_latent_run_distils_into_latent_students(latent_run, tmp_path, capsys)
     assert run(capsys, "sample", cd, "--sampler", "consistency", "--steps", "1", "-n", "3",
                "--out", x)[0] == 0
     assert np.load(x).shape == (3, 1, 16, 16)
+
+
+def test_a_class_conditional_latent_run_samples_with_guidance(ae_run, tmp_path, capsys):
+    out = tmp_path / "cond"
+    assert run(capsys, "train", "--dataset", "digits", "--image-size", "16", "--autoencoder",
+               ae_run, *LATENT, "--cond", "class", "--latent-cache", "--out", out)[0] == 0
+    x = tmp_path / "x.npy"
+    for extra in ([], ["--threshold", "dynamic"]):
+        code, _, err = run(capsys, "sample", out, "--class", "3", "--guidance", "2", "--steps",
+                           "3", "-n", "4", *extra, "--out", x)
+        assert code == 0, err
+        assert np.load(x).shape == (4, 1, 16, 16)
