@@ -187,3 +187,19 @@ def test_a_class_conditional_latent_run_samples_with_guidance(ae_run, tmp_path, 
                            "3", "-n", "4", *extra, "--out", x)
         assert code == 0, err
         assert np.load(x).shape == (4, 1, 16, 16)
+
+
+def test_a_dit_denoises_latents(ae_run, tmp_path, capsys):
+    out = tmp_path / "dit"
+    assert run(capsys, "train", "--dataset", "digits", "--image-size", "16", "--autoencoder",
+               ae_run, *LATENT, "--model", "dit", "--dit-size", "T", "--patch-size", "2",
+               "--out", out)[0] == 0
+    cfg = read_run_config(out)
+    assert cfg.model == "dit" and model_shape(cfg) == (2, 8, 8)
+    x = tmp_path / "x.npy"
+    assert run(capsys, "sample", out, "--steps", "3", "-n", "2", "--out", x)[0] == 0
+    assert np.load(x).shape == (2, 1, 16, 16)
+    code, _, err = run(capsys, "train", "--dataset", "digits", "--image-size", "16",
+                       "--autoencoder", ae_run, *LATENT, "--model", "dit", "--patch-size", "3",
+                       "--out", tmp_path / "bad")
+    assert one_error_line(code, err) and "latent size" in err
