@@ -67,8 +67,9 @@ def test_an_autoencoder_run_writes_its_metrics_and_pictures(ae_run):
     assert read_run_config(ae_run).method == "autoencoder"
 
 
-def test_a_vq_run_reports_codebook_usage_and_resumes_exactly(tmp_path, capsys):
-    vq = [*AE, "--ae-type", "vq", "--codebook-size", "32"]
+def test_a_vq_gan_run_reports_codebook_usage_and_resumes_exactly(tmp_path, capsys):
+    vq = [*AE, "--ae-type", "vq", "--codebook-size", "32", "--disc-weight", "0.5",
+          "--disc-start", "3"]  # the GAN term from step 3, its discriminator resumed too
     whole, part = tmp_path / "whole", tmp_path / "part"
     code, out, _ = run(capsys, "train-autoencoder", *vq, "--out", whole)
     assert code == 0 and "codebook usage" in out
@@ -81,6 +82,9 @@ def test_a_vq_run_reports_codebook_usage_and_resumes_exactly(tmp_path, capsys):
         b = ckpt.load_tensors(part / name)[0]
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), name
+    disc = ckpt.load_checkpoint(whole).modules["model"]
+    assert any(k.startswith("disc.") for k in disc)
+    assert m["last_d_weight"] > 0  # the adaptive weight was on
 
 
 def test_a_latent_run_copies_the_autoencoder_and_its_scale(ae_run, latent_run):
