@@ -154,6 +154,7 @@ def test_bad_autoencoder_input_is_one_line(ae_run, latent_run, tmp_path, capsys)
         "not an ae": ["train-autoencoder", *AE, "--method", "diffusion"],
         "2-D data": ["train-autoencoder", "--dataset", "moons"],
         "cache without ae": ["train", "--latent-cache"],
+        "sample an ae": ["sample", ae_run, "--out", tmp_path / "x.png"],
     }
     for what, argv in cases.items():
         code, _, err = run(capsys, *argv, "--out", tmp_path / what.replace(" ", "_"))
@@ -207,3 +208,15 @@ def test_a_dit_denoises_latents(ae_run, tmp_path, capsys):
                        "--autoencoder", ae_run, *LATENT, "--model", "dit", "--patch-size", "3",
                        "--out", tmp_path / "bad")
     assert one_error_line(code, err) and "latent size" in err
+
+
+def test_the_python_api_samples_a_latent_run(latent_run, ae_run):
+    import difflab
+
+    cfg, model, schedule = difflab.load_run(latent_run)
+    codec = difflab.load_codec(latent_run)
+    shape = codec.latent_shape((1, 16, 16))
+    z = difflab.samplers.ddim(model, schedule, torch.randn(3, *shape), steps=4)
+    assert codec.decode(z).shape == (3, 1, 16, 16)
+    x = torch.zeros(2, 1, 16, 16)
+    assert codec.encode(x).shape == (2, *shape)

@@ -9,8 +9,8 @@ thresholding) and ``distill`` (progressive distillation, consistency models: eq 
 The machinery above the maths lives in layers that import only downward (docs/architecture.md):
 ``config`` (presets and settings), ``build`` (config → schedule, network, data, conditions),
 ``training`` (the one loop and its objectives, devices, processes), ``runs`` (run directories,
-loading, evaluation, pictures) and ``cli``. Two entry points: :func:`build_model` and
-:func:`load_run`.
+loading, evaluation, pictures) and ``cli``. Entry points: :func:`build_model`, :func:`load_run`
+and, for a latent run, :func:`load_codec`.
 """
 
 from . import (
@@ -45,5 +45,24 @@ def load_run(run_dir, which: str = "ema", device: str | None = None):
 
     return load(run_dir, which, device)
 
-__all__ = ["build_model", "data", "distill", "guidance", "likelihood", "load_run", "losses",
-           "metrics", "oracle", "parameterization", "samplers", "schedules", "vlb"]
+
+def load_codec(run_dir, device: str | None = None):
+    """The autoencoder of a latent run as a :class:`~difflab.pipelines.LatentCodec` (``encode``
+    x → z = s · E(x), ``decode`` z → x), on ``device``; None for a pixel-space run. The model
+    of :func:`load_run` samples latents; ``decode`` turns them into images::
+
+        cfg, model, s = difflab.load_run("runs/ld")
+        codec = difflab.load_codec("runs/ld")
+        z = difflab.samplers.ddim(model, s, torch.randn(8, *codec.latent_shape((1, 32, 32))))
+        x = codec.decode(z)  # (8, 1, 32, 32)
+    """
+    from .runs.latent import load_codec as load
+    from .runs.load import read_run_config
+    from .training.backend import resolve_device
+
+    return load(run_dir, read_run_config(run_dir),
+                resolve_device(device) if device is not None else None)
+
+
+__all__ = ["build_model", "data", "distill", "guidance", "likelihood", "load_codec", "load_run",
+           "losses", "metrics", "oracle", "parameterization", "samplers", "schedules", "vlb"]

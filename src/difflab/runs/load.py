@@ -106,6 +106,10 @@ def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None
     if kind == "noisy-classifier":
         raise ckpt.CheckpointError(f"{run_dir} is a noisy-classifier run, not a diffusion model; "
                                    "pass it to 'difflab sample' as --classifier")
+    if kind == "autoencoder":
+        raise ckpt.CheckpointError(f"{run_dir} is an autoencoder run (the first stage of latent "
+                                   "diffusion), not a diffusion model; train one on its latents "
+                                   f"with 'difflab train --autoencoder {run_dir}'")
     if "denoiser" not in ckpt.KINDS[kind]:
         raise ckpt.CheckpointError(f"{run_dir} is a {kind} run, which has no model to sample")
     model = load_network(run_dir, cfg, which)
