@@ -107,9 +107,9 @@ class TrainConfig:
     latent_cache: bool = _autoencoder(False, "latent runs: encode the training set once (the "
                                              "posterior's mean and log-variance, so z is still "
                                              "drawn afresh each step) instead of every batch")
-    latent_scale: float = _autoencoder(0.0, "set by a latent run: 1/std of the autoencoder's "
-                                            "latents over the training set (measured, never "
-                                            "0.18215)")
+    latent_scale: float = _autoencoder(0.0, "latent runs: z = scale · E(x); 0 (the default): "
+                                            "the autoencoder run's measured 1/std of its latents "
+                                            "over the training set (never a fixed 0.18215)")
     ae_type: str = _autoencoder("kl", "autoencoder regularisation: kl (q(z|x) towards N(0, I)) "
                                       "or vq (a codebook; van den Oord et al. 2017)")
     ae_factor: int = _autoencoder(4, "autoencoder downsampling factor f (1, 2, 4, 8): latents "

@@ -121,6 +121,10 @@ def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
     images (dataset, size, channels): its x_t must be the sampler's x_t."""
     from ..config import image_size
 
+    if cfg.autoencoder:
+        raise ConfigError("classifier guidance of a latent run needs a noisy classifier of its "
+                          "latents, which 'difflab train-classifier' does not train; use "
+                          "classifier-free guidance (a run trained with --cond class)")
     for key, a, b in (("schedule", classifier_cfg.schedule, cfg.schedule),
                       ("T", classifier_cfg.T, cfg.T),
                       ("dataset", classifier_cfg.dataset, cfg.dataset),
