@@ -220,3 +220,12 @@ def test_the_python_api_samples_a_latent_run(latent_run, ae_run):
     assert codec.decode(z).shape == (3, 1, 16, 16)
     x = torch.zeros(2, 1, 16, 16)
     assert codec.encode(x).shape == (2, *shape)
+
+
+def test_classifier_guidance_of_a_latent_run_is_refused(latent_run):
+    from difflab.errors import ConfigError
+    from difflab.runs.classifier import check_compatible
+
+    cfg = read_run_config(latent_run)
+    with pytest.raises(ConfigError, match="latent"):
+        check_compatible(cfg.__class__.from_dict({"autoencoder": ""}, base=cfg), cfg)
