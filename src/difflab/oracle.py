@@ -142,13 +142,92 @@ class Gaussian:
         return -torch.linalg.solve(cov, diff.unsqueeze(-1)).squeeze(-1)
 
 
+@dataclass(frozen=True, eq=False)
+class FullCovMixture:
+    """Mixture of full-covariance Gaussians Σ_k π_k N(μ_k, Σ_k) in D dimensions: anisotropic
+    modes (thin in one direction, wide in another) for the sampler benchmarks.
+
+    Each Σ_k is kept as its eigendecomposition U_k diag(λ_k) U_kᵀ, so the noised component
+    ᾱ Σ_k + (1−ᾱ) I = U_k diag(ᾱ λ_k + 1 − ᾱ) U_kᵀ is inverted in O(D²) per point: the
+    marginal score ∇ log q_t(x_t) = Σ_k p(k | x_t) (ᾱΣ_k + (1−ᾱ)I)⁻¹ (√ᾱ μ_k − x_t) is exact.
+    """
+
+    means: Tensor  # (K, D)
+    covs: Tensor  # (K, D, D), symmetric positive definite
+    weights: Tensor  # (K,), sums to 1
+
+    def __post_init__(self) -> None:
+        m = torch.as_tensor(self.means, dtype=torch.float64)
+        c = torch.as_tensor(self.covs, dtype=torch.float64)
+        w = torch.as_tensor(self.weights, dtype=torch.float64).expand(m.shape[0]).clone()
+        if m.ndim != 2 or c.shape != (m.shape[0], m.shape[1], m.shape[1]):
+            raise ValueError("means must have shape (K, D) and covs (K, D, D)")
+        c = 0.5 * (c + c.transpose(1, 2))
+        lam, U = torch.linalg.eigh(c)  # (K, D), (K, D, D): Σ_k = U diag(λ) Uᵀ
+        if (lam <= 0).any() or (w <= 0).any():
+            raise ValueError("covariances must be positive definite and weights positive")
+        object.__setattr__(self, "means", m)
+        object.__setattr__(self, "covs", c)
+        object.__setattr__(self, "weights", w / w.sum())
+        object.__setattr__(self, "_eig", (lam, U))
+
+    @property
+    def dim(self) -> int:
+        return self.means.shape[1]
+
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               return_labels: bool = False):
+        """n draws, float32 (n, D); with ``return_labels`` also the component of each (n,)."""
+        k = torch.multinomial(self.weights, n, replacement=True, generator=generator)  # (n,)
+        z = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        lam, U = self._eig
+        x = self.means[k] + torch.einsum("nij,nj->ni", U[k], lam[k].sqrt() * z)
+        x = x.float()
+        return (x, k) if return_labels else x
+
+    def _noised(self, x_t: Tensor, ab: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """For per-sample ᾱ, ab (B,): the coordinates y = U_kᵀ(x_t − √ᾱ μ_k) (B, K, D), the
+        eigenvalues of the noised components v = ᾱλ + 1 − ᾱ (B, K, D), and log π_k +
+        log N(x_t; √ᾱ μ_k, ᾱΣ_k + (1−ᾱ)I) up to a constant common to all k (B, K)."""
+        lam, U = self._eig
+        x, ab = x_t.double(), ab.double().to(x_t.device)[:, None, None]  # (B, D), (B, 1, 1)
+        diff = x[:, None] - ab[..., 0].sqrt()[..., None] * self.means[None]  # (B, K, D)
+        y = torch.einsum("kdj,bkd->bkj", U, diff)  # (B, K, D)
+        v = ab * lam[None] + 1 - ab  # (B, K, D)
+        logits = self.weights.log() - 0.5 * (y.pow(2) / v).sum(-1) - 0.5 * v.log().sum(-1)
+        return y, v, logits
+
+    def at(self, ab: Tensor | float) -> FullCovMixture:
+        """The marginal q_t: Σ π_k N(√ᾱ μ_k, ᾱ Σ_k + (1 − ᾱ) I)."""
+        ab = float(ab)
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        return FullCovMixture(math.sqrt(ab) * self.means, ab * self.covs + (1 - ab) * eye,
+                              self.weights)
+
+    def log_prob(self, x: Tensor) -> Tensor:
+        """log q(x), shape (B,)."""
+        logits = self._noised(x, torch.ones(x.shape[0], dtype=torch.float64))[2]
+        return logits.logsumexp(-1) - 0.5 * self.dim * math.log(2 * math.pi)
+
+    def marginal_score(self, x_t: Tensor, ab: Tensor) -> Tensor:
+        """∇ log q_t(x_t) with a per-sample ᾱ_t, ab (B,), float64 (B, D)."""
+        y, v, logits = self._noised(x_t, ab)
+        r = logits.softmax(-1)  # (B, K)
+        g = torch.einsum("kdj,bkj->bkd", self._eig[1], y / v)  # (ᾱΣ_k + (1−ᾱ)I)⁻¹ diff
+        return -(r[..., None] * g).sum(1)  # (B, D)
+
+    def posterior(self, x: Tensor) -> Tensor:
+        """Responsibilities p(k | x), shape (B, K)."""
+        return self._noised(x, torch.ones(x.shape[0], dtype=torch.float64))[2].softmax(-1)
+
+
 class ExactDenoiser:
     """The L_simple-optimal ε-model for data ``dist`` under ``schedule`` (Weng eq. 21).
 
     ε*(x_t, t) = −√(1−ᾱ_t) ∇ log q_t(x_t). Callable as model(x_t, t) with x_t (B, D), t (B,).
     """
 
-    def __init__(self, dist: GaussianMixture | Gaussian, schedule: Schedule):
+    def __init__(self, dist: GaussianMixture | Gaussian | FullCovMixture, schedule: Schedule):
         self.dist = dist
         self.schedule = schedule
         self._ab = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars])  # (T+1,)

@@ -1,0 +1,157 @@
+"""UniPC — Zhao, Bai, Rao, Zhou & Lu 2023, "UniPC: A Unified Predictor-Corrector Framework for
+Fast Sampling of Diffusion Models" (NeurIPS 2023): the multistep predictor UniP-p and the
+corrector UniC-p, data prediction (their Alg. 2 / App. B), on the discrete schedule.
+
+Notation of :mod:`.dpm_solver`: λ_t = log(√ᾱ_t/√(1−ᾱ_t)), x̂_0 = x_θ(x_t, t), h = λ_t − λ_s > 0
+for an update s → t (here s is the noisier point), α_t = √ᾱ_t, σ_t = √(1−ᾱ_t). With the
+earlier points s_m (m = 1..p−1), r_m = (λ_{s_m} − λ_s)/h < 0 and D_m = (x̂_0(s_m) − x̂_0(s))/r_m,
+
+    UniP-p:  x_t = σ_t/σ_s · x_s + α_t (1 − e^{−h}) x̂_0(s) − α_t B(h) Σ_m a_m D_m,
+    UniC-p:  x_t^c = σ_t/σ_s · x_s + α_t (1 − e^{−h}) x̂_0(s)
+                     − α_t B(h) (Σ_m a^c_m D_m + a^c_p (x̂_0(t) − x̂_0(s))),
+
+where the coefficients solve R_p(h) a = φ_p(h)/B(h) (their Theorem 3.1: R_p's row k holds
+r_m^{k−1}, φ_k(h) = h_φ's recursion below, with h → −h for data prediction). B(h) is any
+function of order h: "bh1" is B(h) = h (written −h in the data-prediction sign convention,
+their choice for unconditional sampling) and "bh2" is e^h − 1 (for guided sampling). Following
+the reference implementation (and diffusers' UniPCMultistepScheduler), UniP-2 uses a_1 = 1/2
+and UniC-1 a^c_1 = 1/2, the leading terms of the exact coefficients.
+
+UniC reuses the model evaluation at the predicted x_t that the next predictor step needs
+anyway, so it costs no extra evaluation and raises the order by one: UniPC-p (predictor of order
+p, corrector on) converges with order p + 1. The corrected x_t^c continues the solve, while
+x̂_0(t) stays the evaluation at the uncorrected x_t (as in the paper). With ``corrector=False``
+and ``order=1`` the update is DDIM with η = 0, exactly.
+
+The first steps lower the order (no history yet); the step to x_0 (λ = ∞) is first order,
+x_0 = x̂_0 at the last timestep, as in :mod:`.dpm_solver` (whose time grids and λ clip UniPC
+shares), and so is no corrector after it.
+
+Default grid and order, from benchmarks/samplers_oracle.py (tuning targets only; the held-out
+targets confirm it, see benchmarks/results/samplers_oracle.md): order 3 with "bh2" on the
+"logsnr" grid (uniform in λ, the grid of the UniPC paper): it has the lowest mean error ratio
+to DDPM-1000 at 5-20 evaluations on both schedules of all orders, B(h) and grids tried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ..parameterization import Model
+from ..schedules import Schedule
+from ._common import Callback, alpha_bar_table, loop, predict
+from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr
+
+VARIANTS = ("bh1", "bh2")
+
+
+def unipc_coefficients(h: float, rks: Sequence[float], variant: str) -> tuple[list[float], float,
+                                                                               float]:
+    """(b, h_phi_1, B(h)): b_k = φ_k(−h) k!/B(h) for k = 1..p (p = len(rks)), the right side of
+    R_p a = b; h_phi_1 = e^{−h} − 1; B(h) = −h ("bh1") or e^{−h} − 1 ("bh2") in the
+    data-prediction convention hh = −h. ``rks``: r_1..r_{p−1} and 1 (the point t itself)."""
+    hh = -h
+    h_phi_1 = math.expm1(hh)
+    h_phi_k = h_phi_1 / hh - 1
+    B_h = hh if variant == "bh1" else h_phi_1
+    b, factorial = [], 1
+    for k in range(1, len(rks) + 1):
+        b.append(h_phi_k * factorial / B_h)
+        factorial *= k + 1
+        h_phi_k = h_phi_k / hh - 1 / factorial
+    return b, h_phi_1, B_h
+
+
+def _solve(rks: Sequence[float], b: Sequence[float]) -> list[float]:
+    """a with Σ_m a_m r_m^{k−1} = b_k, k = 1..len(rks) (R_p of Theorem 3.1)."""
+    R = torch.tensor([[r ** k for r in rks] for k in range(len(rks))], dtype=torch.float64)
+    return torch.linalg.solve(R, torch.tensor(b, dtype=torch.float64)).tolist()
+
+
+def _base(x: Tensor, x0: Tensor, ab_s: float, ab_t: float, h_phi_1: float) -> Tensor:
+    """σ_t/σ_s x_s + α_t (1 − e^{−h}) x̂_0(s): the first-order (DDIM) part of both updates."""
+    return math.sqrt((1 - ab_t) / (1 - ab_s)) * x - math.sqrt(ab_t) * h_phi_1 * x0
+
+
+def uni_p(x: Tensor, x0s: list[Tensor], lams: list[float], lam_t: float, ab_s: float,
+              ab_t: float, order: int, variant: str) -> Tensor:
+    """UniP-``order``: x_s → x_t. x0s / lams newest first (x0s[0] at s, the current point)."""
+    if ab_t >= 1.0:  # t = 0: λ = ∞, x_0 = x̂_0 (first order)
+        return x0s[0]
+    h = lam_t - lams[0]
+    rks = [(lams[m] - lams[0]) / h for m in range(1, order)] + [1.0]
+    b, h_phi_1, B_h = unipc_coefficients(h, rks, variant)
+    out = _base(x, x0s[0], ab_s, ab_t, h_phi_1)
+    if order == 1:
+        return out
+    a = [0.5] if order == 2 else _solve(rks[:-1], b[:-1])
+    res = sum(a[m - 1] * (x0s[m] - x0s[0]) / rks[m - 1] for m in range(1, order))
+    return out - math.sqrt(ab_t) * B_h * res
+
+
+def uni_c(x: Tensor, x0s: list[Tensor], lams: list[float], x0_t: Tensor, lam_t: float,
+              ab_s: float, ab_t: float, order: int, variant: str) -> Tensor:
+    """UniC-``order``: the corrected x_t from x_s (x), the history at s (x0s, lams: newest
+    first, x0s[0] at s) and x̂_0(t) = ``x0_t`` evaluated at the predicted x_t."""
+    h = lam_t - lams[0]
+    rks = [(lams[m] - lams[0]) / h for m in range(1, order)] + [1.0]
+    b, h_phi_1, B_h = unipc_coefficients(h, rks, variant)
+    a = [0.5] if order == 1 else _solve(rks, b)
+    res = sum(a[m - 1] * (x0s[m] - x0s[0]) / rks[m - 1] for m in range(1, order))
+    res = res + a[-1] * (x0_t - x0s[0])
+    return _base(x, x0s[0], ab_s, ab_t, h_phi_1) - math.sqrt(ab_t) * B_h * res
+
+
+@torch.inference_mode()
+def unipc(
+    model: Model,
+    schedule: Schedule,
+    x_T: Tensor,
+    steps: int | Sequence[int] | None = 20,
+    generator: torch.Generator | None = None,
+    *,
+    order: int = 3,
+    variant: str = "bh2",
+    corrector: bool = True,
+    spacing: str = "logsnr",
+    lambda_min: float | None = LAMBDA_MIN,
+    progress: bool = False,
+    callback: Callback | None = None,
+    cond: dict | None = None,
+) -> Tensor:
+    """UniPC (Zhao et al. 2023): the multistep predictor UniP-``order`` (1-3) with the corrector
+    UniC on every step but the last, data prediction, B(h) by ``variant`` ("bh1": h, "bh2":
+    e^h − 1); one model evaluation per step, deterministic (``generator`` is unused).
+    x_T: (B, …). ``spacing`` and ``lambda_min``: the grids and λ clip of
+    :func:`~difflab.samplers.dpm_solver.dpm_timesteps` (default "logsnr"; see the module notes).
+    ``corrector=False`` leaves the predictor alone (order 1: DDIM).
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
+    ab = alpha_bar_table(schedule)
+    S = len(ts)
+    x, x0s, lams = x_T, [], []
+    prev = None  # (x_s, the order of the predictor that gave x) of the last update
+    for i, (t, s) in enumerate(loop(list(zip(ts, ts[1:] + [0], strict=True)), progress,
+                                    f"unipc-{order}{variant}")):
+        x0_t = predict(model, x, t, ab[t], cond)[1]  # x̂_0 at t, at the predicted x
+        lam_t = half_log_snr(ab[t])
+        if prev is not None and corrector:
+            x_s, k_prev, t_prev = prev
+            x = uni_c(x_s, x0s, lams, x0_t, lam_t, ab[t_prev], ab[t], k_prev, variant)
+        x0s.insert(0, x0_t)
+        lams.insert(0, lam_t)
+        del x0s[order:], lams[order:]
+        k = min(order, i + 1, S - i)  # warm-up at the start, lower order at the end
+        prev = (x, k, t)
+        x = uni_p(x, x0s, lams, half_log_snr(ab[s]), ab[t], ab[s], k, variant)
+        if callback is not None:
+            callback(i, t, x)
+    return x
