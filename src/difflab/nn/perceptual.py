@@ -6,9 +6,10 @@ LPIPS compares unit-normalised activations of a pretrained network layer by laye
     d(x, x̂) = Σ_l mean_{h,w} ‖w_l ⊙ (φ̂_l(x) − φ̂_l(x̂))‖²,   φ̂ = φ / ‖φ‖ over channels,
 
 with learned per-channel weights w_l ≥ 0. Here φ_l are the activations after each convolution of
-the committed :class:`~difflab.nn.classifier.Classifier` of the dataset (the FD classifier, trained
-on clean images of that dataset only), and w_l = 1/√L for the L layers (the sum becomes a mean
-over layers, so d lies in [0, 4]): LPIPS's "baseline" variant without its learned linear layer.
+the committed classifier of the dataset (the FD classifier; for shapes the attribute classifier),
+trained on clean images of that dataset only, and w_l = 1/√L for the L layers (the sum becomes
+a mean over layers, so d lies in [0, 4]): LPIPS's "baseline" variant without its learned linear
+layer.
 It is much weaker than LPIPS on natural images; on digits and MNIST it rewards strokes the
 classifier finds recognisable. The classifier is frozen.
 """
@@ -17,11 +18,13 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .classifier import Classifier
-
 
 class PerceptualDistance(nn.Module):
-    def __init__(self, classifier: Classifier):
+    """d(x, x̂) (B,) of images (B, C, H, W), in the activations of ``classifier.body`` (the
+    convolution stages of a :class:`~difflab.nn.classifier.Classifier` or an
+    :class:`~difflab.nn.attribute_classifier.AttributeClassifier`)."""
+
+    def __init__(self, classifier: nn.Module):
         super().__init__()
         self.body = classifier.body
         self.requires_grad_(False).eval()
