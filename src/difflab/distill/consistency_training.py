@@ -17,12 +17,27 @@ model's σ_min and σ_max, with N(k) and μ(k) growing over training (Song et al
     N(k) = ⌈√(k/K · ((s1 + 1)² − s0²) + s0²) − 1⌉ + 1,    μ(k) = exp(s0 log μ0 / N(k)).
 
 (Song et al.'s code divides by N(k) − 1 in μ(k); we follow the paper, which gives μ(0) = μ0.)
+
+Improved consistency training (iCT; Song & Dhariwal 2023, "Improved Techniques for Training
+Consistency Models", §3) changes five things, each a function below:
+
+- no EMA target: θ⁻ = stopgrad(θ) (§3.2: the EMA target makes the loss biased at finite N);
+- the pseudo-Huber distance d(x, y) = √(‖x − y‖² + c²) − c, c = 0.00054 √d (§3.3,
+  :func:`~difflab.distill.distances.pseudo_huber`);
+- the exponential curriculum N(k) = min(s0 · 2^⌊k/K'⌋, s1) + 1, K' = ⌊K / (⌊log2(s1/s0)⌋ + 1)⌋
+  (eq. 8; s0 = 10, s1 = 1280: eight doubling stages of equal length over the K updates of the
+  run, so a short run goes through the same stages as the paper's 400k);
+- levels drawn from a discretised lognormal, p(σ_i) ∝ erf((log σ_{i+1} − P_mean)/(√2 P_std)) −
+  erf((log σ_i − P_mean)/(√2 P_std)) (eq. 10; P_mean = −1.1, P_std = 2.0) over the Karras σ's;
+- the weight λ(σ_i) = 1/(σ_{i+1} − σ_i) (§3.1), and dropout shared by the two branches (both
+  forward passes see the same dropout mask: :func:`ict_loss` seeds them identically).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -30,7 +45,7 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from .consistency import ConsistencyModel, sigma_table
-from .distances import Distance, l2
+from .distances import Distance, l2, pseudo_huber
 
 Solver = Callable[[Model, Schedule, Tensor, Tensor, Tensor, dict], Tensor]
 
@@ -114,3 +129,60 @@ def ct_num_levels(k: int, K: int, s0: int = 2, s1: int = 150) -> int:
 def ct_ema_decay(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.9) -> float:
     """μ(k) = exp(s0 log μ0 / N(k))."""
     return math.exp(s0 * math.log(mu0) / ct_num_levels(k, K, s0, s1))
+
+
+# --- improved consistency training, Song & Dhariwal 2023 ------------------------------------
+def ict_num_levels(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
+    """N(k) = min(s0 · 2^⌊k/K'⌋, s1) + 1, K' = ⌊K / (⌊log2(s1/s0)⌋ + 1)⌋ — Song & Dhariwal
+    2023, eq. (8): s0 = 10 levels doubling to s1 = 1280 in equal stages of the K updates."""
+    stage = max(K // (int(math.log2(s1 // s0)) + 1), 1)
+    return min(s0 * 2 ** (k // stage), s1) + 1
+
+
+def lognormal_level_probs(sigmas: Tensor, p_mean: float = -1.1, p_std: float = 2.0) -> Tensor:
+    """p(i), i = 0..N−2: the probability of the pair (σ_i, σ_{i+1}) of ``sigmas`` (N,)
+    increasing — Song & Dhariwal 2023, eq. (10): the mass of N(P_mean, P_std²) on
+    [log σ_i, log σ_{i+1}), renormalised. Float64 (N − 1,)."""
+    u = (sigmas.double().log() - p_mean) / (math.sqrt(2.0) * p_std)
+    p = torch.special.erf(u[1:]) - torch.special.erf(u[:-1])  # (N − 1,)
+    return p / p.sum()
+
+
+def ict_weight(sigmas: Tensor, n: Tensor) -> Tensor:
+    """λ(σ_n) = 1/(σ_{n+1} − σ_n) for the pairs n (B,) of ``sigmas`` (N,) — Song & Dhariwal
+    2023, §3.1. Float64 (B,)."""
+    s = sigmas.double().to(n.device)
+    return 1.0 / (s[n + 1] - s[n])
+
+
+@contextmanager
+def seeded(seed: int | None, device: torch.device):
+    """Run the block with the global RNG (of ``device`` too) set to ``seed`` and restore it
+    afterwards: two blocks with the same seed draw the same dropout masks. None: no-op."""
+    if seed is None:
+        yield
+        return
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        torch.manual_seed(seed)
+        yield
+
+
+def ict_loss(model: ConsistencyModel, x0: Tensor, sigmas: Tensor, n: Tensor, z: Tensor, *,
+             distance: Distance = pseudo_huber, cond: dict | None = None,
+             dropout_seed: int | None = None, weighted: bool = True) -> Tensor:
+    """The iCT loss on a batch x0 (B, …) — Song & Dhariwal 2023, Alg. 1:
+    E[λ(σ_n) d(f_θ(x + σ_{n+1} z, σ_{n+1}), stopgrad f_θ(x + σ_n z, σ_n))], the target from
+    the same network θ (no EMA) with the same dropout mask (both branches run under
+    ``dropout_seed``). n (B,) indexes ``sigmas`` (N,) increasing; z (B, …). Returns a scalar:
+    the λ-weighted mean (``weighted=False``: the plain mean)."""
+    cond = cond or {}
+    sigmas = sigmas.to(n.device)
+    s_lo, s_hi = sigmas[n].to(x0.device), sigmas[n + 1].to(x0.device)  # (B,) float64
+    with torch.no_grad(), seeded(dropout_seed, x0.device):
+        y = model(x0 + Schedule.broadcast(s_lo, x0) * z, s_lo, **cond)
+    with seeded(dropout_seed, x0.device):
+        d = distance(model(x0 + Schedule.broadcast(s_hi, x0) * z, s_hi, **cond), y)  # (B,)
+    if not weighted:
+        return d.mean()
+    return (ict_weight(sigmas, n).to(d.device, d.dtype) * d).mean()

@@ -6,6 +6,10 @@ The trained module is f_θ (:class:`~difflab.distill.ConsistencyModel` around F_
 is the target network θ⁻ ← μ θ⁻ + (1 − μ) θ after every update; the checkpoint holds the bare
 networks F_θ ("model") and F_θ⁻ ("ema"). :func:`consistency_distill` and
 :func:`consistency_train` run the loop in memory (no run directory), for tests and scripts.
+
+Improved consistency training (:class:`ImprovedConsistencyTraining`, Song & Dhariwal 2023) has
+no EMA target (θ⁻ = stopgrad θ); its "ema" module is only the EMA of θ that is sampled, as a
+diffusion run's, with the decay ``ema_decay`` (warmed up by ``ema_decay_at``).
 """
 
 from __future__ import annotations
@@ -21,11 +25,14 @@ from ..distill.consistency_training import (
     ct_loss,
     ct_num_levels,
     heun_step,
+    ict_loss,
+    ict_num_levels,
+    lognormal_level_probs,
 )
-from ..distill.distances import Distance, l2
+from ..distill.distances import Distance, l2, pseudo_huber
 from ..parameterization import Model
 from ..schedules import Schedule
-from .ema import ema_, frozen_copy
+from .ema import ema_, ema_decay_at, frozen_copy
 from .loop import Objective, fit
 
 
@@ -132,6 +139,53 @@ class ConsistencyTraining(_ConsistencyObjective):
                        z=z)
 
 
+class ImprovedConsistencyTraining(_ConsistencyObjective):
+    """Improved consistency training — Song & Dhariwal 2023, Alg. 1 (the maths in
+    :func:`~difflab.distill.consistency_training.ict_loss`): update k of K = ``iters`` uses
+    N(k) = :func:`~difflab.distill.consistency_training.ict_num_levels` (k, K, s0, s1) Karras
+    levels in [σ_min, σ_max], pairs drawn from the discretised lognormal (P_mean, P_std),
+    weight 1/(σ_{n+1} − σ_n), the pseudo-Huber distance, θ⁻ = stopgrad θ and one dropout seed
+    per update shared by both branches. The "ema" module is the sampled EMA of θ."""
+
+    def __init__(self, model: ConsistencyModel, data: Tensor, *, s0: int = 10, s1: int = 1280,
+                 p_mean: float = -1.1, p_std: float = 2.0, rho: float = 7.0,
+                 ema_decay: float = 0.999, distance: Distance = pseudo_huber, **kw):
+        super().__init__(model, data, distance=distance, **kw)
+        self.s0, self.s1, self.rho = s0, s1, rho
+        self.p_mean, self.p_std, self.ema_decay = p_mean, p_std, ema_decay
+
+    def _levels(self, step: int) -> int:
+        return ict_num_levels(step, self.iters, self.s0, self.s1)
+
+    def _sigmas(self, step: int) -> Tensor:
+        return karras_sigmas(self._levels(step), self.net.sigma_min, self.net.sigma_max,
+                             self.rho)
+
+    def draw(self, step: int, g: torch.Generator) -> dict[str, Tensor]:
+        idx = torch.randint(0, self.data.shape[0], (self.batch,), generator=g)  # (B,)
+        x0 = self.data[idx]  # (B, …)
+        out = {"x0": x0, **{k: v[idx] for k, v in self.cond_data.items()}}
+        probs = lognormal_level_probs(self._sigmas(step), self.p_mean, self.p_std)
+        out["n"] = torch.multinomial(probs, self.batch, replacement=True, generator=g)  # (B,)
+        out["z"] = torch.randn(x0.shape, generator=g, dtype=x0.dtype)  # (B, …)
+        out["seed"] = torch.randint(0, 2**62, (1,), generator=g).repeat(self.batch)  # (B,)
+        self._step = step
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        return {"ct_s1": self.s1}
+
+    def after_update(self, step: int) -> None:
+        ema_(self.target, self.net, ema_decay_at(self.ema_decay, step))
+
+    def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        batch = dict(batch)
+        seed = int(batch.pop("seed")[0])
+        x0, n, z, cond = self._split(batch)
+        return ict_loss(model, x0, self._sigmas(self._step), n, z, distance=self.distance,
+                        cond=cond, dropout_seed=seed)
+
+
 def consistency_distill(model: ConsistencyModel, teacher: Model, schedule: Schedule,
                         data: Tensor, *, N: int = 18, rho: float = 7.0,
                         solver: Solver = heun_step, distance: Distance = l2, mu: float = 0.95,
@@ -181,6 +235,27 @@ def consistency_train(model: ConsistencyModel, data: Tensor, *, s0: int = 2, s1:
                               grad_clip=grad_clip, cond_data=cond_data, target=target,
                               distance=distance)
     return _fit_logged(obj, generator, log)
+
+
+def improved_consistency_train(model: ConsistencyModel, data: Tensor, *, s0: int = 10,
+                               s1: int = 1280, p_mean: float = -1.1, p_std: float = 2.0,
+                               rho: float = 7.0, distance: Distance = pseudo_huber,
+                               ema_decay: float = 0.999, iters: int = 2000, batch: int = 256,
+                               lr: float = 1e-4, lr_decay: bool = False,
+                               weight_decay: float = 0.0, grad_clip: float = 1.0,
+                               generator: torch.Generator | None = None,
+                               cond_data: dict[str, Tensor] | None = None,
+                               log: list[float] | None = None) -> tuple[ConsistencyModel,
+                                                                        ConsistencyModel]:
+    """Improved consistency training (Song & Dhariwal 2023, Alg. 1) in memory; see
+    :class:`ImprovedConsistencyTraining`. Returns (f_θ, its EMA), both in eval mode."""
+    obj = ImprovedConsistencyTraining(model, data, s0=s0, s1=s1, p_mean=p_mean, p_std=p_std,
+                                      rho=rho, ema_decay=ema_decay, distance=distance,
+                                      batch=batch, iters=iters, lr=lr, lr_decay=lr_decay,
+                                      weight_decay=weight_decay, grad_clip=grad_clip,
+                                      cond_data=cond_data)
+    net = _fit_logged(obj, generator, log)
+    return net, obj.target
 
 
 def _fit_logged(obj: _ConsistencyObjective, generator, log) -> ConsistencyModel:
