@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig
 from ..data import captions as cap
+from ..data import shapes
 from ..data.images import ImageData
 from ..errors import ConfigError
 from ..guidance import (
@@ -114,8 +115,9 @@ def train_conditions(cfg: TrainConfig, data: ImageData) -> TrainConditions | Non
         J = len(cap.DIGIT_TEMPLATES)
         captions = [cap.digit_caption(k, j) for k in range(10) for j in range(J)]
         choices = y[:, None] * J + torch.arange(J)  # (N, J)
-    else:
-        per_file = cap.captions_for(data.files, cap.read_captions(cfg.data))
+    else:  # each image's own caption: shapes' generated ones, or a folder's captions.csv
+        per_file = (list(data.captions) if data.captions
+                    else cap.captions_for(data.files, cap.read_captions(cfg.data)))
         captions = list(dict.fromkeys(per_file))
         where = {c: i for i, c in enumerate(captions)}
         choices = torch.tensor([[where[c]] for c in per_file])  # (N, 1)
@@ -130,12 +132,14 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
     the ``prompt`` for every sample, or else template captions of the labels (default: every
     digit in turn, the templates in turn). Labels come back for the accuracy of the samples
     (None when only a prompt was given). An unconditional run gets {} (labels pass through, for
-    classifier guidance).
+    classifier guidance). Text-conditional shapes runs: :func:`shapes_text_conditions`.
     """
     if prompt is not None and not prompt.strip():
         raise ConfigError("empty prompt; give a caption such as 'a handwritten seven'")
     if prompt is not None and cfg.cond != "text":
         raise ConfigError(f"--prompt needs a text-conditional run; this one has cond {cfg.cond!r}")
+    if cfg.dataset == "shapes" and cfg.cond == "text":
+        return shapes_text_conditions(cfg, n, labels, prompt)
     K = cfg.num_classes if cfg.cond == "class" else 10
     y = None
     if labels is not None or (cfg.cond != "none" and prompt is None):
@@ -160,6 +164,28 @@ def sample_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = N
     if y is not None:
         cond["y"] = y  # for classifier guidance; the text network never sees it
     return cond, y
+
+
+def shapes_text_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | None = None,
+                           prompt: str | None = None) -> tuple[dict, Tensor | None]:
+    """:func:`sample_conditions` of a text-conditional shapes run: the ``prompt`` for every
+    sample, or else the captions of the test split in turn; with them, in place of labels, the
+    attributes (n, A) the samples should show (:func:`difflab.data.shapes.parse_caption`; None
+    for a prompt it cannot read), which the evaluation turns into prompt accuracy."""
+    if labels is not None:
+        raise ConfigError("a text-conditional shapes run takes --prompt, not class labels")
+    if prompt is not None:
+        captions = cap.prompt_captions(prompt, n)
+        try:
+            attributes = shapes.parse_caption(prompt).expand(n, -1).clone()  # (n, A)
+        except ConfigError:  # free text: sampled, but nothing to check
+            attributes = None
+    else:
+        test_captions, test_attributes = shapes.split_captions("test")
+        idx = torch.arange(n) % len(test_captions)
+        captions = [test_captions[i] for i in idx.tolist()]
+        attributes = test_attributes[idx]  # (n, A)
+    return _text_table(captions, cfg), attributes
 
 
 def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float = 0.0,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from torch import Tensor
 
 from ..config import TrainConfig, image_size, is_image
-from ..data import images, toy2d
+from ..data import images, shapes, toy2d
 
 if TYPE_CHECKING:
     from .conditioning import TrainConditions
@@ -23,13 +23,15 @@ def image_split(cfg: TrainConfig, split: str) -> images.ImageData:
     """The train or test split of the run's image dataset at its image size."""
     if cfg.dataset == "folder":
         return images.image_folder(cfg.data, image_size(cfg), cfg.channels, split, DATA_SEED)
+    if cfg.dataset == "shapes":  # generated RGB scenes with exact captions
+        return shapes.shapes(split, size=image_size(cfg), seed=DATA_SEED)
     return getattr(images, cfg.dataset)(split, size=image_size(cfg), seed=DATA_SEED)
 
 
 def image_shape(cfg: TrainConfig) -> tuple[int, int, int]:
-    """(C, H, W) of the run's images (digits and MNIST are grey)."""
+    """(C, H, W) of the run's images (digits and MNIST are grey, shapes RGB)."""
     s = image_size(cfg)
-    return (cfg.channels, s, s)
+    return (3 if cfg.dataset == "shapes" else cfg.channels, s, s)
 
 
 def model_shape(cfg: TrainConfig) -> tuple[int, int, int]:
@@ -46,7 +48,8 @@ def data_levels(cfg: TrainConfig) -> int | None:
     discretised decoder L_0; None for 2-D data and latents, which are continuous."""
     if not is_image(cfg.dataset) or cfg.autoencoder:
         return None
-    own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS}
+    own = {"digits": images.DIGITS_LEVELS, "mnist": images.MNIST_LEVELS,
+           "shapes": shapes.LEVELS}
     return own.get(cfg.dataset, 256)  # folders: 8-bit images
 
 

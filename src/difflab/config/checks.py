@@ -27,7 +27,7 @@ METHODS = ("diffusion", "consistency-training", "progressive", "consistency-dist
 CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
-IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32)}
+IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32), "shapes": (32, 64)}
 IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
 
 
@@ -47,7 +47,7 @@ def int_list(text: str) -> tuple[int, ...]:
 
 def image_size(cfg: TrainConfig) -> int:
     """The run's image side in pixels (``image_size``, or the dataset's own if 0)."""
-    return cfg.image_size or {"digits": 8, "mnist": 32}.get(cfg.dataset, 32)
+    return cfg.image_size or {"digits": 8, "mnist": 32, "shapes": 32}.get(cfg.dataset, 32)
 
 
 def model_kind(cfg: TrainConfig) -> str:
@@ -127,8 +127,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.image_size >= 0, "image_size", "must be at least 0 (0: the dataset's own)")
     _check_unet(cfg)
     _check_dit(cfg)
-    need(cfg.channels in ((1, 3) if cfg.dataset == "folder" else (1,)), "channels",
-         "must be 1 (grey) or 3 (RGB) for folder, 1 otherwise")
+    need(cfg.channels in ((1, 3) if cfg.dataset in ("folder", "shapes") else (1,)), "channels",
+         "must be 1 (grey) or 3 (RGB) for folder, 1 otherwise (shapes are RGB: 1, the "
+         "default, or 3)")
     need(bool(cfg.data) == (cfg.dataset == "folder"), "data",
          "must name the image directory for dataset folder, and only then")
     factors = [2**level for level in range(len(_ints(cfg, "channel_mult")))]

@@ -40,11 +40,12 @@ from safetensors.torch import load as st_load
 from torch import Tensor
 from torch.nn import functional
 
+from ..nn.attribute_classifier import AttributeClassifier, AttributeClassifierConfig
 from ..nn.classifier import Classifier, ClassifierConfig
-from . import images
+from . import images, shapes
 
 _F64 = torch.float64
-DEFAULT_SIZE = {"digits": 8, "mnist": 32}
+DEFAULT_SIZE = {"digits": 8, "mnist": 32, "shapes": 32}
 
 
 # --- the distance ----------------------------------------------------------------------------
@@ -110,7 +111,10 @@ def load_classifier(
         raise ValueError(
             f"{weights.name}: sha256 {digest} does not match the record's {record['sha256']}"
         )
-    model = Classifier(ClassifierConfig.from_dict(record["config"]))
+    if record.get("kind") == "attributes":  # shapes: data/shapes_eval.py
+        model = AttributeClassifier(AttributeClassifierConfig.from_dict(record["config"]))
+    else:
+        model = Classifier(ClassifierConfig.from_dict(record["config"]))
     model.load_state_dict(st_load(blob))
     return model.eval().requires_grad_(False), record
 
@@ -119,11 +123,13 @@ def load_classifier(
 class FDEvaluator:
     """FD and accuracy of image samples under one dataset's committed classifier.
 
-    Images are (n, 1, H, W) in [-1, 1]; they are clamped to [-1, 1] first (as saving them as
-    8-bit images would). MNIST at 28×28 is padded to the 32×32 the classifier was trained on.
+    Images are (n, C, H, W) in [-1, 1] (C = 1, or 3 for shapes, whose classifier is a
+    :class:`~difflab.nn.attribute_classifier.AttributeClassifier`); they are clamped to
+    [-1, 1] first (as saving them as 8-bit images would). MNIST at 28×28 is padded to the
+    32×32 the classifier was trained on.
     """
 
-    classifier: Classifier
+    classifier: Classifier | AttributeClassifier
     record: dict
     size: int  # the image size this evaluator accepts
     batch_size: int = 500
@@ -137,7 +143,7 @@ class FDEvaluator:
         device: str = "cpu",
         directory: str | Path | None = None,
     ) -> FDEvaluator:
-        """The evaluator of dataset ``name`` ("digits" or "mnist") at image ``size``."""
+        """The evaluator of dataset ``name`` ("digits", "mnist" or "shapes") at ``size``."""
         if name not in DEFAULT_SIZE:
             raise ValueError(
                 f"no classifier for dataset {name!r}; choose one of {list(DEFAULT_SIZE)}"
@@ -154,12 +160,14 @@ class FDEvaluator:
     def real(self, split: str) -> images.ImageData:
         """The dataset's seed-0 split the classifier was trained (train) or tested (test) on."""
         kw = self.record["data"] | ({"size": 28} if self.size == 28 else {})
-        return getattr(images, self.name)(split, seed=self.record["data_seed"], **kw)
+        loader = shapes.shapes if self.name == "shapes" else getattr(images, self.name)
+        return loader(split, seed=self.record["data_seed"], **kw)
 
     def _prepare(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1:] != (1, self.size, self.size):
+        c = self.classifier.config.in_channels  # 1, or 3 for shapes
+        if x.ndim != 4 or x.shape[1:] != (c, self.size, self.size):
             raise ValueError(
-                f"expected images (n, 1, {self.size}, {self.size}), got {tuple(x.shape)}"
+                f"expected images (n, {c}, {self.size}, {self.size}), got {tuple(x.shape)}"
             )
         x = x.clamp(-1.0, 1.0)
         if self.size == 28:
@@ -195,7 +203,9 @@ class FDEvaluator:
 
     def accuracy(self, samples: Tensor, labels: Tensor) -> float:
         """Fraction of samples (n, 1, H, W) classified as their ``labels`` (n,)."""
-        pred = self.logits(samples).argmax(dim=1)
+        # an attribute classifier (shapes): the head of the labels y
+        pred = self._apply(getattr(self.classifier, "label_logits", self.classifier),
+                           samples).argmax(dim=1)
         return (pred == labels.cpu()).double().mean().item()
 
     def floor(self) -> float:

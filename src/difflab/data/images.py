@@ -44,7 +44,8 @@ class ImageData:
     ``x``: float32 (N, C, H, W) in [-1, 1], on the grid -1 + 2k/(levels - 1).
     ``y``: int64 (N,), class labels (for folders: index of the top-level subfolder in
     ``classes``). ``name``: e.g. ``"digits"``, ``"mnist"``, ``"folder"``. ``files``: for folders,
-    the path of each image relative to the folder (as in its ``captions.csv``).
+    the path of each image relative to the folder (as in its ``captions.csv``). ``captions``
+    and ``attributes``: for generated data whose captions are exact (:mod:`difflab.data.shapes`).
     """
 
     x: Tensor
@@ -53,6 +54,8 @@ class ImageData:
     name: str
     classes: tuple[str, ...] = ()
     files: tuple[str, ...] = ()  # folders: each image's path under the folder, "/"-separated
+    captions: tuple[str, ...] = ()  # shapes: each image's caption
+    attributes: Tensor | None = None  # shapes: int64 (N, A), what each caption states
 
     def __len__(self) -> int:
         return self.x.shape[0]

@@ -19,6 +19,7 @@ from ..build.data import image_split, model_shape
 from ..config import TrainConfig, image_size, is_image, spacing_for
 from ..data import toy2d
 from ..data.fd import DEFAULT_SIZE, FDEvaluator
+from ..data.shapes_eval import prompt_accuracy
 from ..metrics import swd, swd_floor
 from ..schedules import Schedule
 from . import checkpoint as ckpt
@@ -76,7 +77,10 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     to x_0) — the snapshots are the first ``n_strip`` images along the reverse process.
     ``variance`` (ddpm's Σ_θ) and ``frames`` (an animation's): see :func:`difflab.draw.draw`.
     ``labels`` (n,): the classes the samples should show (a conditional or guided ``model``);
-    then ``accuracy`` is the fraction the committed classifier assigns to them. ``decode``: a
+    then ``accuracy`` is the fraction the committed classifier assigns to them; for a
+    text-conditional shapes run they are the prompts' attributes (n, A), and
+    ``prompt_accuracy`` is the fraction of samples that show all their prompt says, with its
+    parts ``prompt_count``, ``prompt_shape``, … (:mod:`difflab.data.shapes_eval`). ``decode``: a
     latent run's decoder; ``model`` then samples latents of the run's :func:`model_shape`.
     """
     if n < 2:
@@ -95,7 +99,11 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
         n_test = len(image_split(cfg, "test"))
         metrics.update(fd=fd.fd(x0), fd_floor=fd.floor(), fd_n=n, fd_floor_n=n_test)
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
-        if labels is not None:
+        if labels is not None and labels.ndim == 2:  # shapes: the attributes of the prompts
+            right = prompt_accuracy(x0, labels, fd.classifier)
+            metrics["prompt_accuracy"] = right.pop("all")
+            metrics.update({f"prompt_{k}": v for k, v in right.items()})
+        elif labels is not None:
             metrics["accuracy"] = fd.accuracy(x0, labels)
     return metrics, x0, snapshots
 
