@@ -49,15 +49,16 @@ class TrainConfig:
 
     # --- data ---
     dataset: str = _data("swiss_roll", "2-D: swiss_roll, moons, 8gaussians, checkerboard; images: "
-                                       "digits, mnist, folder (with --data)")
+                                       "digits, mnist, shapes (generated scenes with exact "
+                                       "captions), folder (with --data)")
     n_train: int = _data(100_000, "size of the fixed 2-D training set, drawn from the seed "
                                   "(images: the whole train split)")
     image_size: int = _data(0, "image side in pixels (digits 8, 16, 32; mnist 28, 32; folder: "
                                "any multiple of 2^(levels-1); 0: the dataset's own: digits 8, "
-                               "mnist and folder 32)")
+                               "mnist, shapes and folder 32; shapes 32 or 64)")
     data: str = _data("", "image directory for --dataset folder (any Pillow format)")
     channels: int = _data(1, "image channels for --dataset folder: 1 (grey) or 3 (RGB); digits "
-                             "and mnist are grey")
+                             "and mnist are grey, shapes RGB")
 
     # --- model: "auto" → the MLP for 2-D data, the U-Net for images (difflab.nn.registry) ---
     model: str = _model("auto", "auto (MLP for 2-D data, U-Net for images), mlp or unet")
