@@ -91,6 +91,8 @@ def main() -> None:
                    "in part 2")
     p.add_argument("--ae-steps", type=int, default=1000)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--parts", default="1,2", help="1: the autoencoders; 2: the f ablation "
+                   "(needs part 1's KL runs in --workdir); a rerun reuses finished runs")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny budgets")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -101,13 +103,18 @@ def main() -> None:
     common = {"threads": args.threads, "checkpoint_every": 10_000}
     n_eval = {"n_eval": 50, "eval_steps": 10} if args.quick else {"n_eval": 500}
 
+    parts = {int(k) for k in args.parts.split(",")}
+
     # --- 1. the first stages -------------------------------------------------------------------
     ae_rows = []
     for kind in ("kl", "vq"):
         for f in (2, 4, 8):
             cfg = load_config("mnist-ae-kl-f4", {"ae_type": kind, "ae_factor": f,
                                                  "steps": args.ae_steps, **common})
-            m = train_run(cfg, args.workdir / f"ae-{kind}-f{f}")
+            run_dir = args.workdir / f"ae-{kind}-f{f}"
+            if 1 not in parts and (kind == "vq" or metrics_of(run_dir) is None):
+                continue  # part 2 alone: the KL runs part 1 wrote
+            m = train_run(cfg, run_dir)
             ae_rows.append({"kind": kind, "f": f, **{k: m.get(k) for k in (
                 "psnr", "rfd", "codebook_usage", "perplexity", "latent_std", "latent_scale",
                 "latent_shape", "train_seconds")}})
@@ -115,7 +122,7 @@ def main() -> None:
 
     # --- 2. the f ablation at equal training time ----------------------------------------------
     rows = []
-    for f in (1, 2, 4, 8):
+    for f in (1, 2, 4, 8) if 2 in parts else ():
         over = {**common, **n_eval}
         if f > 1:
             over["autoencoder"] = str(args.workdir / f"ae-kl-f{f}")
@@ -138,6 +145,9 @@ def main() -> None:
                      "sample_seconds": m["sample_seconds"]})
         print(json.dumps(rows[-1]), flush=True)
 
+    if parts != {1, 2}:
+        print("a part only: no results written (rerun with both parts: it reuses the runs)")
+        return
     out = ROOT / "results" / ("latent_mnist_quick" if args.quick else "latent_mnist")
     out.with_suffix(".json").write_text(json.dumps({"autoencoders": ae_rows, "ablation": rows,
                                                     "budget": args.budget,
