@@ -60,3 +60,21 @@ def test_samples_have_the_weights_means_and_covariances():
         torch.testing.assert_close(xj.mean(0), MEANS[j], atol=0.05, rtol=0)
         rel = (torch.cov(xj.T) - COVS[j]).norm() / COVS[j].norm()
         assert rel < 0.05, (j, rel)
+
+
+def test_dpm_karras_grid():
+    """dpm_timesteps(…, "karras"): S of S + 1 points of Karras et al.'s ρ = 7 grid in
+    σ = e^{−λ} from σ_{t_max} down to σ_1, snapped; strictly decreasing, starts at t_max."""
+    from difflab.samplers.dpm_solver import dpm_timesteps
+    from difflab.samplers.edm import schedule_sigmas
+
+    for sched in (schedules.linear(1000), schedules.cosine(1000)):
+        t_max = int(dpm_timesteps(sched, 10)[0])
+        sig = schedule_sigmas(sched)
+        for S in (5, 10, 37):
+            ts = dpm_timesteps(sched, S, "karras")
+            assert len(ts) == S and int(ts[0]) == t_max and bool((ts[1:] < ts[:-1]).all())
+        ts = dpm_timesteps(sched, 10, "karras")
+        root = sig[ts - 1] ** (1 / 7)  # ≈ linear in i (up to the snapping)
+        step = (sig[t_max - 1] ** (1 / 7) - sig[0] ** (1 / 7)) / 10
+        assert ((root[:-1] - root[1:]) / step - 1).abs().max() < 0.1

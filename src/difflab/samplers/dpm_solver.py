@@ -25,17 +25,26 @@ The first steps use lower order (no history yet), and so do the last: the step t
 λ_0 = ∞ and is always first order (x_0 = x̂_0 at the last timestep); with ``order=3`` the step
 before it is second order (the "lower order final" of DPM-Solver's multistep code for few steps).
 
-Default grid: ``spacing="trailing"`` (:mod:`.timesteps`), time-uniform from T down to ≈ T/S and
-then the jump to x_0 — the grid of diffusers' DPMSolverMultistepScheduler defaults (evenly
-spaced timesteps, final σ = 0, lower order final) and the one Lin et al. 2024 recommend. On the
-8-Gaussian ring with the exact denoiser (benchmarks/samplers_2d.py) it beats DDIM at every
-budget from 5 to 100 evaluations on both schedules; ``"logsnr"`` (uniform in λ, Lu et al.
-2022a) scores better from 20 evaluations on but worse than DDIM at 5 on the cosine schedule,
-and ``"linspace"`` spends its last evaluation at t = 1, where x̂_0 ≈ x_1, and is the worst.
-At 10 evaluations no grid brings it within 1.25× of DDPM-1000's SWD on that target on every
-seed (benchmarks/dpm_grids_2d.py): a time-quadratic grid (t ∝ i², Song et al. 2020 §D.2)
-helps 2M on the linear schedule (1.27-1.39× against 1.55-1.69×) but hurts on the cosine one
-and hurts 3M, whose extrapolation over very unequal steps degrades.
+Default grid: ``spacing="auto"``: "trailing" (:mod:`.timesteps`: time-uniform from T down to
+≈ T/S, then the jump to x_0; diffusers' DPMSolverMultistepScheduler default, Lin et al. 2024)
+below 10 steps and "logsnr" (uniform in λ, Lu et al. 2022a) from 10 steps on; order 2 (2M).
+Chosen on the tuning targets of benchmarks/samplers_oracle.py (an isotropic 8-mode ring, an
+anisotropic 2-D mixture of thin and wide modes, a 16-D full-covariance mixture; both schedules;
+sliced W1 and mode weight + per-mode covariance error; NFE 5, 10, 20): the geometric mean of
+the error ÷ DDIM's is 0.48 for 2M "auto", 0.52-0.58 for 2M/3M "logsnr", 0.61-0.66 for
+"trailing" (the old default), 0.6-0.8 for Karras' ρ = 7 grid, and 3M is no better than 2M on
+any grid. "logsnr" wins from 10 steps on both schedules (linear 0.32 vs 0.53 at 10, 0.40 vs
+0.66 at 20); at 5 steps on the cosine schedule it spends three of its evaluations in
+t ∈ [970, 996] and "trailing" is far better (0.52 vs 0.82). On the held-out targets (a 3-D
+five-mode mixture of unequal weights and widths, a 2-D one with a light mode 12 away, a 32-D
+full-covariance one; results/samplers_oracle.md) the mode error of "auto" is below that of
+"trailing" on 5 of the 6 (target, schedule) pairs at 10 steps and 4 of 6 at 20; the clear
+exception is the far light mode on the cosine schedule, where the logsnr grid's mode error is
+1.6× DDIM's at 10 steps (trailing: 0.67×). No grid meets issue #17's 0.4× DDIM at 10 steps on
+every held-out target. Dropping the
+λ clip (``lambda_min=None``) was worse or equal everywhere (results/samplers_oracle_round1.md).
+(Before: on the 8-Gaussian ring alone, benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing"
+beat DDIM at every budget in SWD, which is why it was the default.)
 """
 
 from __future__ import annotations
@@ -49,16 +58,22 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, alpha_bar_table, loop, predict
-from .edm import timesteps_for_sigmas
+from .edm import karras_sigmas, timesteps_for_sigmas
 from .timesteps import SPACINGS, capped
 
-DPM_SPACINGS = (*SPACINGS, "logsnr")
+DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "auto")
+AUTO_LOGSNR_FROM = 10  # "auto": "trailing" below this many steps, "logsnr" from it on
 LAMBDA_MIN = -5.1  # diffusers' lambda_min_clipped recommended for the cosine schedule
 
 
 def half_log_snr(ab: float) -> float:
     """λ = log(√ᾱ / √(1−ᾱ)), half the log-SNR — Lu et al. 2022a (+∞ at ᾱ = 1)."""
     return math.inf if ab >= 1.0 else 0.5 * (math.log(ab) - math.log1p(-ab))
+
+
+def auto_spacing(steps: int | Sequence[int] | None) -> str:
+    """The grid "auto" stands for: "trailing" for fewer than 10 steps, else "logsnr"."""
+    return "trailing" if isinstance(steps, int) and steps < AUTO_LOGSNR_FROM else "logsnr"
 
 
 def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
@@ -70,17 +85,25 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     ``"logsnr"``: S + 1 points uniform in λ from λ_{t_max} to λ_1 (Lu et al. 2022a), of
     which the first S are visited, each snapped to the nearest timestep
     (:func:`edm.timesteps_for_sigmas`, as λ = −log σ); like "trailing", the last update then
-    jumps to x_0 instead of spending an evaluation at t = 1. None → every t up to t_max; an
-    explicit list → those timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max.
+    jumps to x_0 instead of spending an evaluation at t = 1. ``"karras"``: the same with S + 1
+    points of Karras et al.'s ρ = 7 grid in σ = e^{−λ} (eq. 5) from σ_{t_max} to σ_1 (the grid
+    of diffusers' ``use_karras_sigmas``). None → every t up to t_max; an explicit list → those
+    timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"auto"``: "trailing"
+    for S < 10, "logsnr" from 10 on (:func:`auto_spacing`; why: the module notes).
     """
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
     t_max = schedule.T if lambda_min is None else max(int((lam >= lambda_min).sum()), 1)
     if spacing not in DPM_SPACINGS and isinstance(steps, int):
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(DPM_SPACINGS)}")
-    grid = capped(schedule.T, t_max, steps, spacing, own="logsnr")
+    spacing = auto_spacing(steps) if spacing == "auto" else spacing
+    own = spacing if spacing in ("logsnr", "karras") else "logsnr"
+    grid = capped(schedule.T, t_max, steps, spacing, own=own)
     if grid is not None:
         return grid
+    if spacing == "karras":
+        sig = karras_sigmas(steps + 1, math.exp(-lam[0].item()), math.exp(-lam[t_max - 1].item()))
+        return timesteps_for_sigmas(schedule, sig[:steps], t_max)
     grid = torch.linspace(lam[t_max - 1].item(), lam[0].item(), steps + 1, dtype=torch.float64)
     return timesteps_for_sigmas(schedule, (-grid[:-1]).exp(), t_max)  # σ = e^{−λ}
 
@@ -117,7 +140,7 @@ def dpm_solver_pp(
     generator: torch.Generator | None = None,
     *,
     order: int = 2,
-    spacing: str = "trailing",
+    spacing: str = "auto",
     lambda_min: float | None = LAMBDA_MIN,
     progress: bool = False,
     callback: Callback | None = None,
@@ -125,7 +148,8 @@ def dpm_solver_pp(
 ) -> Tensor:
     """Multistep DPM-Solver++ of ``order`` 1, 2 (2M, Lu et al. 2022b Alg. 2) or 3 (3M); one
     model evaluation per step, deterministic (``generator`` is unused). x_T: (B, …).
-    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "trailing").
+    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "auto": "trailing"
+    below 10 steps, "logsnr" from 10 on).
 
     ``lambda_min`` clips the noisy end: sampling starts at the largest t with λ_t ≥ lambda_min,
     taking x_T as the sample there (at t = 996 of the cosine schedule √ᾱ_t = 0.006: x_t is

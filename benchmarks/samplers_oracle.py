@@ -1,0 +1,358 @@
+"""Fast samplers on six exact targets: defaults chosen on three, checked on three held out.
+
+Every model is the exact ε-denoiser of a known Gaussian mixture (difflab.oracle), so every error
+below is the sampler's discretisation error. Six targets (T = 1000, linear and cosine schedules):
+
+  tuning   ring8-2d      8 isotropic modes on a ring, std 0.15, weights ∝ 1..8 (the tests' ring)
+           aniso-2d      4 full-covariance modes, thin (std 0.03) × wide (std 0.8), weights 4:3:2:1
+           aniso-16d     4 full-covariance modes in 16-D, eigenvalues 0.003-0.6, weights 5:3:1.5:0.5
+  held-out five-3d       5 isotropic modes in 3-D, weights 0.4-0.05, stds 0.05-0.5 (issue #17's)
+           farlight-2d   3 anisotropic modes and a light one (2 %) 12 away, std 0.1
+           aniso-32d     5 full-covariance modes in 32-D, one far off (3 %), eigenvalues 0.002-1
+
+Two metrics on n samples from one x_T (seed 0):
+- ``swd``: sliced W1 (difflab.metrics.swd) to an independent true sample of the same size;
+- ``mode``: Σ_k |ŵ_k − π_k| + Σ_k π_k ‖Ĉ_k − Σ_k‖_F / ‖Σ_k‖_F, the mode weights and the
+  per-mode covariance (each sample assigned to its most probable component).
+Both have a floor (what a true sample scores), printed beside them; "× DDPM" divides by
+DDPM-1000's (ancestral, β̃, every step) score from the same x_T.
+
+Samplers (one evaluation per step: steps = NFE): DDIM (η = 0, its default linspace grid),
+DPM-Solver++ (order 2, 3 × grid trailing, logsnr, karras) and UniPC (order 2, 3 × bh2 × the same
+grids, and bh1 on logsnr); see :func:`configs`. The default
+of each sampler is the configuration with the lowest geometric mean of its error ÷ DDIM's at the
+same NFE over the tuning targets, both schedules, both metrics and NFE 5, 10, 20 (per schedule
+when the two schedules disagree); the held-out targets are then scored with that default only.
+
+    python benchmarks/samplers_oracle.py            # n = 10000; ~17 min on 1 thread
+    python benchmarks/samplers_oracle.py --quick    # smoke test: n = 2000, two targets, NFE 10
+    python benchmarks/samplers_oracle.py --reuse benchmarks/results/samplers_oracle_round1.json
+                                                    # recompute only the cells not in it
+
+Writes benchmarks/results/samplers_oracle{,_quick}.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from difflab import metrics, oracle, samplers, schedules
+
+RESULTS = Path(__file__).resolve().parent / "results"
+NFES = (5, 10, 20, 50)
+TUNE_NFES = (5, 10, 20)
+SCHEDULES = {"linear": schedules.linear, "cosine": schedules.cosine}
+TUNING, HELD_OUT = ("ring8-2d", "aniso-2d", "aniso-16d"), ("five-3d", "farlight-2d", "aniso-32d")
+
+
+def _rot(theta: float) -> torch.Tensor:
+    c, s = math.cos(theta), math.sin(theta)
+    return torch.tensor([[c, -s], [s, c]], dtype=torch.float64)
+
+
+def _cov2(theta: float, s_thin: float, s_wide: float) -> torch.Tensor:
+    R = _rot(theta)
+    return R @ torch.diag(torch.tensor([s_wide**2, s_thin**2], dtype=torch.float64)) @ R.T
+
+
+def _random_covs(K: int, D: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+    """K covariances with eigenvalues log-uniform in [lo, hi] and random eigenvectors."""
+    out = []
+    for _ in range(K):
+        Q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
+        lam = torch.exp(torch.empty(D, dtype=torch.float64).uniform_(math.log(lo), math.log(hi),
+                                                                      generator=g))
+        out.append(Q @ torch.diag(lam) @ Q.T)
+    return torch.stack(out)
+
+
+def targets() -> dict[str, oracle.FullCovMixture]:
+    g = torch.Generator().manual_seed(17)
+    ring = oracle.ring_mixture(8, radius=2.0, std=0.15, weights=torch.arange(1.0, 9.0))
+    out = {"ring8-2d": oracle.FullCovMixture(ring.means, 0.15**2 * torch.eye(2).expand(8, 2, 2),
+                                             ring.weights)}
+    out["aniso-2d"] = oracle.FullCovMixture(
+        torch.tensor([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.5], [0.0, -0.2]]),
+        torch.stack([_cov2(0.3, 0.03, 0.8), _cov2(2.0, 0.03, 0.6), _cov2(0.0, 0.2, 0.3),
+                     _cov2(1.2, 0.05, 0.05)]), torch.tensor([4.0, 3.0, 2.0, 1.0]))
+    m16 = 2.5 * torch.randn(4, 16, generator=g, dtype=torch.float64)
+    out["aniso-16d"] = oracle.FullCovMixture(m16, _random_covs(4, 16, 0.003, 0.6, g),
+                                             torch.tensor([5.0, 3.0, 1.5, 0.5]))
+    means3 = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.5, -1.0], [-1.5, 1.5, 0.5],
+                           [0.5, -2.0, 1.5], [-1.0, -1.0, -2.0]], dtype=torch.float64)
+    stds3 = torch.tensor([0.5, 0.05, 0.2, 0.1, 0.3], dtype=torch.float64)
+    out["five-3d"] = oracle.FullCovMixture(
+        means3, stds3[:, None, None] ** 2 * torch.eye(3, dtype=torch.float64),
+        torch.tensor([0.4, 0.25, 0.15, 0.15, 0.05]))
+    out["farlight-2d"] = oracle.FullCovMixture(
+        torch.tensor([[-1.0, 0.0], [1.0, 0.5], [0.0, -1.2], [12.0, 0.0]]),
+        torch.stack([_cov2(0.5, 0.05, 0.5), _cov2(-0.7, 0.1, 0.4), _cov2(0.0, 0.3, 0.3),
+                     _cov2(0.0, 0.1, 0.1)]), torch.tensor([0.45, 0.33, 0.20, 0.02]))
+    m32 = 2.0 * torch.randn(5, 32, generator=g, dtype=torch.float64)
+    m32[4] = m32[:4].mean(0) + 10.0 * torch.nn.functional.normalize(
+        torch.randn(32, generator=g, dtype=torch.float64), dim=0)
+    out["aniso-32d"] = oracle.FullCovMixture(m32, _random_covs(5, 32, 0.002, 1.0, g),
+                                             torch.tensor([0.35, 0.3, 0.2, 0.12, 0.03]))
+    return out
+
+
+def mode_error(mix: oracle.FullCovMixture, x: torch.Tensor) -> float:
+    """Σ_k |ŵ_k − π_k| + Σ_k π_k ‖Ĉ_k − Σ_k‖_F / ‖Σ_k‖_F (posterior-argmax assignment)."""
+    x = x.double()
+    if not torch.isfinite(x).all():
+        return math.inf
+    k = mix.posterior(x).argmax(1)
+    K = mix.weights.numel()
+    w = torch.bincount(k, minlength=K).double() / x.shape[0]
+    err = (w - mix.weights).abs().sum().item()
+    for j in range(K):
+        xj = x[k == j]
+        if xj.shape[0] < 2:
+            err += mix.weights[j].item()
+            continue
+        C = torch.cov(xj.T).reshape(mix.dim, mix.dim)
+        err += mix.weights[j].item() * ((C - mix.covs[j]).norm() / mix.covs[j].norm()).item()
+    return err
+
+
+def configs(schedule_name: str) -> dict[str, tuple]:
+    """name → (sampler, kwargs); the candidates a default is chosen from. (Round 1,
+    results/samplers_oracle_round1.md, also tried DPM-Solver++ without the λ clip on the cosine
+    schedule, worse or equal everywhere, and UniPC's bh1 on every grid: worse than bh2 but on
+    the logsnr grid, which is kept.)"""
+    out = {"ddim": (samplers.ddim, {})}
+    for order, spacing in itertools.product((2, 3), ("trailing", "logsnr", "karras", "auto")):
+        out[f"dpm++ {order}M {spacing}"] = (samplers.dpm_solver_pp,
+                                            {"order": order, "spacing": spacing})
+    for order, variant, spacing in [(o, "bh2", g) for o in (2, 3)
+                                    for g in ("trailing", "logsnr", "karras", "auto")] + \
+            [(2, "bh1", "logsnr"), (3, "bh1", "logsnr")]:
+        out[f"unipc {order} {variant} {spacing}"] = (
+            samplers.unipc, {"order": order, "variant": variant, "spacing": spacing})
+    return out
+
+
+def family(name: str) -> str:
+    return name.split()[0]
+
+
+def score_cell(mix, x, truth) -> dict[str, float]:
+    ok = bool(torch.isfinite(x).all())
+    return {"swd": metrics.swd(x, truth) if ok else math.inf, "mode": mode_error(mix, x)}
+
+
+def run(n: int, quick: bool, reuse: dict | None = None) -> dict:
+    """Every cell; those in ``reuse`` (an earlier run's results at the same n: the cells are
+    deterministic, same x_T and exact model) are copied instead of recomputed."""
+    tg = targets()
+    names = ("ring8-2d", "five-3d") if quick else TUNING + HELD_OUT
+    nfes = (10,) if quick else NFES
+    out: dict = {"n": n, "nfes": list(nfes), "targets": {}}
+    for tname in names:
+        mix = tg[tname]
+        truth = mix.sample(n, torch.Generator().manual_seed(1))
+        floor = score_cell(mix, mix.sample(n, torch.Generator().manual_seed(2)), truth)
+        x_T = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(0))
+        per_sched = {}
+        for sname, make in SCHEDULES.items():
+            sched = make(1000)
+            model = oracle.ExactDenoiser(mix, sched)
+            t0 = time.perf_counter()
+            old = {}
+            if reuse is not None and reuse.get("n") == n:
+                old = reuse["targets"].get(tname, {}).get("schedules", {}).get(sname, {})
+            if "ddpm-1000" in old:
+                cells = {"ddpm-1000": old["ddpm-1000"]}
+            else:
+                ref = samplers.ddpm(model, sched, x_T, None, torch.Generator().manual_seed(3))
+                cells = {"ddpm-1000": score_cell(mix, ref, truth)}
+            for cname, (fn, kw) in configs(sname).items():
+                for nfe in nfes:
+                    key = f"{cname} @{nfe}"
+                    if key in old:
+                        cells[key] = old[key]
+                        continue
+                    x = fn(model, sched, x_T, nfe, **kw)
+                    cells[key] = score_cell(mix, x, truth)
+            per_sched[sname] = cells
+            print(f"{tname:12s} {sname:6s} {time.perf_counter() - t0:6.1f}s  ddpm-1000 "
+                  f"swd {cells['ddpm-1000']['swd']:.4f} mode {cells['ddpm-1000']['mode']:.4f}"
+                  f"  floor swd {floor['swd']:.4f} mode {floor['mode']:.4f}", flush=True)
+        out["targets"][tname] = {"floor": floor, "schedules": per_sched}
+    return out
+
+
+def choose_defaults(res: dict) -> dict[str, dict[str, str]]:
+    """Per family and schedule, the configuration with the lowest geometric mean of error ÷
+    DDIM's over the tuning targets, both metrics and NFE 5, 10, 20."""
+    best: dict[str, dict[str, str]] = {}
+    both: dict[str, list[float]] = {}
+    tune = [t for t in TUNING if t in res["targets"]]
+    nfes = [n for n in TUNE_NFES if n in res["nfes"]]
+    for sname in SCHEDULES:
+        score: dict[str, list[float]] = {}
+        for t in tune:
+            cells = res["targets"][t]["schedules"][sname]
+            for cname in configs(sname):
+                for nfe, m in itertools.product(nfes, ("swd", "mode")):
+                    r = cells[f"{cname} @{nfe}"][m] / cells[f"ddim @{nfe}"][m]
+                    score.setdefault(cname, []).append(math.log(r) if math.isfinite(r) else 10)
+        for cname, logs in score.items():
+            fam = family(cname)
+            both.setdefault(cname, []).extend(logs)
+            g = math.exp(sum(logs) / len(logs))
+            if g < best.get(fam, {}).get(sname + "_score", math.inf):
+                best.setdefault(fam, {})[sname] = cname
+                best[fam][sname + "_score"] = g
+    # one default per sampler (a sampler does not know its schedule's name): the best over both
+    for cname, logs in both.items():
+        fam, g = family(cname), math.exp(sum(logs) / len(logs))
+        if g < best[fam].get("both_score", math.inf):
+            best[fam]["both"], best[fam]["both_score"] = cname, g
+    return best
+
+
+def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
+    nfes = res["nfes"]
+    lines = ["## Fast samplers on exact Gaussian-mixture targets (benchmarks/samplers_oracle.py)",
+             "",
+             f"n = {res['n']} samples per cell, one x_T (seed 0); {seconds:.0f} s "
+             f"{'(only the cells not reused from --reuse) ' if res.get('reused') else ''}on "
+             f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}."
+             " Errors: `swd` sliced W1 to a true sample; `mode` Σ|ŵ−π| + Σ π_k ‖Ĉ_k−Σ_k‖_F/‖Σ_k‖_F."
+             " Ratios ÷ DDIM at the same NFE and ÷ DDPM-1000.", "",
+             "### Defaults chosen on the tuning targets (geometric mean of error ÷ DDIM, NFE "
+             f"{', '.join(map(str, TUNE_NFES))}, both metrics)", "",
+             "| sampler | best on linear | best on cosine | best on both: the default |",
+             "| --- | --- | --- | --- |"]
+    for fam, b in best.items():
+        if fam == "ddim":
+            continue
+        lines.append(f"| {fam} | {b.get('linear')} ({b.get('linear_score', math.nan):.2f}) | "
+                     f"{b.get('cosine')} ({b.get('cosine_score', math.nan):.2f}) | "
+                     f"{b.get('both')} ({b.get('both_score', math.nan):.2f}) |")
+    lines += ["", "### Every configuration, tuning targets: geometric mean of error ÷ DDIM per NFE",
+              ""]
+    tune = [t for t in TUNING if t in res["targets"]]
+    for sname in SCHEDULES:
+        lines += [f"**{sname}**", "", "| configuration | " +
+                  " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "| --- |" + " ---: |" * len(nfes)]
+        for cname in configs(sname):
+            row = []
+            for nfe in nfes:
+                logs = []
+                for t, m in itertools.product(tune, ("swd", "mode")):
+                    c = res["targets"][t]["schedules"][sname]
+                    r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
+                    logs.append(math.log(r) if math.isfinite(r) else 10)
+                row.append(f"{math.exp(sum(logs) / len(logs)):.2f}" if logs else "-")
+            lines.append(f"| {cname} | " + " | ".join(row) + " |")
+        lines.append("")
+    lines += ["### Best configuration per NFE (tuning targets, same geometric mean)", "",
+              "| schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+              "| --- |" + " --- |" * len(nfes)]
+    for sname in SCHEDULES:
+        row = []
+        for nfe in nfes:
+            scores = {}
+            for cname in configs(sname):
+                if cname == "ddim":
+                    continue
+                logs = []
+                for t, m in itertools.product(tune, ("swd", "mode")):
+                    c = res["targets"][t]["schedules"][sname]
+                    r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
+                    logs.append(math.log(r) if math.isfinite(r) else 10)
+                if logs:
+                    scores[cname] = math.exp(sum(logs) / len(logs))
+            best_c = min(scores, key=scores.get) if scores else "-"
+            row.append(f"{best_c} ({scores.get(best_c, math.nan):.2f})")
+        lines.append(f"| {sname} | " + " | ".join(row) + " |")
+    lines += ["",
+              "### Every target with each sampler's default: error (÷ DDIM same NFE, ÷ DDPM-1000)",
+              ""]
+    for tname, tres in res["targets"].items():
+        part = "tuning" if tname in TUNING else "HELD-OUT"
+        fl = tres["floor"]
+        lines += [f"**{tname}** ({part}; floor swd {fl['swd']:.4f}, mode {fl['mode']:.4f})", "",
+                  "| schedule | sampler | metric | DDPM-1000 | " +
+                  " | ".join(f"NFE {n}" for n in nfes) + " |",
+                  "| --- | --- | --- | ---: |" + " ---: |" * len(nfes)]
+        for sname, cells in tres["schedules"].items():
+            for fam in best:
+                cname = "ddim" if fam == "ddim" else best[fam]["both"]
+                for m in ("swd", "mode"):
+                    ref = cells["ddpm-1000"][m]
+                    row = []
+                    for nfe in nfes:
+                        v, d = cells[f"{cname} @{nfe}"][m], cells[f"ddim @{nfe}"][m]
+                        row.append(f"{v:.4f}" if fam == "ddim" else
+                                   f"{v:.4f} ({v / d:.2f}, {v / ref:.2f})")
+                    lines.append(f"| {sname} | {cname} | {m} | {ref:.4f} | " + " | ".join(row)
+                                 + " |")
+        lines.append("")
+    if not quick:
+        lines += ["### Issue #17's targets on the held-out set (mode error of each default)",
+                  "", "Raw ratios, and in brackets the ratios of the excess over the floor "
+                  "(error − floor, floor = a true sample's error), which the floor does not "
+                  "compress.", "",
+                  "| target | schedule | sampler | ÷ DDIM @10 (≤ 0.4) | ÷ DDIM @20 (≤ 0.3) | "
+                  "÷ DDPM-1000 @20 | ÷ DDPM-1000 @50 |",
+                  "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+        for tname in HELD_OUT:
+            for sname, cells in res["targets"][tname]["schedules"].items():
+                for fam in best:
+                    if fam == "ddim":
+                        continue
+                    cname = best[fam]["both"]
+                    m = "mode"
+                    fl = res["targets"][tname]["floor"][m]
+
+                    def ratio(a, b, fl=fl):
+                        if b - fl <= 0.05 * fl:  # the reference sits at the floor
+                            return f"{a / b:.2f} (–)"
+                        return f"{a / b:.2f} ({max(a - fl, 0.0) / (b - fl):.2f})"
+
+                    r = [ratio(cells[f"{cname} @{k}"][m], cells[f"ddim @{k}"][m])
+                         for k in (10, 20)]
+                    q = [ratio(cells[f"{cname} @{k}"][m], cells["ddpm-1000"][m])
+                         for k in (20, 50)]
+                    lines.append(f"| {tname} | {sname} | {cname} | {r[0]} | {r[1]} | "
+                                 f"{q[0]} | {q[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("-n", type=int, default=None)
+    p.add_argument("--reuse", type=Path, help="an earlier results JSON whose cells are reused")
+    args = p.parse_args()
+    n = args.n or (2000 if args.quick else 10_000)
+    t0 = time.perf_counter()
+    reuse = json.loads(args.reuse.read_text())["results"] if args.reuse else None
+    res = run(n, args.quick, reuse)
+    res["reused"] = reuse is not None
+    best = choose_defaults(res)
+    seconds = time.perf_counter() - t0
+    md = report(res, best, seconds, args.quick)
+    stem = "samplers_oracle_quick" if args.quick else "samplers_oracle"
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(
+        {"results": res, "defaults": best, "seconds": seconds,
+         "threads": torch.get_num_threads()}, indent=1, default=float) + "\n")
+    (RESULTS / f"{stem}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
