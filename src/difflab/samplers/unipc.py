@@ -25,7 +25,8 @@ and ``order=1`` the update is DDIM with η = 0, exactly.
 
 The first steps lower the order (no history yet); the step to x_0 (λ = ∞) is first order,
 x_0 = x̂_0 at the last timestep, as in :mod:`.dpm_solver` (whose time grids and λ clip UniPC
-shares), and so is no corrector after it.
+shares), and no corrector follows it. UniP-2 with "bh2" is DPM-Solver++ 2M exactly (tested):
+what UniPC adds is the corrector.
 
 Default order, B(h) and grid, from benchmarks/samplers_oracle.py (tuning targets only; the
 held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "auto" grid of

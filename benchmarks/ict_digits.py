@@ -1,0 +1,263 @@
+"""Improved consistency training (Song & Dhariwal 2023) on sklearn digits, against a diffusion
+model trained for the same wall time.
+
+Three models of the digits preset's U-Net (`difflab train --preset digits`: 8×8, 32 channels,
+batch 128, lr 2e-3), each given the same training wall time W (``--minutes``):
+
+- **diffusion**: L_simple, the preset's cosine lr and EMA, sampled with DDIM-50 (and 10, 2);
+- **iCT**: :class:`difflab.training.consistency.ImprovedConsistencyTraining` from a fresh F_θ
+  (EDM preconditioning, σ_d = 0.5): no EMA target, pseudo-Huber (c = 0.00054·√64), lognormal
+  levels, N doubling 10 → 1280 in 8 equal stages of the run, weight 1/(σ_{n+1} − σ_n); its
+  EMA (decay 0.999, warmed up) is sampled in 1 and 2 steps;
+- **original CT** (Song et al. 2023 Alg. 3; ``--no-original`` skips it) at the same budget;
+- **iCT warm**: half of W diffusion, then half of W iCT from that network (read as a v-network,
+  `--ct-init-from`), so the pair costs W too.
+
+The steps of each are planned from a timing of a few updates (its lr schedule and curriculum
+are laid out for them), and training stops when the clock reaches W if the plan has not ended
+(on a shared machine the timing drifts); the steps made and seconds are reported.
+FD as benchmarks/distill_digits.py:
+Fréchet distance in the committed digits classifier's features against the train split, n = 180
+per draw, mean ± s.e. over ``--draws`` draws; the FD curve of iCT (1 step) is measured at the
+end of each curriculum stage (the evaluation time is not counted in W). Consistency distillation
+(CD) and the original CT from benchmarks/results/distill_digits.json are printed beside it.
+
+    nice -n 19 .venv/bin/python benchmarks/ict_digits.py   # ~15 min on 1 thread (4 × 3 min)
+    .venv/bin/python benchmarks/ict_digits.py --quick    # smoke test (~2 min: the timings)
+
+Writes benchmarks/results/ict_digits.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from difflab import samplers
+from difflab.build.data import training_set
+from difflab.build.model import build_model, build_schedule
+from difflab.config import load_config
+from difflab.data.fd import FDEvaluator
+from difflab.distill.consistency import ConsistencyModel
+from difflab.training import OBJECTIVES, SIGMA_DATA
+from difflab.training.backend import Backend
+from difflab.training.consistency import ConsistencyTraining, ImprovedConsistencyTraining
+from difflab.training.loop import fit
+
+ROOT = Path(__file__).resolve().parent
+N_FD = 180
+
+
+class Clock:
+    """Training wall time, less the time spent in evaluations."""
+
+    def __init__(self):
+        self.start, self.paused = time.perf_counter(), 0.0
+
+    def seconds(self) -> float:
+        return time.perf_counter() - self.start - self.paused
+
+
+class OutOfTimeError(Exception):
+    """Raised by an ``on_update`` hook when the wall-time budget is spent."""
+
+
+def fit_for(obj, seconds: float, steps: int, clock: Clock, backend, seed: int, hook=None) -> int:
+    """Train ``obj`` (planned for ``steps`` updates: its lr schedule and curriculum) until the
+    clock passes ``seconds`` or the steps are done; returns the updates made."""
+    done = [0]
+
+    def on(step, loss):
+        done[0] = step
+        if hook is not None:
+            hook(step, loss)
+        if clock.seconds() >= seconds and step < steps:
+            raise OutOfTimeError
+
+    with contextlib.suppress(OutOfTimeError):
+        fit(obj, steps=steps, generator=torch.Generator().manual_seed(seed), backend=backend,
+            on_update=on)
+    return done[0]
+
+
+def fd_of(fd: FDEvaluator, x: torch.Tensor) -> tuple[float, float]:
+    vals = [fd.fd(c.clamp(-1, 1)) for c in x.split(N_FD)]
+    se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
+    return statistics.fmean(vals), se
+
+
+@torch.no_grad()
+def sample(model, schedule, sampler: str, steps: int, n: int) -> torch.Tensor:
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1234))
+    if sampler == "consistency":
+        return samplers.consistency(model, schedule, x_T, steps)
+    return samplers.SAMPLERS[sampler](model, schedule, x_T, steps)
+
+
+def per_step(objective, backend, n: int = 6) -> float:
+    """Seconds an update of ``objective`` takes (a throw-away copy, timed after one warm-up)."""
+    import copy
+
+    obj = copy.deepcopy(objective)
+    t0 = [0.0]
+
+    def on(step, _):
+        if step == 1:
+            t0[0] = time.perf_counter()
+
+    fit(obj, steps=n + 1, generator=torch.Generator().manual_seed(0), backend=backend,
+        on_update=on)
+    return (time.perf_counter() - t0[0]) / n
+
+
+def diffusion(cfg, schedule, data, backend, seconds: float):
+    obj0 = OBJECTIVES["diffusion"](cfg, schedule, data, None, backend)
+    steps = max(int(seconds / per_step(obj0, backend)), 10)
+    cfg = load_config(None, {**cfg.to_dict(), "steps": steps, "warmup": min(100, steps // 10)})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        obj = OBJECTIVES["diffusion"](cfg, schedule, data, None, backend)
+    clock = Clock()
+    done = fit_for(obj, seconds, steps, clock, backend, cfg.seed)
+    return obj.modules()["ema"].eval(), done, clock.seconds()
+
+
+def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, init=None):
+    """iCT (or the original CT) for ``seconds``; FD (1 step) at each stage's end."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        net = build_model(cfg)
+    if init is not None:
+        net.load_state_dict(init.state_dict())
+        model = ConsistencyModel.v_from_schedule(net, schedule)
+    else:
+        model = ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+    kw = dict(batch=cfg.batch, lr=cfg.lr, lr_decay=True, grad_clip=cfg.grad_clip)
+
+    def make(iters):
+        if kind == "original":
+            from difflab.training import ct_final_levels
+
+            return ConsistencyTraining(model, data, s1=ct_final_levels(iters), iters=iters, **kw)
+        return ImprovedConsistencyTraining(model, data, ema_decay=cfg.ema_decay, iters=iters,
+                                           **kw)
+
+    steps = max(int(seconds / per_step(make(100), backend)), 16)
+    obj = make(steps)
+    marks = {max(steps * k // 8, 1) for k in range(1, 9)}
+    curve, clock = [], Clock()
+
+    def on(step, _):
+        if step in marks:
+            t0 = time.perf_counter()
+            ema = obj.modules()["ema"]
+            f = (ConsistencyModel.v_from_schedule(ema, schedule) if init is not None else
+                 ConsistencyModel.from_schedule(ema, schedule, SIGMA_DATA)).eval()
+            v, se = fd_of(fd, sample(f, schedule, "consistency", 1, N_FD * draws))
+            curve.append({"step": step, "seconds": round(clock.seconds(), 1), "fd_1step": v,
+                          "fd_se": se})
+            print(f"  [{kind}{' warm' if init is not None else ''}] step {step}/{steps} "
+                  f"{clock.seconds():.0f}s FD(1) {v:.1f} ± {se:.1f}", flush=True)
+            clock.paused += time.perf_counter() - t0
+
+    done = fit_for(obj, seconds, steps, clock, backend, cfg.seed, hook=on)
+    ema = obj.modules()["ema"]
+    f = (ConsistencyModel.v_from_schedule(ema, schedule) if init is not None else
+         ConsistencyModel.from_schedule(ema, schedule, SIGMA_DATA)).eval()
+    return f, done, clock.seconds(), curve
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--minutes", type=float, default=3.0, help="training wall time W per model")
+    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-original", action="store_true", help="skip the original CT at W")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_digits")
+    p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
+    args = p.parse_args()
+    if args.quick:
+        args.minutes, args.draws = 0.1, 1
+        args.out = args.out.with_name(args.out.name + "_quick")
+    torch.set_num_threads(args.threads)
+    cfg = load_config("digits", {"threads": args.threads})
+    backend = Backend(torch.device("cpu"))
+    data, cfg, _ = training_set(cfg)
+    schedule = build_schedule(cfg)
+    fd = FDEvaluator.for_dataset("digits", 8)
+    W = 60 * args.minutes
+    t_all = time.perf_counter()
+    rows, curves = [], {}
+
+    def row(label, model, sampler, steps, train_steps, seconds):
+        t0 = time.perf_counter()
+        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD * args.draws))
+        rows.append({"label": label, "sampler": sampler, "steps": steps, "fd": v, "fd_se": se,
+                     "train_steps": train_steps, "train_seconds": round(seconds, 1),
+                     "sample_seconds": round(time.perf_counter() - t0, 1)})
+        print(f"[{label}] {sampler} {steps}: FD {v:.1f} ± {se:.1f}", flush=True)
+
+    print(f"diffusion, {W:.0f} s", flush=True)
+    eps, d_steps, d_sec = diffusion(cfg, schedule, data, backend, W)
+    for s in (50, 10, 2):
+        row("diffusion", eps, "ddim", s, d_steps, d_sec)
+    print(f"iCT, {W:.0f} s", flush=True)
+    f, c_steps, c_sec, curves["ict"] = consistency("improved", cfg, schedule, data, backend, W,
+                                                   fd, args.draws)
+    for s in (1, 2):
+        row("iCT", f, "consistency", s, c_steps, c_sec)
+    if not args.no_original:
+        f, o_steps, o_sec, curves["ct"] = consistency("original", cfg, schedule, data, backend,
+                                                      W, fd, args.draws)
+        for s in (1, 2):
+            row("CT (original)", f, "consistency", s, o_steps, o_sec)
+    print(f"iCT warm: diffusion {W / 2:.0f} s + iCT {W / 2:.0f} s", flush=True)
+    eps_half, h_steps, h_sec = diffusion(cfg, schedule, data, backend, W / 2)
+    row("diffusion (W/2)", eps_half, "ddim", 50, h_steps, h_sec)
+    f, w_steps, w_sec, curves["ict_warm"] = consistency("improved", cfg, schedule, data,
+                                                        backend, W / 2, fd, args.draws,
+                                                        init=eps_half)
+    for s in (1, 2):
+        row("iCT warm (W/2 + W/2)", f, "consistency", s, w_steps, h_sec + w_sec)
+    prior = {}
+    old = ROOT / "results" / "distill_digits.json"
+    if old.exists():
+        for r in json.loads(old.read_text()).get("rows", []):
+            if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
+                prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
+    out = {"minutes": args.minutes, "draws": args.draws, "threads": args.threads,
+           "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
+           "seconds": time.perf_counter() - t_all}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    ddim50 = next(r["fd"] for r in rows if r["label"] == "diffusion" and r["steps"] == 50)
+    lines = ["## Improved consistency training on digits (benchmarks/ict_digits.py)", "",
+             f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
+             f"machine); FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} draws. Total "
+             f"{out['seconds']:.0f} s.", "",
+             "| model | sampler | NFE | FD | ÷ DDIM-50 FD | train steps | train s |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['label']} | {r['sampler']} | {r['steps']} | {r['fd']:.1f} ± "
+                     f"{r['fd_se']:.1f} | {r['fd'] / ddim50:.2f} | {r['train_steps']} | "
+                     f"{r['train_seconds']:.0f} |")
+    lines += ["", "FD (1 step) against training steps, at the end of each curriculum stage:", ""]
+    for name, c in curves.items():
+        lines.append(f"- {name}: " + ", ".join(f"{x['step']}: {x['fd_1step']:.0f}" for x in c))
+    if prior:
+        lines += ["", "From benchmarks/results/distill_digits.json (CD 2000 updates from a "
+                  "1500-step teacher; CT 3000 steps): " +
+                  ", ".join(f"{k}: {v:.1f}" for k, v in prior.items() if v is not None)]
+    md = "\n".join(lines) + "\n"
+    args.out.with_suffix(".md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
