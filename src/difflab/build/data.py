@@ -25,6 +25,14 @@ def image_split(cfg: TrainConfig, split: str) -> images.ImageData:
         return images.image_folder(cfg.data, image_size(cfg), cfg.channels, split, DATA_SEED)
     if cfg.dataset == "shapes":  # generated RGB scenes with exact captions
         return shapes.shapes(split, size=image_size(cfg), seed=DATA_SEED)
+    if cfg.dataset == "mnist" and image_size(cfg) == 16:  # a cascade's base stage: the padded
+        # 32×32 average-pooled by 2, exactly the z of a 16 → 32 super-resolution run
+        import dataclasses
+
+        from torch.nn.functional import avg_pool2d
+
+        data = images.mnist(split, size=32, seed=DATA_SEED)
+        return dataclasses.replace(data, x=avg_pool2d(data.x, 2))
     return getattr(images, cfg.dataset)(split, size=image_size(cfg), seed=DATA_SEED)
 
 

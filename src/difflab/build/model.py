@@ -91,7 +91,19 @@ def unet_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
         resblock_updown=cfg.resblock_updown, rescale_skip=cfg.rescale_skip,
         learn_sigma=cfg.variance == "learned", efficient=cfg.efficient,
-        groups=math.gcd(32, *widths))
+        groups=math.gcd(32, *widths), **super_resolution_kwargs(cfg))
+
+
+def super_resolution_kwargs(cfg: TrainConfig) -> dict[str, Any]:
+    """A super-resolution run's U-Net options (Ho et al. 2021; Saharia et al. 2022, §2.5): the
+    low-resolution image's channels, and the embedding of the augmentation level s for the
+    gaussian and truncated augmentations. {} for every other run, so its U-Net is unchanged."""
+    if not cfg.sr_low_res:
+        return {}
+    from .data import model_shape
+
+    return dict(low_res_channels=model_shape(cfg)[0],
+                aug_embedding=cfg.sr_augment in ("gaussian", "truncated"))
 
 
 def text_dim() -> int:

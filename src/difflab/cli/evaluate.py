@@ -10,6 +10,7 @@ import argparse
 import json
 
 from ..config import CONSISTENCY_METHODS, is_image
+from .cascade import add_eval_flags, run_sr_eval
 from .common import (
     SAMPLING_FLAGS,
     UsageError,
@@ -43,6 +44,7 @@ def add_parser(sub) -> None:
                    help=f"with --nll: timesteps of the ODE's grid, 1..T (default {NLL_ODE_STEPS})")
     p.add_argument("--hutchinson-samples", type=int, metavar="K",
                    help="with --nll: Hutchinson probes per item (default 1)")
+    add_eval_flags(p)
     p.set_defaults(run_command=run)
 
 
@@ -56,6 +58,11 @@ def run(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UsageError(f"{flag(name)} applies to --nll only")
     cfg, model, schedule = load_run(args.run, device=args.device)
+    if cfg.sr_low_res:  # a super-resolution run: FD and PSNR on low-res images (cli/cascade.py)
+        return run_sr_eval(args)
+    if args.base is not None or args.aug_level is not None:
+        raise UsageError(f"{flag('base' if args.base else 'aug_level')} applies to a "
+                         "super-resolution run only")
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, cfg.n_eval)
     model = autocast_network(model, args.precision)
     model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)

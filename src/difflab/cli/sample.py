@@ -9,6 +9,7 @@ import argparse
 import io
 from pathlib import Path
 
+from .cascade import add_cascade_flags, cascade_requested, check_plain_run, run_cascade
 from .common import (
     UsageError,
     add_sampling_flags,
@@ -32,6 +33,7 @@ def add_parser(sub) -> None:
     add_sampling_flags(p, n_help=f"number of samples (default {N_DEFAULT})")
     add_guidance_flags(p)
     add_hint_flags(p)
+    add_cascade_flags(p)
     p.add_argument("--out", required=True, metavar="FILE",
                    help="output file, by its suffix. .npy: a float32 numpy array, (n, 2) points "
                    "of a 2-D run, or (n, C, H, W) images of an image run (C = 1 grey or 3 RGB) "
@@ -57,11 +59,14 @@ def run(args: argparse.Namespace) -> int:
     from ..runs.load import load_run
     from ..training.backend import torch_threads
 
+    if cascade_requested(args):  # --cascade BASE,SR[,SR2…] (cli/cascade.py)
+        return run_cascade(args, write_samples)
     out = Path(args.out)
     if out.suffix not in OUT_SUFFIXES:
         raise UsageError(f"--out must end in {', '.join(OUT_SUFFIXES)}, got {args.out!r}")
     check_output_file(out)
     cfg, model, schedule = load_run(args.run, device=args.device)
+    check_plain_run(args, cfg)  # a super-resolution run samples in a cascade
     hints = hint_from_args(args, cfg, model)  # a ControlNet run's hints (N, C_h, H, W), or None
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, default_n(args, N_DEFAULT))
     image = is_image(cfg.dataset)

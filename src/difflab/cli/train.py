@@ -181,6 +181,10 @@ def summary(run_dir: Path) -> str:
         usage = f", codebook usage {m['codebook_usage']:.2f}" if "codebook_usage" in m else ""
         return (f"{head}; test PSNR {m['psnr']:.2f} dB{rfd}{usage}; latent scale "
                 f"{m['latent_scale']:.4g}")
+    if "psnr_real" in m:  # a super-resolution run: its test split's low-res images
+        fd = f", FD {m['fd_real']:.2f} (floor {m['fd_floor']:.2f})" if "fd_real" in m else ""
+        return (f"{head}; {m['sampler']} {m['steps']} steps on the test split's low-res images: "
+                f"PSNR {m['psnr_real']:.2f} dB (bilinear {m['psnr_bilinear']:.2f}){fd}")
     if "fd" in m:
         acc = f"; accuracy {m['accuracy']:.2f}" if "accuracy" in m else ""
         return (f"{head}; {m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "

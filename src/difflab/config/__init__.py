@@ -57,8 +57,8 @@ NO_SPACING = ("consistency",)  # samplers without a timestep grid to space
 def spacing_for(cfg: TrainConfig, sampler: str, spacing: str | None = None) -> str | None:
     """The timestep spacing to sample ``cfg``'s run with: ``spacing`` if given, else the run's
     ``eval_spacing``, where "auto" means "leading" for cosine-schedule runs (except Langevin,
-    whose noise levels are geometric in σ, and DPM-Solver++ and EDM-Heun, which cut the cosine
-    tail themselves) and the sampler's own default (None) otherwise. Samplers in
+    whose noise levels are geometric in σ, and DPM-Solver++, UniPC and EDM-Heun, which cut the
+    cosine tail themselves) and the sampler's own default (None) otherwise. Samplers in
     ``NO_SPACING`` (consistency) always get None; an explicit ``spacing`` for them is an
     error."""
     if sampler in NO_SPACING:  # consistency sampling re-noises to σ levels, no grid to space
@@ -69,5 +69,5 @@ def spacing_for(cfg: TrainConfig, sampler: str, spacing: str | None = None) -> s
     if choice != "auto":
         return choice
     # dpm++ clips the cosine tail itself (lambda_min) and edm-heun caps σ at 80 on a Karras grid
-    own = ("langevin", "dpm++", "edm-heun")
+    own = ("langevin", "dpm++", "unipc", "edm-heun")
     return "leading" if cfg.schedule == "cosine" and sampler not in own else None

@@ -27,7 +27,9 @@ METHODS = ("diffusion", "consistency-training", "progressive", "consistency-dist
 CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
-IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (28, 32), "shapes": (32, 64)}
+# (MNIST 16: the padded 32×32 average-pooled by 2, a cascade's base; its FD goes through the
+# 32×32 classifier, see difflab.runs.cascade.LowResFD)
+IMAGE_SIZES = {"digits": (8, 16, 32), "mnist": (16, 28, 32), "shapes": (32, 64)}
 IMAGE_DATASETS = (*IMAGE_SIZES, "folder")  # "folder": the images under `data`, no FD
 
 
@@ -138,6 +140,7 @@ def validate(cfg: TrainConfig) -> None:
         need(image_size(cfg) in sizes, "image_size",
              f"must be one of {', '.join(map(str, sizes))} for {cfg.dataset} (or 0)")
     _check_autoencoder(cfg)
+    _check_super_resolution(cfg)
     if is_image(cfg.dataset) and cfg.method != "autoencoder":
         side, what = image_size(cfg), "the image size"
         if cfg.autoencoder:
@@ -236,6 +239,41 @@ def _check_autoencoder(cfg: TrainConfig) -> None:
          "needs a latent run (autoencoder = an autoencoder run)")
 
 
+SR_AUGMENTS = ("none", "gaussian", "truncated", "blur")  # Ho et al. 2021, §3
+
+
+def _check_super_resolution(cfg: TrainConfig) -> None:
+    """A super-resolution run (``sr_low_res`` > 0): image data in pixel space, a U-Net trained as
+    a diffusion model, a low-resolution side that divides the image side by a power of 2, and
+    augmentation parameters in range (s in 0..T, 0 <= σ_min <= σ_max)."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    need(cfg.sr_augment in SR_AUGMENTS, "sr_augment", f"must be one of {', '.join(SR_AUGMENTS)}")
+    need(0 <= cfg.sr_aug_max <= cfg.T, "sr_aug_max", f"must lie in 0..T (T={cfg.T})")
+    need(0 <= cfg.sr_aug_level <= cfg.T, "sr_aug_level", f"must lie in 0..T (T={cfg.T})")
+    for key in ("sr_blur_min", "sr_blur_max"):
+        need(math.isfinite(getattr(cfg, key)) and getattr(cfg, key) >= 0, key,
+             "must be a finite number >= 0")
+    need(cfg.sr_blur_max >= cfg.sr_blur_min, "sr_blur_max", "must be at least sr_blur_min")
+    need(cfg.sr_low_res >= 0, "sr_low_res", "must be at least 0 (0: not super-resolution)")
+    if not cfg.sr_low_res:
+        need(cfg.sr_augment == "none", "sr_augment", "needs a super-resolution run (sr_low_res)")
+        return
+    side = image_size(cfg)
+    factor = side // cfg.sr_low_res if side % cfg.sr_low_res == 0 else 0
+    need(is_image(cfg.dataset), "sr_low_res", "needs image data")
+    need(factor >= 2 and factor & (factor - 1) == 0, "sr_low_res",
+         f"must be the image size {side} divided by a power of 2 (2, 4, …)")
+    need(model_kind(cfg) == "unet", "model", "must be unet (or auto) for a super-resolution run")
+    need(cfg.method == "diffusion", "method", "must be diffusion for a super-resolution run")
+    need(not cfg.autoencoder, "autoencoder", "must be empty: super-resolution runs in pixel space")
+    if cfg.sr_augment in ("gaussian", "truncated"):
+        need(cfg.sr_aug_max >= 1, "sr_aug_max", f"must be at least 1 for sr_augment "
+             f"{cfg.sr_augment!r} (the range 0..sr_aug_max of the level s)")
+
+
 def _check_objective(cfg: TrainConfig) -> None:
     """The combinations of variance, loss and t_sampling that train what they claim to.
 
@@ -270,6 +308,12 @@ def _check_method(cfg: TrainConfig) -> None:
                           f"got {cfg.prediction!r}")
     progressive = cfg.method == "progressive"
     v_consistency = cfg.method == "consistency-distillation" and cfg.prediction == "v"
+    if cfg.ct_variant not in ("improved", "original"):
+        raise ConfigError(f"config key 'ct_variant' must be improved or original, got "
+                          f"{cfg.ct_variant!r}")
+    if cfg.ct_init_from and cfg.method != "consistency-training":
+        raise ConfigError("config key 'ct_init_from' needs config key 'method' = "
+                          "'consistency-training'")
     if cfg.prediction != "eps" and not (progressive or v_consistency):
         raise ConfigError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
                           "'method' = 'progressive' (only distilled students predict x0 or v)")

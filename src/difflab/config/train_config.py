@@ -53,7 +53,7 @@ class TrainConfig:
                                        "captions), folder (with --data)")
     n_train: int = _data(100_000, "size of the fixed 2-D training set, drawn from the seed "
                                   "(images: the whole train split)")
-    image_size: int = _data(0, "image side in pixels (digits 8, 16, 32; mnist 28, 32; folder: "
+    image_size: int = _data(0, "image side in pixels (digits 8, 16, 32; mnist 16, 28, 32; folder: "
                                "any multiple of 2^(levels-1); 0: the dataset's own: digits 8, "
                                "mnist, shapes and folder 32; shapes 32 or 64)")
     data: str = _data("", "image directory for --dataset folder (any Pillow format)")
@@ -160,6 +160,16 @@ class TrainConfig:
                                         "'difflab distill')")
     distilled_steps: int = _objective(0, "set by 'difflab distill' (the steps a progressive "
                                          "student takes)")
+    # consistency training (method "consistency-training"): Song & Dhariwal 2023's improved
+    # recipe or the original Alg. 3 of Song et al. 2023; optionally warm-started from the EMA
+    # ε-network of a diffusion run (read as a v-network: ConsistencyModel.v_from_schedule)
+    ct_variant: str = _objective("improved", "consistency training: improved (Song & Dhariwal "
+                                             "2023: no EMA target, pseudo-Huber, lognormal "
+                                             "levels, N doubling 10 → 1280) or original (Song "
+                                             "et al. 2023, Alg. 3)")
+    ct_init_from: str = _objective("", "consistency training: a diffusion run directory whose "
+                                       "EMA network F_θ starts from (same model fields; read as "
+                                       "a v-network); empty: a fresh F_θ")
 
     # --- conditioning (images only): class labels or captions, dropped to ∅ with probability
     # p_uncond so that one network learns ε(x_t, t, y) and ε(x_t, t, ∅) (Weng eq. 26) ---
@@ -169,6 +179,25 @@ class TrainConfig:
                                          "(classifier-free guidance)")
     num_classes: int = _conditioning(0, "number of classes (0: the dataset's own)")
     text_tokens: int = _conditioning(32, "caption tokens kept by the text encoder")
+    # super-resolution: a stage of a cascade (Ho et al. 2021; Weng, "Scale up Generation
+    # Resolution and Quality"), p(x | z) with z the image average-pooled to sr_low_res and
+    # corrupted by the conditioning augmentation sr_augment (difflab.training.super_resolution)
+    sr_low_res: int = _conditioning(0, "super-resolution: side of the low-resolution image z "
+                                       "the network is conditioned on (the training images "
+                                       "average-pooled to it; 0: not a super-resolution run)")
+    sr_augment: str = _conditioning("none", "conditioning augmentation of z: none, gaussian (z "
+                                            "forward-diffused to a level s, s embedded), "
+                                            "truncated (trained as gaussian; sampled from the "
+                                            "previous stage stopped at step s) or blur "
+                                            "(Ho et al. 2021, §3)")
+    sr_aug_max: int = _conditioning(0, "gaussian/truncated: s drawn uniformly from 0..this at "
+                                       "training (a timestep of the schedule)")
+    sr_aug_level: int = _conditioning(0, "gaussian/truncated: the level s used at sampling "
+                                         "(difflab sample --aug-level overrides it)")
+    sr_blur_min: float = _conditioning(0.4, "blur: smallest σ (low-res pixels) of the Gaussian "
+                                            "blur drawn at training")
+    sr_blur_max: float = _conditioning(0.6, "blur: largest σ of the Gaussian blur drawn at "
+                                            "training (none at sampling)")
 
     # --- optimiser ---
     steps: int = _optimiser(3000, "training steps (optimizer updates)")

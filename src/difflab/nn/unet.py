@@ -45,8 +45,16 @@ condition is the null condition ∅, so one network gives both ε_θ(x_t, t, y) 
   is also added to the time embedding (Imagen, Saharia et al. 2022, §2.2 / App. F). A row whose
   mask is all False (an empty caption) is ∅: exactly the output of ``context=None``.
 
-With ``num_classes = 0`` and ``context_dim = 0`` (the defaults) the network and its state_dict
-are the unconditional ones.
+Super-resolution (a stage of a cascade; Ho et al. 2021, "Cascaded Diffusion Models"; Weng,
+"Scale up Generation Resolution and Quality"): with ``low_res_channels`` = C_z > 0 the network is
+p_θ(x | z), z (B, C_z, h, w) the ``low_res`` keyword, which it upsamples bilinearly
+(``align_corners=False``) to x_t's H × W and concatenates to x_t on the channels before the stem;
+with ``aug_embedding`` the level s of the noise-conditioning augmentation (``aug_level``, int64
+(B,) in 0..T, 0 = a clean z; None = 0) is embedded like t (sinusoid + MLP) and added to the time
+embedding (Saharia et al. 2022, Imagen, §2.5).
+
+With ``num_classes = 0``, ``context_dim = 0``, ``low_res_channels = 0`` and ``aug_embedding`` off
+(the defaults) the network and its state_dict are the unconditional ones.
 """
 
 from __future__ import annotations
@@ -97,6 +105,8 @@ class UNetConfig:
     learn_sigma: bool = False  # output [ε, v_raw] on channels: 2 × out_channels (eq 23)
     efficient: bool = False  # Imagen's Efficient U-Net layout (see the module docstring)
     groups: int = 32  # GroupNorm groups; must divide every level's channel count
+    low_res_channels: int = 0  # C_z > 0: super-resolution, z upsampled and concatenated to x_t
+    aug_embedding: bool = False  # embed the augmentation level s of z (Imagen), added to emb
 
     def __post_init__(self) -> None:
         # JSON gives lists: store tuples so that configs compare and hash
@@ -143,6 +153,8 @@ def _validate(cfg: UNetConfig) -> None:
             raise ValueError(f"groups={cfg.groups} does not divide a level's {ch} channels")
         if cfg.num_head_channels and ch % cfg.num_head_channels:
             raise ValueError(f"num_head_channels={cfg.num_head_channels} does not divide {ch}")
+    if cfg.low_res_channels < 0:
+        raise ValueError(f"low_res_channels must be >= 0, got {cfg.low_res_channels}")
     if cfg.num_classes < 0 or cfg.context_dim < 0:
         raise ValueError(
             f"num_classes and context_dim must be >= 0 (0 = none), got {cfg.num_classes} "
@@ -184,8 +196,11 @@ class UNet(nn.Module):
             self.label_embed = nn.Embedding(cfg.num_classes + 1, emb_dim)
         if cfg.context_dim and cfg.pool_context:  # no bias: ∅ (mean 0) adds exactly 0
             self.context_embed = zero_init(nn.Linear(cfg.context_dim, emb_dim, bias=False))
+        if cfg.aug_embedding:  # sinusoid(s) → MLP, like t: (B,) → (B, 4·mc)
+            self.aug_embed = TimestepEmbedding(mc, emb_dim)
         ch = mc * cfg.channel_mult[0]
-        self.inp = nn.Conv2d(cfg.in_channels, ch, 3, padding=1)  # the stem
+        # the stem; a super-resolution network also reads the upsampled z on its channels
+        self.inp = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, ch, 3, padding=1)
 
         # encoder: each stage's output is one skip connection
         down_stages: list[Stage] = []
@@ -255,12 +270,22 @@ class UNet(nn.Module):
         y: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        aug_level: Tensor | None = None,
     ) -> Conditioning:
         """What the blocks see: the embedding of t, int64 (B,) → (B, 4·model_channels), plus the
-        label embedding of y (B,) and the pooled context; and the context tokens (B, L, D) with
+        label embedding of y (B,), the pooled context and the embedding of the augmentation
+        level s (B,) (``aug_embedding``; None: s = 0); and the context tokens (B, L, D) with
         their mask (B, L) for cross-attention. A condition left None is ∅."""
         emb = self.time_embed(t)  # (B, E)
         cfg = self.config
+        if aug_level is not None and not cfg.aug_embedding:
+            raise ValueError("aug_level given to a network without aug_embedding")
+        if cfg.aug_embedding:
+            s = torch.zeros_like(t) if aug_level is None else aug_level
+            if s.shape != t.shape:
+                raise ValueError(f"expected aug_level of shape {tuple(t.shape)}, got "
+                                 f"{tuple(s.shape)}")
+            emb = emb + self.aug_embed(s)  # (B, E)
         if y is not None and not cfg.num_classes:
             raise ValueError("y given to an unconditional network (num_classes = 0)")
         if cfg.num_classes:
@@ -302,19 +327,39 @@ class UNet(nn.Module):
         y: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        low_res: Tensor | None = None,
+        aug_level: Tensor | None = None,
     ) -> Tensor:
-        c = self.condition(t, y, context, context_mask)
-        h, skips = self.encode(x_t, c)
+        c = self.condition(t, y, context, context_mask, aug_level)
+        h, skips = self.encode(self.with_low_res(x_t, low_res), c)
         return self.decode(h, skips, c)
+
+    def with_low_res(self, x_t: Tensor, low_res: Tensor | None) -> Tensor:
+        """x_t (B, C, H, W), and for a super-resolution network [x_t, up(z)] (B, C + C_z, H, W):
+        z = ``low_res`` (B, C_z, h, w) upsampled bilinearly to H × W (Ho et al. 2021, §2)."""
+        cz = self.config.low_res_channels
+        if not cz:
+            if low_res is not None:
+                raise ValueError("low_res given to a network without low_res_channels")
+            return x_t
+        if low_res is None:
+            raise ValueError("a super-resolution network needs its low-resolution image low_res")
+        if low_res.ndim != 4 or low_res.shape[:2] != (x_t.shape[0], cz):
+            raise ValueError(f"expected low_res ({x_t.shape[0]}, {cz}, h, w), got "
+                             f"{tuple(low_res.shape)}")
+        up = torch.nn.functional.interpolate(low_res.to(x_t.dtype), size=x_t.shape[-2:],
+                                             mode="bilinear", align_corners=False)
+        return torch.cat([x_t, up], dim=1)  # (B, C + C_z, H, W)
 
     # --- helpers --------------------------------------------------------------------------------
 
     def check_input(self, x_t: Tensor) -> None:
         """Raise a one-line ValueError for an input this network cannot take."""
         cfg = self.config
-        if x_t.ndim != 4 or x_t.shape[1] != cfg.in_channels:
+        channels = cfg.in_channels + cfg.low_res_channels  # with a super-resolution's z
+        if x_t.ndim != 4 or x_t.shape[1] != channels:
             raise ValueError(
-                f"expected input (B, {cfg.in_channels}, H, W), got {tuple(x_t.shape)}"
+                f"expected input (B, {channels}, H, W), got {tuple(x_t.shape)}"
             )
         H, W = x_t.shape[-2:]
         f = 2 ** (cfg.levels - 1)

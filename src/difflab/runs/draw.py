@@ -128,8 +128,8 @@ def check_sampler_fits(model: Callable, sampler: str) -> None:
 def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
     """The timestep spacing ``sampler`` samples with when :func:`draw` gets ``spacing``: that
     one, or (None) the sampler's own default — its ``spacing`` parameter's default: linspace
-    for ddpm, ddim, euler and heun, geometric for langevin, trailing for dpm++, karras for
-    edm-heun. None for a sampler without a grid to space (consistency). What metrics record."""
+    for ddpm, ddim, euler and heun, geometric for langevin, auto for dpm++ and unipc, karras
+    for edm-heun. None for a sampler without a grid to space (consistency). What metrics record."""
     if spacing is not None:
         return spacing
     import inspect
@@ -143,11 +143,12 @@ def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
                       spacing: str | None = None) -> Tensor:
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
-    grid (dpm++: trailing and the λ clip; edm-heun: the Karras σ's) unless ``spacing``."""
-    if sampler == "dpm++":
+    grid (dpm++ and unipc: "auto" and the λ clip; edm-heun: the Karras σ's) unless
+    ``spacing``."""
+    if sampler in ("dpm++", "unipc"):
         from ..samplers.dpm_solver import dpm_timesteps
 
-        return dpm_timesteps(schedule, steps, spacing or "trailing")
+        return dpm_timesteps(schedule, steps, spacing or "auto")
     if sampler == "edm-heun":
         from ..samplers.edm import edm_timesteps
 

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from ..build.data import image_split, model_shape
 from ..config import TrainConfig, image_size, is_image, spacing_for
 from ..data import toy2d
-from ..data.fd import DEFAULT_SIZE, FDEvaluator
+from ..data.fd import DEFAULT_SIZE
 from ..data.shapes_eval import prompt_accuracy
 from ..metrics import swd, swd_floor
 from ..schedules import Schedule
@@ -95,7 +95,9 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
                "spacing": spacing_used(sampler, spacing), "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     if cfg.dataset in DEFAULT_SIZE:  # a committed classifier exists (not for folders)
-        fd = FDEvaluator.for_dataset(cfg.dataset, image_size(cfg))
+        from .cascade import fd_evaluator  # MNIST 16 (a cascade's base): through the 32's
+
+        fd = fd_evaluator(cfg.dataset, image_size(cfg))
         n_test = len(image_split(cfg, "test"))
         metrics.update(fd=fd.fd(x0), fd_floor=fd.floor(), fd_n=n, fd_floor_n=n_test)
         metrics["fd_ratio"] = metrics["fd"] / metrics["fd_floor"]
@@ -118,6 +120,11 @@ def evaluate_after(cfg: TrainConfig, ema: nn.Module, schedule: Schedule, run_dir
     run's decoder (the pictures show decoded latents)."""
     from . import plots
 
+    if cfg.sr_low_res:  # a cascade's super-resolution stage: FD and PSNR of the test split's
+        from .cascade import evaluate_super_resolution_after  # low-res images super-resolved
+
+        evaluate_super_resolution_after(cfg, ema, schedule, run_dir, extra)
+        return
     kw = dict(sampler=cfg.eval_sampler, steps=cfg.eval_steps, eta=cfg.eval_eta,
               spacing=spacing_for(cfg, cfg.eval_sampler), n=cfg.n_eval, seed=cfg.seed,
               variance=cfg.variance)

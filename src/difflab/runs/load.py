@@ -56,7 +56,7 @@ def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> C
     """f_θ around the network F_θ of a consistency run: EDM's preconditioning with σ_d = 0.5
     (``prediction = "eps"``, the default: F_θ is a fresh network) or the v-preconditioning in
     the schedule's own coordinates (``prediction = "v"``: F_θ started as the teacher's copy)."""
-    if cfg.prediction == "v":
+    if cfg.prediction == "v" or cfg.ct_init_from:  # CD's copy of the teacher, CT's warm start
         return ConsistencyModel.v_from_schedule(net, schedule)
     return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
 

@@ -117,6 +117,16 @@ def train(
         torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
         objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend, codec=codec)
+        if cfg.ct_init_from and not resume:  # CT's warm start: F_θ and θ⁻ ← the run's EMA net
+            from .load import read_run_config
+
+            init_cfg = read_run_config(cfg.ct_init_from)
+            if init_cfg.method != "diffusion" or init_cfg.variance == "learned":
+                raise ConfigError(f"ct_init_from needs a diffusion run with a fixed variance; "
+                                  f"{cfg.ct_init_from} is not one")
+            init = ckpt.load_weights(cfg.ct_init_from, "ema")
+            for module in objective.modules().values():
+                module.load_state_dict(init)
         g = torch.Generator().manual_seed(cfg.seed)
         log = LossLog(cfg.log_every)
         state = ckpt.load_checkpoint(run_dir) if resume else None

@@ -13,11 +13,12 @@ from .edm import edm_heun, karras_sigmas
 from .langevin import langevin
 from .ode import euler, heun
 from .timesteps import SPACINGS, timesteps
+from .unipc import unipc
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "langevin": langevin, "euler": euler, "heun": heun,
-            "dpm++": dpm_solver_pp, "edm-heun": edm_heun,
+            "dpm++": dpm_solver_pp, "unipc": unipc, "edm-heun": edm_heun,
             "consistency": consistency}  # for consistency models only (difflab.distill)
 
 __all__ = ["SAMPLERS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
            "dpm_solver_pp", "edm_heun", "euler", "heun", "karras_sigmas", "langevin", "slerp",
-           "timesteps"]
+           "timesteps", "unipc"]

@@ -21,7 +21,7 @@ from ..pipelines.latent import LatentCodec
 from ..schedules import Schedule
 from ..vlb import ImportanceSampler
 from .backend import Backend
-from .consistency import ConsistencyTraining
+from .consistency import ConsistencyTraining, ImprovedConsistencyTraining
 from .diffusion import DiffusionObjective, LRSchedule
 from .loop import Objective, fit
 
@@ -44,13 +44,21 @@ def diffusion_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, cond
                         backend: Backend, codec: LatentCodec | None = None) -> Objective:
     """L_simple or L_hybrid (Weng eq. 19, 23) with the run's EMA and learning-rate schedule;
     with a ``codec`` (a latent run) on z = s · E(x) (:mod:`.latent`; ``data`` the images, or
-    their encoder outputs when ``cfg.latent_cache``)."""
+    their encoder outputs when ``cfg.latent_cache``); with ``sr_low_res`` a super-resolution
+    stage of a cascade (:mod:`.super_resolution`)."""
     lr = lr_schedule(cfg)
     t_sampler = ImportanceSampler(cfg.T) if cfg.t_sampling == "importance" else None
     kwargs = dict(batch=cfg.batch, lr=lr, ema_decay=cfg.ema_decay, conds=conds,
                   p_uncond=cfg.p_uncond, loss=cfg.loss, hybrid_lambda=cfg.hybrid_lambda,
                   t_sampler=t_sampler, levels=data_levels(cfg), weight_decay=cfg.weight_decay,
                   grad_clip=cfg.grad_clip, backend=backend)
+    if cfg.sr_low_res:  # a cascade's super-resolution stage, p_θ(x | z) (Ho et al. 2021)
+        from .super_resolution import SuperResolutionObjective
+
+        return SuperResolutionObjective(build_model(cfg), schedule, data,
+                                        low_res=cfg.sr_low_res, augment=cfg.sr_augment,
+                                        aug_max=cfg.sr_aug_max, blur_min=cfg.sr_blur_min,
+                                        blur_max=cfg.sr_blur_max, **kwargs)
     if codec is None:
         return DiffusionObjective(build_model(cfg), schedule, data, **kwargs)
     from ..build.data import image_shape
@@ -103,8 +111,14 @@ def autoencoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, co
 
 def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                  backend: Backend, codec=None) -> Objective:
-    """Consistency training (Weng eq. 32) of a fresh f_θ: s0 = 2, s1 = :func:`ct_final_levels`,
-    μ0 = 0.9, ℓ2; lr decayed linearly to 0 unless ``lr_schedule = "constant"``."""
+    """Consistency training of f_θ: ``ct_variant = "improved"`` (Song & Dhariwal 2023,
+    :class:`~.consistency.ImprovedConsistencyTraining`: s0 = 10 → s1 = 1280 over the run's
+    steps, lognormal levels, pseudo-Huber, no EMA target; the sampled EMA decays at
+    ``ema_decay``) or "original" (Weng eq. 32, Song et al. 2023 Alg. 3: s0 = 2,
+    s1 = :func:`ct_final_levels`, μ0 = 0.9, ℓ2); lr decayed linearly to 0 unless
+    ``lr_schedule = "constant"``. With ``ct_init_from`` F_θ is read as a v-network of the
+    schedule (``ConsistencyModel.v_from_schedule``); the run code copies the diffusion run's
+    network into it."""
     from ..distill.consistency import ConsistencyModel
 
     cond_data = None
@@ -113,12 +127,15 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
             raise ValueError("consistency training of a text-conditional run is not "
                              "implemented; use --cond class or none")
         cond_data = {"y": conds.table["y"][conds.choices[:, 0]]}
-    model = ConsistencyModel.from_schedule(build_model(cfg), schedule, SIGMA_DATA)
-    return ConsistencyTraining(model, data, s1=ct_final_levels(cfg.steps), batch=cfg.batch,
-                               iters=cfg.steps, lr=cfg.lr,
-                               lr_decay=cfg.lr_schedule != "constant",
-                               weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                               cond_data=cond_data)
+    net = build_model(cfg)
+    model = (ConsistencyModel.v_from_schedule(net, schedule) if cfg.ct_init_from else
+             ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA))
+    kw = dict(batch=cfg.batch, iters=cfg.steps, lr=cfg.lr,
+              lr_decay=cfg.lr_schedule != "constant", weight_decay=cfg.weight_decay,
+              grad_clip=cfg.grad_clip, cond_data=cond_data)
+    if cfg.ct_variant == "improved":
+        return ImprovedConsistencyTraining(model, data, ema_decay=cfg.ema_decay, **kw)
+    return ConsistencyTraining(model, data, s1=ct_final_levels(cfg.steps), **kw)
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
