@@ -293,6 +293,9 @@ def test_bad_cascades_fail_in_one_line(runs, capsys, tmp_path):
         (["sample", str(sr), "--out", out], "sample it in a cascade"),
         (["sample", "--cascade", f"{base},{sr}", "--stage-steps", "2", "--out", out],
          "needs 2 comma-separated values"),
+        (["distill", str(sr), "--method", "progressive", "--rounds", "1", "--out",
+          str(tmp_path / "pd")], "super-resolution run"),
+        (["train-controlnet", str(sr), "--out", str(tmp_path / "cn")], "super-resolution run"),
     ]
     for argv, msg in cases:
         assert main(argv) == 2, argv

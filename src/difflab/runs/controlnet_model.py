@@ -51,6 +51,9 @@ def check_base(run_dir: str | Path, kind: str, cfg: TrainConfig) -> None:
                           "fixed variance")
     if cfg.prediction != "eps":
         raise ConfigError(f"{run_dir} predicts {cfg.prediction}; a ControlNet's base predicts ε")
+    if cfg.sr_low_res:
+        raise ConfigError(f"{run_dir} is a super-resolution run; a ControlNet's base is a "
+                          "diffusion run without a low-resolution input")
     if cfg.autoencoder:  # the hint encoder can downscale (HintEncoder), the run code cannot yet
         raise ConfigError(f"{run_dir} is a latent diffusion run; a ControlNet on a latent base "
                           "is not implemented yet (give a pixel-space run)")

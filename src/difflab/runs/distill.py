@@ -78,6 +78,9 @@ def load_teacher(run: str | Path, threads: int | None = None
     if threads is not None and threads < 0:
         raise ConfigError(f"--threads must be at least 0, got {threads}")
     cfg, model, schedule = load_run(run)
+    if cfg.sr_low_res:
+        raise ConfigError(f"{run} is a super-resolution run; distilling one (with its "
+                          "low-resolution input) is not implemented")
     if cfg.method in CONSISTENCY_METHODS:
         raise ConfigError(f"{run} is a consistency model; distil a diffusion run or a "
                          "progressive student")
