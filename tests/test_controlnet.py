@@ -354,8 +354,7 @@ def test_bases_that_cannot_be_controlled_are_refused_by_name():
 
     cfg = TrainConfig.from_dict({**TINY_BASE})
     for kind, changes, words in (("progressive", {}, "progressive run"),
-                                 ("diffusion", {"variance": "learned"}, "variance"),
-                                 ("diffusion", {"autoencoder": "runs/ae"}, "latent")):
+                                 ("diffusion", {"variance": "learned"}, "variance")):
         with pytest.raises(ConfigError, match=words):
             check_base("r", kind, dataclasses.replace(cfg, **changes))
     check_base("r", "diffusion", cfg)

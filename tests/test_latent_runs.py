@@ -229,3 +229,20 @@ def test_classifier_guidance_of_a_latent_run_is_refused(latent_run):
     cfg = read_run_config(latent_run)
     with pytest.raises(ConfigError, match="latent"):
         check_compatible(cfg.__class__.from_dict({"autoencoder": ""}, base=cfg), cfg)
+
+
+def test_a_controlnet_on_a_latent_base(latent_run, tmp_path, capsys):
+    """The branch works on the base's latents; its hint encoder brings the edge map of the
+    16×16 image down to the 8×8 latents (f = 2); samples come back decoded."""
+    out = tmp_path / "cn"
+    code, _, err = run(capsys, "train-controlnet", latent_run, "--hint", "edges", "--steps", "3",
+                       "--batch", "8", "--threads", "1", "--no-progress", "--out", out)
+    assert code == 0, err
+    assert (out / AUTOENCODER_FILE).is_file() and (out / "base" / AUTOENCODER_FILE).is_file()
+    m = json.loads((out / "metrics.json").read_text())
+    assert "edge_f1" in m or any(k.startswith("edge") for k in m), m
+    x = tmp_path / "x.npy"
+    code, _, err = run(capsys, "sample", out, "--hint-from-data", "2", "--steps", "3",
+                       "--out", x)
+    assert code == 0, err
+    assert np.load(x).shape == (2, 1, 16, 16)

@@ -68,7 +68,8 @@ RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPO
              LOSS_CSV, LOSS_PNG, "samples.png",
              "reverse_process.png", "reverse_process.gif")
 # the files of other kinds of run (an autoencoder run's, a latent run's frozen autoencoder)
-OTHER_FILES = ("autoencoder.safetensors", "autoencoder.ema.safetensors", "reconstructions.png")
+AUTOENCODER = "autoencoder.safetensors"  # a latent run's frozen autoencoder (runs/latent.py)
+OTHER_FILES = (AUTOENCODER, "autoencoder.ema.safetensors", "reconstructions.png")
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 
 

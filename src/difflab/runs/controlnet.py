@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..build.data import image_shape, image_split
+from ..build.data import image_split, model_shape
 from ..config import TrainConfig, is_image
 from ..data import hints as hint_lib
 from ..data.images import ImageData
@@ -37,6 +37,7 @@ from ..training.controlnet import P_UNCOND, ControlNetObjective
 from ..training.diffusion import LRSchedule
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
+from . import latent
 from .controlnet_model import BASE_DIR, control_for, copy_base, load_base, run_config
 from .draw import draw
 from .load import config_to_json
@@ -101,11 +102,12 @@ def eval_conditions(cfg: TrainConfig, data: ImageData, n: int) -> dict[str, Tens
 def evaluate_control(model: nn.Module, schedule: Schedule, cfg: TrainConfig,
                      job: dict[str, Any], *, n: int | None = None, seed: int = 0,
                      sampler: str | None = None, steps: int | None = None,
-                     scale: float = 1.0, guidance: float | None = None
-                     ) -> tuple[dict[str, Any], Tensor, Tensor]:
+                     scale: float = 1.0, guidance: float | None = None,
+                     out_dir: Path | None = None) -> tuple[dict[str, Any], Tensor, Tensor]:
     """Sample the hints of the first ``n`` held-out images (default ``cfg.n_eval``) with the
     controlled ``model`` at control ``scale``; returns (metrics, samples (n, C, H, W), hints).
-    Metrics: :func:`adherence`, FD and its floor (digits, MNIST), the sampler's settings."""
+    Metrics: :func:`adherence`, FD and its floor (digits, MNIST), the sampler's settings.
+    ``out_dir``: the run directory, whose autoencoder decodes a latent base's samples."""
     from ..build.conditioning import guided
     from ..config import spacing_for
     from ..data.fd import DEFAULT_SIZE, FDEvaluator
@@ -124,9 +126,11 @@ def evaluate_control(model: nn.Module, schedule: Schedule, cfg: TrainConfig,
                                              "hint": hints}.items()}
         m = guided(model, schedule, cfg, cond, w=w if cfg.cond != "none" else 0.0,
                    sampler=sampler, steps=steps)
-        x0, _, seconds = draw(m, schedule, (n, *image_shape(cfg)), sampler=sampler, steps=steps,
+        codec = latent.load_codec(out_dir, cfg, device) if out_dir is not None else None
+        x0, _, seconds = draw(m, schedule, (n, *model_shape(cfg)), sampler=sampler, steps=steps,
                               eta=cfg.eval_eta if sampler == "ddim" else 0.0,
-                              spacing=spacing_for(cfg, sampler), seed=seed)
+                              spacing=spacing_for(cfg, sampler), seed=seed,
+                              decode=codec.decode if codec is not None else None)
     finally:
         model.conditioning_scale = previous
     x0 = x0.float().cpu().clamp(-1.0, 1.0)
@@ -222,11 +226,15 @@ def train_controlnet(base_run: str | Path, out: str | Path, *, hint: str = "edge
            "precision": precision, "compile": compile, "checkpoint_every": checkpoint_every,
            "evaluate": evaluate,
            "control": {"hint_channels": hint_channels({"hint": hint}, base_cfg),
-                       "hidden": hidden, "downscale": 1, "zero": zero}}
+                       "hidden": hidden, "zero": zero,
+                       # a latent base: the hint (at the image's size) down to the latents'
+                       "downscale": base_cfg.ae_factor if base_cfg.autoencoder else 1}}
     cfg = control_config(base_cfg, job)
     if backend.is_main:
         ckpt.prepare_run_dir(out, overwrite=overwrite)
         copy_base(base_run, out / BASE_DIR)
+        if cfg.autoencoder:  # a latent base: the run decodes with its own copy, as latent runs
+            latent.copy_autoencoder(base_run, out)
         ckpt.write_run_config(out, KIND, config_to_json(cfg), job)
     backend.barrier()
     return _run(out, job, resume=False, progress=progress, max_steps=max_steps, backend=backend)
@@ -259,7 +267,10 @@ def _run(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
         control = control_for(base, job)
         hints = hints_of(job, cfg, train)  # (N, C_h, H, W)
         lr = LRSchedule(cfg.lr, cfg.steps, cfg.warmup, cfg.lr_schedule, cfg.lr_min_ratio)
-        objective = ControlNetObjective(base, control, schedule, train.x, hints,
+        x0 = train.x  # (N, C, H, W); a latent base learns on latents (one posterior draw each)
+        if cfg.autoencoder:
+            x0 = latent.encoded_training_data(cfg, out, train.x, cfg.seed)  # (N, c, h, w)
+        objective = ControlNetObjective(base, control, schedule, x0, hints,
                                         batch=cfg.batch, lr=lr, ema_decay=cfg.ema_decay,
                                         conds=conds, p_uncond=job["p_uncond"],
                                         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
@@ -287,7 +298,8 @@ def _run(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
 
         t0 = time.perf_counter()
         model = controlled(base, objective.ema.eval())
-        metrics, samples, hints = evaluate_control(model, schedule, cfg, job, seed=cfg.seed)
+        metrics, samples, hints = evaluate_control(model, schedule, cfg, job, seed=cfg.seed,
+                                                   out_dir=out)
         ckpt.write_json(out / ckpt.METRICS, {**metrics, **extra,
                                              "eval_seconds": time.perf_counter() - t0})
         save_hints_and_samples(hints, samples, out / "samples.png")

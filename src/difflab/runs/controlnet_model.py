@@ -54,9 +54,6 @@ def check_base(run_dir: str | Path, kind: str, cfg: TrainConfig) -> None:
     if cfg.sr_low_res:
         raise ConfigError(f"{run_dir} is a super-resolution run; a ControlNet's base is a "
                           "diffusion run without a low-resolution input")
-    if cfg.autoencoder:  # the hint encoder can downscale (HintEncoder), the run code cannot yet
-        raise ConfigError(f"{run_dir} is a latent diffusion run; a ControlNet on a latent base "
-                          "is not implemented yet (give a pixel-space run)")
 
 
 def load_base(run_dir: str | Path) -> tuple[TrainConfig, nn.Module, Schedule]:
@@ -75,12 +72,14 @@ def load_base(run_dir: str | Path) -> tuple[TrainConfig, nn.Module, Schedule]:
 
 
 def copy_base(src: str | Path, dst: str | Path) -> None:
-    """Copy the base run ``src`` into ``dst`` (a fresh directory): its config.json and the EMA
-    (or, without one, raw) weights of each of its components."""
+    """Copy the base run ``src`` into ``dst`` (a fresh directory): its config.json, the EMA
+    (or, without one, raw) weights of each of its components and a latent base's autoencoder."""
     src, dst = ckpt.check_run_dir(src), Path(dst)
     kind, _, _ = ckpt.read_run_config(src)
     dst.mkdir(parents=True, exist_ok=True)
     names = [ckpt.CONFIG]
+    if (src / ckpt.AUTOENCODER).is_file():  # a latent base: its frozen autoencoder too
+        names.append(ckpt.AUTOENCODER)
     for component, (_, ema) in ckpt.KINDS[kind].items():
         name = ckpt.weight_file(component, ema is not None)
         if not (src / name).is_file():

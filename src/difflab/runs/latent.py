@@ -20,7 +20,7 @@ from ..pipelines.latent import LatentCodec
 from . import checkpoint as ckpt
 from .load import read_run
 
-AUTOENCODER_FILE = "autoencoder.safetensors"  # in a latent run: the frozen autoencoder (EMA)
+AUTOENCODER_FILE = ckpt.AUTOENCODER  # in a latent run: the frozen autoencoder (EMA)
 RUN_OWN = ("autoencoder", "latent_cache", "latent_scale")  # the latent run's own keys
 COPIED = tuple(f.name for f in fields(TrainConfig)
                if field_section(f.name) == "autoencoder" and f.name not in RUN_OWN)
