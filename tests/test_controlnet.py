@@ -416,3 +416,27 @@ def test_train_controlnet_on_a_dit_run(tmp_path, capsys):
     code, _, err = run(capsys, "sample", out, "--hint-from-data", "2", "--sampler", "dpm++",
                        "--steps", "3", "--out", tmp_path / "s.npy")
     assert code == 0, err
+
+
+def test_a_shapes_base_takes_mask_hints(tmp_path, capsys):
+    """The shapes scenes' silhouettes as hints: the mask of an RGB scene is where any colour is
+    lit, exactly the shapes' pixels; a ControlNet on a shapes base trains and samples from it."""
+    from difflab.data import shapes
+
+    data = shapes.shapes("test", size=32)
+    masks = hl.mask_hint(data.x[:8])  # (8, 1, 32, 32)
+    assert masks.shape == (8, 1, 32, 32)
+    lit = (data.x[:8] > -1 + 1e-6).any(dim=1, keepdim=True).float()
+    assert (masks <= lit).all() and masks.sum() > 0.5 * lit.sum()  # the shapes, not the black
+    cfg = TrainConfig.from_dict({**TINY_BASE, "dataset": "shapes", "image_size": 32,
+                                 "steps": 2, "n_eval": 4})
+    base = train(cfg, tmp_path / "base", progress=False, evaluate_after=False)
+    out = tmp_path / "cn"
+    code, _, err = run(capsys, "train-controlnet", base, "--hint", "mask", "--steps", "2",
+                       "--batch", "4", "--device", "cpu", "--out", out)
+    assert code == 0, err
+    assert "mask_iou" in json.loads((out / ckpt.METRICS).read_text())
+    code, _, err = run(capsys, "sample", out, "--hint-from-data", "2", "--steps", "2",
+                       "--out", tmp_path / "s.npy")
+    assert code == 0, err
+    assert np.load(tmp_path / "s.npy").shape == (2, 3, 32, 32)
