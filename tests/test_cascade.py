@@ -317,3 +317,32 @@ def test_eval_of_a_super_resolution_run_on_real_and_base_low_res(runs, capsys):
         assert isinstance(out[key], float), key
     assert main(["eval", str(base), "--base", str(base)]) == 2
     assert "super-resolution run only" in capsys.readouterr().err
+
+
+def test_a_dit_super_resolves_too(tmp_path):
+    """The DiT as a super-resolution stage: z upsampled and concatenated before the patch
+    embedding, s embedded like t; its default (no z) is untouched; a run trains and samples."""
+    from difflab.nn.dit import DiT, DiTConfig
+
+    kw = dict(in_channels=1, input_size=16, patch_size=2, depth=2, width=32, heads=2)
+    torch.manual_seed(0)
+    plain = DiT(DiTConfig(**kw))
+    assert plain.x_embedder.in_channels == 1 and not hasattr(plain, "aug_embedder")
+    sr = DiT(DiTConfig(**kw, low_res_channels=1, aug_embedding=True))
+    with torch.no_grad():
+        for p in sr.parameters():
+            p.normal_(0.0, 0.1)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([5, 50])
+    z = torch.randn(2, 1, 8, 8)
+    a = sr(x, t, low_res=z, aug_level=torch.tensor([0, 0]))
+    assert a.shape == x.shape
+    assert not torch.allclose(a, sr(x, t, low_res=z, aug_level=torch.tensor([100, 100])))
+    assert not torch.allclose(a, sr(x, t, low_res=-z, aug_level=torch.tensor([0, 0])))
+    torch.testing.assert_close(a, sr(x, t, low_res=z))  # s omitted = s = 0
+    with pytest.raises(ValueError, match="needs its low-resolution image"):
+        sr(x, t)
+    cfg = TrainConfig(image_size=32, sr_low_res=16, sr_augment="gaussian", sr_aug_max=50,
+                      model="dit", dit_size="T", patch_size=4, **{k: v for k, v in TINY.items()
+                                                                  if k not in ("model",)})
+    run_dir = train(cfg, tmp_path / "sr-dit", progress=False, evaluate_after=False)
+    assert (run_dir / "denoiser.ema.safetensors").is_file()

@@ -95,9 +95,10 @@ def unet_kwargs(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def super_resolution_kwargs(cfg: TrainConfig) -> dict[str, Any]:
-    """A super-resolution run's U-Net options (Ho et al. 2021; Saharia et al. 2022, §2.5): the
-    low-resolution image's channels, and the embedding of the augmentation level s for the
-    gaussian and truncated augmentations. {} for every other run, so its U-Net is unchanged."""
+    """A super-resolution run's U-Net (or DiT) options (Ho et al. 2021; Saharia et al. 2022,
+    §2.5): the low-resolution image's channels, and the embedding of the augmentation level s
+    for the gaussian and truncated augmentations. {} for every other run, so its network is
+    unchanged."""
     if not cfg.sr_low_res:
         return {}
     from .data import model_shape
@@ -127,7 +128,7 @@ def dit_kwargs(cfg: TrainConfig) -> dict[str, Any]:
         patch_size=cfg.patch_size, block=cfg.dit_block,
         num_classes=cfg.num_classes if cfg.cond == "class" else 0,
         context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
-        learn_sigma=cfg.variance == "learned")
+        learn_sigma=cfg.variance == "learned", **super_resolution_kwargs(cfg))
 
 
 def build_autoencoder(cfg: TrainConfig):

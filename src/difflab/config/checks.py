@@ -243,9 +243,9 @@ SR_AUGMENTS = ("none", "gaussian", "truncated", "blur")  # Ho et al. 2021, §3
 
 
 def _check_super_resolution(cfg: TrainConfig) -> None:
-    """A super-resolution run (``sr_low_res`` > 0): image data in pixel space, a U-Net trained as
-    a diffusion model, a low-resolution side that divides the image side by a power of 2, and
-    augmentation parameters in range (s in 0..T, 0 <= σ_min <= σ_max)."""
+    """A super-resolution run (``sr_low_res`` > 0): image data in pixel space, a U-Net or DiT
+    trained as a diffusion model, a low-resolution side that divides the image side by a power
+    of 2, and augmentation parameters in range (s in 0..T, 0 <= σ_min <= σ_max)."""
 
     def need(ok: bool, key: str, what: str) -> None:
         _need(cfg, ok, key, what)
@@ -266,7 +266,8 @@ def _check_super_resolution(cfg: TrainConfig) -> None:
     need(is_image(cfg.dataset), "sr_low_res", "needs image data")
     need(factor >= 2 and factor & (factor - 1) == 0, "sr_low_res",
          f"must be the image size {side} divided by a power of 2 (2, 4, …)")
-    need(model_kind(cfg) == "unet", "model", "must be unet (or auto) for a super-resolution run")
+    need(model_kind(cfg) in ("unet", "dit"), "model",
+         "must be unet (or auto) or dit for a super-resolution run")
     need(cfg.method == "diffusion", "method", "must be diffusion for a super-resolution run")
     need(not cfg.autoencoder, "autoencoder", "must be empty: super-resolution runs in pixel space")
     if cfg.sr_augment in ("gaussian", "truncated"):

@@ -49,7 +49,7 @@ from .dit_blocks import (
     sincos_2d,
     xavier_linears,
 )
-from .embedding import check_labels, timestep_embedding
+from .embedding import check_labels, timestep_embedding, with_low_res
 from .unet import masked_mean
 
 
@@ -89,6 +89,10 @@ class DiTConfig:
     pool_context: bool = True  # with context_dim: masked mean of the tokens added to c
     learn_sigma: bool = False  # output [ε, v_raw]: 2 × in_channels (Weng eq. 23)
     freq_dim: int = 256  # width of the sinusoidal t features fed to the t MLP
+    # super-resolution (Ho et al. 2021; Saharia et al. 2022): z (B, C_z, h, w) upsampled and
+    # concatenated to x_t before the patch embedding; the augmentation level s embedded like t
+    low_res_channels: int = 0
+    aug_embedding: bool = False
 
     def __post_init__(self) -> None:
         size = self.input_size
@@ -124,6 +128,8 @@ def _validate(cfg: DiTConfig) -> None:
     for key in ("in_channels", "patch_size", "depth", "width", "heads", "freq_dim"):
         if getattr(cfg, key) < 1:
             raise ValueError(f"DiT {key} must be >= 1, got {getattr(cfg, key)}")
+    if cfg.low_res_channels < 0:
+        raise ValueError(f"DiT low_res_channels must be >= 0, got {cfg.low_res_channels}")
     if cfg.block not in BLOCKS:
         raise ValueError(f"DiT block must be one of {', '.join(BLOCKS)}, got {cfg.block!r}")
     if cfg.width % cfg.heads or cfg.width % 4:
@@ -145,10 +151,14 @@ class DiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         D, p = cfg.width, cfg.patch_size
-        self.x_embedder = nn.Conv2d(cfg.in_channels, D, p, stride=p)  # patchify: (B, N, D)
+        # patchify [x_t (, up(z))]: (B, N, D)
+        self.x_embedder = nn.Conv2d(cfg.in_channels + cfg.low_res_channels, D, p, stride=p)
         self.register_buffer("pos_embed", sincos_2d(D, *self._grid(*cfg.input_size)),
                              persistent=False)  # (N, D), fixed: not trained, not saved
         self.t_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+        if cfg.aug_embedding:  # s of the noise-conditioning augmentation, like t (Imagen)
+            self.aug_embedder = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(),
+                                              nn.Linear(D, D))
         if cfg.num_classes:  # one row per class and a last one for the null label ∅
             self.y_embedder = nn.Embedding(cfg.num_classes + 1, D)
         if cfg.context_dim and cfg.pool_context:  # no bias: ∅ (mean 0) adds exactly 0
@@ -172,6 +182,9 @@ class DiT(nn.Module):
             nn.init.normal_(self.y_embedder.weight, std=0.02)
         nn.init.normal_(self.t_embedder[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder[2].weight, std=0.02)
+        if cfg.aug_embedding:
+            nn.init.normal_(self.aug_embedder[0].weight, std=0.02)
+            nn.init.normal_(self.aug_embedder[2].weight, std=0.02)
         if cfg.context_dim and cfg.pool_context:
             nn.init.zeros_(self.context_embedder.weight)
         for blk in self.blocks:
@@ -195,11 +208,21 @@ class DiT(nn.Module):
         y: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        aug_level: Tensor | None = None,
     ) -> DiTConditioning:
-        """c: the t embedding (B, D) (+ the pooled caption), the label embedding (B, D); their
-        sum and their stack as tokens (B, k, D); the caption tokens. None is ∅."""
+        """c: the t embedding (B, D) (+ the pooled caption, + the embedded augmentation level s
+        of a super-resolution network, None: s = 0), the label embedding (B, D); their sum and
+        their stack as tokens (B, k, D); the caption tokens. None is ∅."""
         cfg = self.config
         t_emb = self.t_embedder(timestep_embedding(t, cfg.freq_dim))  # (B, D)
+        if aug_level is not None and not cfg.aug_embedding:
+            raise ValueError("aug_level given to a network without aug_embedding")
+        if cfg.aug_embedding:
+            s = torch.zeros_like(t) if aug_level is None else aug_level
+            if s.shape != t.shape:
+                raise ValueError(f"expected aug_level of shape {tuple(t.shape)}, got "
+                                 f"{tuple(s.shape)}")
+            t_emb = t_emb + self.aug_embedder(timestep_embedding(s, cfg.freq_dim))  # (B, D)
         if y is not None and not cfg.num_classes:
             raise ValueError("y given to an unconditional network (num_classes = 0)")
         if context is None and context_mask is not None:
@@ -241,11 +264,14 @@ class DiT(nn.Module):
         y: Tensor | None = None,
         context: Tensor | None = None,
         context_mask: Tensor | None = None,
+        low_res: Tensor | None = None,
+        aug_level: Tensor | None = None,
     ) -> Tensor:
         self.check_input(x_t)
         H, W = x_t.shape[-2:]
-        c = self.condition(t, y, context, context_mask)
-        x = self.patchify(x_t)  # (B, N, D)
+        c = self.condition(t, y, context, context_mask, aug_level)
+        x_in = with_low_res(x_t, low_res, self.config.low_res_channels)  # (B, C + C_z, H, W)
+        x = self.patchify(x_in)  # (B, N, D)
         in_context = self.config.block == "in-context"
         if in_context:  # t and y as k extra tokens in front (no position)
             x = torch.cat([c.tokens.to(x.dtype), x], dim=1)  # (B, k + N, D)

@@ -61,3 +61,21 @@ def check_labels(y: Tensor | None, num_classes: int, t: Tensor) -> Tensor:
         )
     return y.long()
 
+
+
+def with_low_res(x_t: Tensor, low_res: Tensor | None, channels: int) -> Tensor:
+    """x_t (B, C, H, W), and for a super-resolution network (``channels`` = C_z > 0)
+    [x_t, up(z)] (B, C + C_z, H, W): z = ``low_res`` (B, C_z, h, w) upsampled bilinearly to
+    H × W (Ho et al. 2021, §2). One-line ValueErrors for a missing, unexpected or misshapen z."""
+    if not channels:
+        if low_res is not None:
+            raise ValueError("low_res given to a network without low_res_channels")
+        return x_t
+    if low_res is None:
+        raise ValueError("a super-resolution network needs its low-resolution image low_res")
+    if low_res.ndim != 4 or low_res.shape[:2] != (x_t.shape[0], channels):
+        raise ValueError(f"expected low_res ({x_t.shape[0]}, {channels}, h, w), got "
+                         f"{tuple(low_res.shape)}")
+    up = torch.nn.functional.interpolate(low_res.to(x_t.dtype), size=x_t.shape[-2:],
+                                         mode="bilinear", align_corners=False)
+    return torch.cat([x_t, up], dim=1)  # (B, C + C_z, H, W)

@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .embedding import TimestepEmbedding, check_labels
+from .embedding import TimestepEmbedding, check_labels, with_low_res
 from .unet_blocks import (
     SQRT_HALF,
     Conditioning,
@@ -337,19 +337,7 @@ class UNet(nn.Module):
     def with_low_res(self, x_t: Tensor, low_res: Tensor | None) -> Tensor:
         """x_t (B, C, H, W), and for a super-resolution network [x_t, up(z)] (B, C + C_z, H, W):
         z = ``low_res`` (B, C_z, h, w) upsampled bilinearly to H × W (Ho et al. 2021, §2)."""
-        cz = self.config.low_res_channels
-        if not cz:
-            if low_res is not None:
-                raise ValueError("low_res given to a network without low_res_channels")
-            return x_t
-        if low_res is None:
-            raise ValueError("a super-resolution network needs its low-resolution image low_res")
-        if low_res.ndim != 4 or low_res.shape[:2] != (x_t.shape[0], cz):
-            raise ValueError(f"expected low_res ({x_t.shape[0]}, {cz}, h, w), got "
-                             f"{tuple(low_res.shape)}")
-        up = torch.nn.functional.interpolate(low_res.to(x_t.dtype), size=x_t.shape[-2:],
-                                             mode="bilinear", align_corners=False)
-        return torch.cat([x_t, up], dim=1)  # (B, C + C_z, H, W)
+        return with_low_res(x_t, low_res, self.config.low_res_channels)
 
     # --- helpers --------------------------------------------------------------------------------
 
