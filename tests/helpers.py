@@ -13,3 +13,17 @@ def part_of(state: ckpt.TrainState, name: str) -> dict:
         return {k.split(".", 1)[1]: v for k, v in state.extra.items()
                 if k.startswith("tsampler.")}
     return getattr(state, name)
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``difflab ARGV`` in this process: (exit code, stdout, stderr)."""
+    from difflab.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_error_line(code: int, err: str) -> bool:
+    """The CLI's answer to a user's mistake: exit code 2 and one line ``difflab: error: …``."""
+    return code == 2 and err.count("\n") == 1 and err.startswith("difflab: error: ")

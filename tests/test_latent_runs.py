@@ -21,6 +21,8 @@ from difflab.runs.latent import AUTOENCODER_FILE, load_codec
 from difflab.runs.load import read_run_config
 from difflab.training import OBJECTIVES
 from difflab.training.backend import Backend
+from helpers import one_error_line
+from helpers import run_cli as run
 
 AE = ["--dataset", "digits", "--image-size", "16", "--ae-factor", "2", "--ae-channels", "8",
       "--ae-latent-channels", "2", "--steps", "10", "--batch", "16", "--warmup", "2",
@@ -29,16 +31,6 @@ LATENT = ["--steps", "6", "--batch", "16", "--model-channels", "8", "--num-res-b
           "--channel-mult", "1,2", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",
           "--eval-steps", "4", "--n-eval", "20", "--checkpoint-every", "3", "--no-progress",
           "--threads", "1"]
-
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_error_line(code: int, err: str) -> bool:
-    return code == 2 and err.count("\n") == 1 and err.startswith("difflab: error: ")
 
 
 @pytest.fixture(scope="module")
