@@ -27,24 +27,10 @@ import json
 from pathlib import Path
 
 import torch
+from latent_mnist import train_run  # the same helper: train a run unless it finished
 
 ROOT = Path(__file__).resolve().parent
 WEIGHTS = (0.0, 1.0, 2.0, 3.0, 5.0)
-
-
-def metrics_of(run_dir: Path) -> dict | None:
-    path = run_dir / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def train_run(cfg, run_dir: Path) -> dict:
-    from difflab.runs.train import train
-
-    done = metrics_of(run_dir)
-    if done is not None:
-        return done
-    train(cfg, run_dir, overwrite=True, progress=False)
-    return metrics_of(run_dir)
 
 
 def guided_eval(run_dir: Path, w: float, n: int, steps: int) -> dict:

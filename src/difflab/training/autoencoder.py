@@ -76,8 +76,9 @@ class AutoencoderTrainer(nn.Module):
         else:
             mean, logvar = ae.moments(enc)
             x_hat = ae.decoder(mean + torch.exp(0.5 * logvar) * noise)
-            reg = self.kl_weight * kl_standard_normal(mean, logvar).mean() / x[0].numel()
-            terms["kl"] = kl_standard_normal(mean.detach(), logvar.detach()).mean()
+            kl = kl_standard_normal(mean, logvar).mean()
+            reg = self.kl_weight * kl / x[0].numel()
+            terms["kl"] = kl.detach()
         diff = x - x_hat
         rec = diff.abs().mean() if self.rec_loss == "l1" else diff.pow(2).mean()
         terms["pixel"] = rec.detach()
@@ -120,7 +121,7 @@ class AutoencoderObjective(Objective):
             trainer.average = backend.mean
         self.latent_shape = trainer.ae.latent_shape(tuple(data.shape[1:]))
         self.counts: Tensor | None = None  # VQ: assignments of the current update
-        self.last: dict[str, float] = {}
+        self.last: dict[str, Tensor] = {}
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.net, "ema": self.ema}
@@ -141,7 +142,8 @@ class AutoencoderObjective(Objective):
         if "counts" in terms:
             c = terms["counts"].detach()
             self.counts = c if self.counts is None else self.counts + c
-        self.last = {k: float(v) for k, v in terms.items() if k not in ("loss", "counts")}
+        # detached tensors, read (one sync) only when metrics() asks: no sync in the step
+        self.last = {k: v.detach() for k, v in terms.items() if k not in ("loss", "counts")}
         return terms["loss"]
 
     def lr_at(self, step: int) -> float:
@@ -163,7 +165,7 @@ class AutoencoderObjective(Objective):
             self.counts = None
 
     def metrics(self) -> dict[str, float]:
-        return {f"last_{k}": v for k, v in self.last.items()}
+        return {f"last_{k}": float(v) for k, v in self.last.items()}
 
 
 def reconstruct(ae: Autoencoder, x: Tensor, noise: Tensor | None = None) -> Tensor:
