@@ -47,7 +47,8 @@ def configs(args):
 
     common = dict(dataset="mnist", model="unet", attention="", mid_attention=False, batch=32,
                   lr=2e-3, warmup=50, ema_decay=0.99, threads=1, checkpoint_every=100_000,
-                  eval_sampler="ddim", eval_steps=args.sample_steps, n_eval=args.n, seed=0)
+                  eval_sampler="ddim", eval_steps=args.sample_steps, n_eval=args.n, seed=0,
+                  prediction=args.prediction)
     base = TrainConfig(image_size=16, model_channels=32, channel_mult="1,2",
                        steps=args.base_steps, **common)
     srs = {aug: TrainConfig(image_size=32, model_channels=16, channel_mult="1,2",
@@ -99,6 +100,8 @@ def main() -> None:
     p.add_argument("--aug-max", type=int, default=250)
     p.add_argument("--aug-level", type=int, default=50)
     p.add_argument("--levels", default="0,25,50,100,200")
+    p.add_argument("--prediction", default="v", choices=("eps", "v", "x0"),
+                   help="what every stage's network predicts (v: Salimans & Ho 2022)")
     args = p.parse_args()
     if args.quick:
         args.n, args.base_steps, args.sr_steps, args.sample_steps = 20, 20, 20, 5
@@ -108,7 +111,7 @@ def main() -> None:
     from difflab.pipelines.cascade import cascade, downsample
     from difflab.runs.cascade import fd_evaluator, load_stage, psnr, super_resolve
 
-    work = Path(args.workdir)
+    work = Path(args.workdir) / args.prediction
     base_cfg, sr_cfgs, single_cfg = configs(args)
     seconds = {"base": train_timed(base_cfg, work / "base16")}
     for aug, cfg in sr_cfgs.items():
@@ -126,7 +129,7 @@ def main() -> None:
     fd32, fd16 = fd_evaluator("mnist", 32), fd_evaluator("mnist", 16)
     test = image_split(sr_cfgs["none"], "test").x[:n]  # (n, 1, 32, 32)
     z_real = downsample(test, 16)
-    out: dict = {"n": n, "train_seconds": seconds, "steps": {
+    out: dict = {"n": n, "prediction": args.prediction, "train_seconds": seconds, "steps": {
         "base": args.base_steps, "sr": args.sr_steps, "single32": single_steps},
         "sample_steps": args.sample_steps, "aug_max": args.aug_max,
         "fd_real_images": fd32.fd(test), "fd_real_images_16": fd16.fd(z_real)}
@@ -192,11 +195,12 @@ def main() -> None:
 
 
 def write(out: dict, args) -> None:
-    name = "cascade_mnist_quick" if args.quick else "cascade_mnist"
+    name = "cascade_mnist_quick" if args.quick else f"cascade_mnist_{out['prediction']}"
     (ROOT / "results").mkdir(exist_ok=True)
     (ROOT / "results" / f"{name}.json").write_text(json.dumps(out, indent=2) + "\n")
     f = lambda v: f"{v:.1f}"  # noqa: E731
     lines = [f"# Cascaded diffusion on MNIST (16 → 32), n = {out['n']}", "",
+             f"Every network predicts {out['prediction']}. "
              f"Steps: base {out['steps']['base']}, each SR run {out['steps']['sr']}, single "
              f"32×32 model {out['steps']['single32']} (batch 32, one thread); DDIM "
              f"{out['sample_steps']} steps a stage, static thresholding. FD of {out['n']} real "

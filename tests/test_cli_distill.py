@@ -196,7 +196,8 @@ def test_train_consistency_training(tmp_path, capsys):
            [*argv[:-1], tmp_path / "c", "--variance", "learned", "--loss", "hybrid"],
            ["train", *TINY, "--method", "progressive", "--out", tmp_path / "d"],
            ["train", *TINY, "--method", "consistency-distillation", "--out", tmp_path / "e"],
-           ["train", *TINY, "--prediction", "v", "--out", tmp_path / "f"]]
+           ["train", *TINY, "--prediction", "v", "--variance", "learned", "--loss", "hybrid",
+            "--out", tmp_path / "f"]]
     for case in bad:
         code, _, err = run(capsys, *case)
         assert code == 2 and err.startswith("difflab: error: ") and err.count("\n") == 1, case

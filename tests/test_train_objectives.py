@@ -202,3 +202,24 @@ def test_resuming_an_importance_run_without_its_sampler_state_fails_clearly(tmp_
     ckpt.save_checkpoint(run, state)
     with pytest.raises(ckpt.CheckpointError, match="importance sampler"):
         train(cfg, run, resume=True, progress=False)
+
+
+# --- v- and x0-prediction (Salimans & Ho 2022) ---
+@pytest.mark.parametrize("prediction", ["v", "x0"])
+def test_v_and_x0_prediction_runs_are_sampled_through_their_eps_wrapper(tmp_path, prediction):
+    """A diffusion run with ``prediction`` v or x0 is sampled (by load_run and by its own
+    evaluation, both through runs.load.sampling_model) as the ε-model ε̂ = √(1−ᾱ) x_t + √ᾱ v̂
+    (v) or (x_t − √ᾱ x̂_0)/√(1−ᾱ) (x0) of its network, not as if its output were ε̂."""
+    from difflab.parameterization import eps_from_v, eps_from_x0
+
+    cfg = tiny(prediction=prediction, steps=20)
+    run = train(cfg, tmp_path / "run", progress=False, evaluate_after=False)
+    cfg2, model, _ = load_run(run)
+    assert cfg2.prediction == prediction
+    net = build_model(cfg2)
+    net.load_state_dict(ckpt.load_weights(run, "ema"))
+    x, t = torch.randn(64, 2), torch.randint(1, 1001, (64,))
+    ab = schedules.linear(1000).alpha_bar_at(t)[:, None].float()
+    convert = eps_from_v if prediction == "v" else eps_from_x0
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t), convert(x, net(x, t), ab), rtol=1e-5, atol=1e-5)

@@ -315,9 +315,11 @@ def _check_method(cfg: TrainConfig) -> None:
     if cfg.ct_init_from and cfg.method != "consistency-training":
         raise ConfigError("config key 'ct_init_from' needs config key 'method' = "
                           "'consistency-training'")
-    if cfg.prediction != "eps" and not (progressive or v_consistency):
+    trained = cfg.method == "diffusion" and cfg.loss == "simple" and cfg.variance != "learned"
+    if cfg.prediction != "eps" and not (progressive or v_consistency or trained):
         raise ConfigError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
-                          "'method' = 'progressive' (only distilled students predict x0 or v)")
+                          "'method' = 'diffusion' with loss 'simple' and a fixed variance (or "
+                          "a distilled student); use prediction 'eps' otherwise")
     if progressive and not 1 <= cfg.distilled_steps <= cfg.T // 2:
         raise ConfigError(f"config key 'distilled_steps' must lie in 1..T/2 for a progressive "
                           f"student, got {cfg.distilled_steps!r}")

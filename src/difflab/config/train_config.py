@@ -156,7 +156,9 @@ class TrainConfig:
                                           "consistency model, sampled with --sampler "
                                           "consistency), or autoencoder (the first stage of "
                                           "latent diffusion; difflab train-autoencoder)")
-    prediction: str = _objective("eps", "what the network outputs: eps (x0 and v: students of "
+    prediction: str = _objective("eps", "what the network outputs and regresses: eps, v "
+                                        "(Salimans & Ho 2022) or x0; v and x0 need loss simple "
+                                        "and a fixed variance (also set on students of "
                                         "'difflab distill')")
     distilled_steps: int = _objective(0, "set by 'difflab distill' (the steps a progressive "
                                          "student takes)")

@@ -66,14 +66,16 @@ def _student(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
 
 
 # how each kind of run's network is presented to the samplers (absent: as it is, an ε-model)
-SAMPLING_MODELS = {"progressive": _student, "consistency-training": consistency_model,
+SAMPLING_MODELS = {"diffusion": _student, "progressive": _student,
+                   "consistency-training": consistency_model,
                    "consistency-distillation": consistency_model}
 
 
 def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
-    """The model the samplers see for the network of ``cfg``'s run: x0/v students as ε-models
-    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), others as they are
-    (:data:`SAMPLING_MODELS`)."""
+    """The model the samplers see for the network of ``cfg``'s run: x0/v networks (diffusion
+    runs trained with ``prediction`` v or x0, progressive students) as ε-models
+    (``Prediction.as_eps``), consistency networks F_θ as f_θ (Weng eq. 30), ε-networks as they
+    are (:data:`SAMPLING_MODELS`)."""
     wrap = SAMPLING_MODELS.get(cfg.method)
     return wrap(cfg, net, schedule) if wrap is not None else net
 

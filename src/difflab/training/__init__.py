@@ -51,7 +51,7 @@ def diffusion_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, cond
     kwargs = dict(batch=cfg.batch, lr=lr, ema_decay=cfg.ema_decay, conds=conds,
                   p_uncond=cfg.p_uncond, loss=cfg.loss, hybrid_lambda=cfg.hybrid_lambda,
                   t_sampler=t_sampler, levels=data_levels(cfg), weight_decay=cfg.weight_decay,
-                  grad_clip=cfg.grad_clip, backend=backend)
+                  grad_clip=cfg.grad_clip, backend=backend, prediction=cfg.prediction)
     if cfg.sr_low_res:  # a cascade's super-resolution stage, p_θ(x | z) (Ho et al. 2021)
         from .super_resolution import SuperResolutionObjective
 

@@ -60,7 +60,8 @@ class _SharedSampler:
 
 class DiffusionObjective(Objective):
     """ε-prediction training of ``net`` on ``data`` (N, …) with conditions ``conds``
-    (:class:`difflab.build.conditioning.TrainConditions` or None).
+    (:class:`difflab.build.conditioning.TrainConditions` or None); with ``prediction`` "v" or
+    "x0" the network regresses v or x_0 instead (:func:`~difflab.losses.l_simple`).
 
     ``loss``: "simple" or "hybrid" (with ``hybrid_lambda`` and ``levels``, K of K-level image
     data for the bound's L_0, None for continuous data); ``t_sampler``: an
@@ -72,7 +73,7 @@ class DiffusionObjective(Objective):
                  loss: str = "simple", hybrid_lambda: float = 0.001,
                  t_sampler: ImportanceSampler | None = None, levels: int | None = None,
                  weight_decay: float = 0.0, grad_clip: float = 1.0,
-                 backend: Backend | None = None):
+                 backend: Backend | None = None, prediction: str = "eps"):
         self.net, self.schedule, self.data, self.batch = net, schedule, data, batch
         self.ema = copy.deepcopy(net).requires_grad_(False)
         self.schedule_lr, self.lr, self.ema_decay = lr, lr.lr, ema_decay
@@ -84,6 +85,10 @@ class DiffusionObjective(Objective):
         self.sample_shape = tuple(data.shape[1:])  # of x_0 and ε (a latent run: the latents')
         if loss not in ("simple", "hybrid"):
             raise ValueError(f"loss must be simple or hybrid, got {loss!r}")
+        if prediction not in ("eps", "v", "x0") or (prediction != "eps" and loss != "simple"):
+            raise ValueError(f"prediction must be eps, or v / x0 with loss simple, got "
+                             f"{prediction!r} with loss {loss!r}")
+        self.prediction = prediction
 
     def modules(self) -> dict[str, nn.Module]:
         return {"model": self.net, "ema": self.ema}
@@ -111,7 +116,8 @@ class DiffusionObjective(Objective):
                 sampler = _SharedSampler(sampler, self.backend)
             return l_hybrid(model, self.schedule, x0, self.hybrid_lambda, t=t, noise=noise,
                             sampler=sampler, levels=self.levels, **cond)
-        return l_simple(model, self.schedule, x0, t=t, noise=noise, **cond)
+        return l_simple(model, self.schedule, x0, t=t, noise=noise, prediction=self.prediction,
+                        **cond)
 
     def lr_at(self, step: int) -> float:
         return self.schedule_lr(step)
