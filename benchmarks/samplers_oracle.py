@@ -18,8 +18,9 @@ Both have a floor (what a true sample scores), printed beside them; "× DDPM" di
 DDPM-1000's (ancestral, β̃, every step) score from the same x_T.
 
 Samplers (one evaluation per step: steps = NFE): DDIM (η = 0, its default linspace grid),
-DPM-Solver++ (order 2, 3 × grid trailing, logsnr, karras) and UniPC (order 2, 3 × bh2 × the same
-grids, and bh1 on logsnr); see :func:`configs`. The default
+DPM-Solver++ (order 2, 3 × grid trailing, logsnr, karras), UniPC (order 2, 3 × bh2 × the same
+grids, and bh1 on logsnr) and SDE-DPM-Solver++ 2M (trailing, logsnr, auto; noise seeded the same
+in every cell); see :func:`configs`. The default
 of each sampler is the configuration with the lowest geometric mean of its error ÷ DDIM's at the
 same NFE over the tuning targets, both schedules, both metrics and NFE 5, 10, 20 (per schedule
 when the two schedules disagree); the held-out targets are then scored with that default only.
@@ -137,6 +138,9 @@ def configs(schedule_name: str) -> dict[str, tuple]:
             [(2, "bh1", "logsnr"), (3, "bh1", "logsnr")]:
         out[f"unipc {order} {variant} {spacing}"] = (
             samplers.unipc, {"order": order, "variant": variant, "spacing": spacing})
+    for spacing in ("trailing", "logsnr", "auto"):  # stochastic: seeded afresh in each cell
+        out[f"dpm++sde 2M {spacing}"] = (samplers.dpm_solver_pp_sde,
+                                         {"order": 2, "spacing": spacing, "seed": 4})
     return out
 
 
@@ -180,7 +184,10 @@ def run(n: int, quick: bool, reuse: dict | None = None) -> dict:
                     if key in old:
                         cells[key] = old[key]
                         continue
-                    x = fn(model, sched, x_T, nfe, **kw)
+                    args = dict(kw)
+                    if "seed" in args:
+                        args["generator"] = torch.Generator().manual_seed(args.pop("seed"))
+                    x = fn(model, sched, x_T, nfe, **args)
                     cells[key] = score_cell(mix, x, truth)
             per_sched[sname] = cells
             print(f"{tname:12s} {sname:6s} {time.perf_counter() - t0:6.1f}s  ddpm-1000 "

@@ -176,8 +176,8 @@ def test_folder_run_without_a_terminal_lists_skipped_files_and_reports_progress(
 # --- 6: the spacing actually used ---------------------------------------------------------------
 def test_spacing_used_is_the_samplers_own_default():
     own = {"ddpm": "linspace", "ddim": "linspace", "euler": "linspace", "heun": "linspace",
-           "langevin": "geometric", "dpm++": "auto", "unipc": "auto", "edm-heun": "karras",
-           "consistency": None}
+           "langevin": "geometric", "dpm++": "auto", "dpm++sde": "auto", "unipc": "auto",
+           "edm-heun": "karras", "consistency": None}
     assert {s: spacing_used(s) for s in SAMPLERS} == own
     assert spacing_used("ddim", "trailing") == "trailing"
 

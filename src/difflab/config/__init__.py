@@ -69,5 +69,5 @@ def spacing_for(cfg: TrainConfig, sampler: str, spacing: str | None = None) -> s
     if choice != "auto":
         return choice
     # dpm++ clips the cosine tail itself (lambda_min) and edm-heun caps σ at 80 on a Karras grid
-    own = ("langevin", "dpm++", "unipc", "edm-heun")
+    own = ("langevin", "dpm++", "dpm++sde", "unipc", "edm-heun")
     return "leading" if cfg.schedule == "cosine" and sampler not in own else None

@@ -143,9 +143,9 @@ def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
                       spacing: str | None = None) -> Tensor:
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
-    grid (dpm++ and unipc: "auto" and the λ clip; edm-heun: the Karras σ's) unless
+    grid (dpm++, dpm++sde and unipc: "auto" and the λ clip; edm-heun: the Karras σ's) unless
     ``spacing``."""
-    if sampler in ("dpm++", "unipc"):
+    if sampler in ("dpm++", "dpm++sde", "unipc"):
         from ..samplers.dpm_solver import dpm_timesteps
 
         return dpm_timesteps(schedule, steps, spacing or "auto")

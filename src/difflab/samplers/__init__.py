@@ -9,6 +9,7 @@ from .ancestral import ddpm
 from .consistency import consistency
 from .ddim import ddim, ddim_invert, slerp
 from .dpm_solver import dpm_solver_pp
+from .dpm_solver_sde import dpm_solver_pp_sde
 from .edm import edm_heun, karras_sigmas
 from .langevin import langevin
 from .ode import euler, heun
@@ -16,9 +17,10 @@ from .timesteps import SPACINGS, timesteps
 from .unipc import unipc
 
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "langevin": langevin, "euler": euler, "heun": heun,
-            "dpm++": dpm_solver_pp, "unipc": unipc, "edm-heun": edm_heun,
+            "dpm++": dpm_solver_pp, "dpm++sde": dpm_solver_pp_sde, "unipc": unipc,
+            "edm-heun": edm_heun,
             "consistency": consistency}  # for consistency models only (difflab.distill)
 
 __all__ = ["SAMPLERS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
-           "dpm_solver_pp", "edm_heun", "euler", "heun", "karras_sigmas", "langevin", "slerp",
-           "timesteps", "unipc"]
+           "dpm_solver_pp", "dpm_solver_pp_sde", "edm_heun", "euler", "heun", "karras_sigmas",
+           "langevin", "slerp", "timesteps", "unipc"]
