@@ -20,7 +20,7 @@ from difflab.cli import main
 from difflab.cli.common import SKIPPED_FILES, one_line_warning
 from difflab.nn import text_encoder
 from difflab.runs import checkpoint as ckpt
-from difflab.runs.draw import spacing_used
+from difflab.runs.draw import grid_used, spacing_used
 from difflab.samplers import SAMPLERS
 from difflab.training import loop
 
@@ -192,7 +192,12 @@ def test_metrics_and_eval_record_the_spacing(run_2d, capsys):
     assert metrics["spacing"] == (chosen or spacing_used(cfg.eval_sampler)) is not None
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "dpm++", "--steps", "5", "-n", "200",
                        "--no-progress")
-    assert code == 0 and json.loads(out)["spacing"] == "auto"  # trailing below 10 steps
+    assert code == 0 and json.loads(out)["spacing"] == "auto"
+    assert json.loads(out)["grid"] == "trailing"  # what "auto" is below 10 steps
+    code, out, _ = run(capsys, "eval", run_2d, "--sampler", "dpm++", "--steps", "10", "-n", "200",
+                       "--no-progress")
+    assert code == 0 and json.loads(out)["grid"] == "logsnr"
+    assert metrics["grid"] == grid_used(cfg.eval_sampler, cfg.eval_steps, chosen)
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "ddim", "--steps", "5",
                        "--spacing", "linspace", "-n", "200", "--no-progress")
     assert code == 0 and json.loads(out)["spacing"] == "linspace"

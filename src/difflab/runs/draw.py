@@ -140,6 +140,18 @@ def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
     return param.default
 
 
+def grid_used(sampler: str, steps: int, spacing: str | None = None) -> str | None:
+    """The grid behind :func:`spacing_used` at ``steps``: "auto" resolved to what it stands
+    for at that many steps (dpm++, dpm++sde, unipc: "trailing" below 10, "logsnr" from 10 on),
+    any other spacing as it is. What metrics record as ``grid``, beside ``spacing``."""
+    used = spacing_used(sampler, spacing)
+    if used == "auto" and sampler in ("dpm++", "dpm++sde", "unipc"):
+        from ..samplers.dpm_solver import auto_spacing
+
+        return auto_spacing(steps)
+    return used
+
+
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
                       spacing: str | None = None) -> Tensor:
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own

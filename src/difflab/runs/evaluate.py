@@ -23,7 +23,7 @@ from ..data.shapes_eval import prompt_accuracy
 from ..metrics import swd, swd_floor
 from ..schedules import Schedule
 from . import checkpoint as ckpt
-from .draw import Frames, draw, spacing_used
+from .draw import Frames, draw, grid_used, spacing_used
 
 # --- evaluation ---
 # The SWD of two independent 10,000-point swiss rolls ranges over 0.010-0.025 between seeds
@@ -59,7 +59,8 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
     value = swd(x0, held_out)
     floor = swd_floor(lambda m, s: toy2d.sample(dataset, m, s), n, repeats=FLOOR_REPEATS)
     metrics = {"swd": value, "swd_floor": floor, "swd_ratio": value / floor, "sampler": sampler,
-               "steps": steps, "eta": eta, "spacing": spacing_used(sampler, spacing), "n_eval": n,
+               "steps": steps, "eta": eta, "spacing": spacing_used(sampler, spacing),
+               "grid": grid_used(sampler, steps, spacing), "n_eval": n,
                "sample_seed": seed, "sample_seconds": seconds}
     return Evaluation(metrics, x0, held_out, snapshots)
 
@@ -92,7 +93,8 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta,
-               "spacing": spacing_used(sampler, spacing), "n_eval": n, "sample_seed": seed,
+               "spacing": spacing_used(sampler, spacing),
+               "grid": grid_used(sampler, steps, spacing), "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     if cfg.dataset in DEFAULT_SIZE:  # a committed classifier exists (not for folders)
         from .cascade import fd_evaluator  # MNIST 16 (a cascade's base): through the 32's
