@@ -61,7 +61,7 @@ class DiffusersModel(nn.Module):
             out, v_raw = out.chunk(2, dim=1)
             v = (v_raw + 1) / 2
         if self.prediction != "eps":
-            ab = Schedule.broadcast(self.schedule.alpha_bar_at(t), x_t).to(x_t.dtype)
+            ab = Schedule.broadcast(self.schedule.alpha_bar_at(t.cpu()), x_t)  # (B, 1, 1, 1)
             out = (eps_from_v if self.prediction == "v" else eps_from_x0)(x_t, out, ab)
         return out if v is None else (out, v)
 
