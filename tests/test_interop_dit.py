@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from interop_helpers import make_run, randomise
 
 import difflab
 from difflab.config import TrainConfig
@@ -14,6 +13,7 @@ from difflab.guidance import Bound
 from difflab.interop.dit_map import check_dit, dit_transformer
 from difflab.nn.dit import DiT, DiTConfig
 from difflab.nn.embedding import diffusers_timestep_embedding
+from interop_helpers import make_run, randomise
 
 TINY = dict(in_channels=2, input_size=8, depth=2, width=32, heads=4, time_features="diffusers")
 

@@ -11,13 +11,13 @@ import sys
 
 import pytest
 import torch
-from helpers import one_error_line, run_cli
-from interop_helpers import make_run, randomise
 
 import difflab
 from difflab.errors import InteropError
 from difflab.guidance import Bound, ClassifierFree
 from difflab.likelihood import ode_bpd
+from helpers import one_error_line, run_cli
+from interop_helpers import make_run, randomise
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from interop_helpers import randomise
 
 from difflab import schedules
 from difflab.build.model import build_model
@@ -19,6 +18,7 @@ from difflab.interop.schedule_map import (
 )
 from difflab.interop.unet_map import check_unet, unet2d_config, unet2d_state_dict, unet_problems
 from difflab.nn.unet import UNet, UNetConfig
+from interop_helpers import randomise
 
 SMALL = dict(in_channels=1, model_channels=16, channel_mult=(1, 2), num_res_blocks=1,
              attention_resolutions=(), groups=8)
