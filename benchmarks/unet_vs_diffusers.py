@@ -25,7 +25,8 @@ diffusers is installed for this script only, into its own virtual environment (d
 ``~/.cache/difflab-bench/diffusers-venv``; made on first use, about a minute), with the very
 torch that difflab's environment has, pinned by a constraints file so that pip can never replace
 it (a bare ``torch`` requirement pulls a multi-GB CUDA build), whether or not difflab's
-environment has diffusers (its dev extra does, for the interop tests). Where ``torch==<this version>`` is not on the package index, pass e.g.
+environment has diffusers (its dev extra does, for the interop tests). Where
+``torch==<this version>`` is not on the package index, pass e.g.
 ``--pip-args="--extra-index-url https://download.pytorch.org/whl/cpu"``, or
 ``--diffusers-python`` an interpreter that has both (its torch must be this version).
 
