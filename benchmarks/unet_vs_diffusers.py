@@ -21,7 +21,7 @@ Then, for both models, it reports
   every process, the best of all);
 - **the ratio diffusers / difflab** of ms per step: above 1 means difflab is faster.
 
-diffusers is installed for this script only, into its own virtual environment (default
+diffusers is installed for this script into its own virtual environment (default
 ``~/.cache/difflab-bench/diffusers-venv``; made on first use, about a minute), with the very
 torch that difflab's environment has, pinned by a constraints file so that pip can never replace
 it (a bare ``torch`` requirement pulls a multi-GB CUDA build), whether or not difflab's
