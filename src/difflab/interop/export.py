@@ -50,7 +50,9 @@ def check_run(kind: str, cfg: TrainConfig, run_dir: str | Path) -> str:
                "consistency-distillation": "a consistency model f_θ(x, σ) (Weng eq. 30), which "
                "diffusers' UNet2DModel with a DDPM/DDIM scheduler does not describe",
                "controlnet": "a ControlNet over a difflab base (diffusers' ControlNetModel "
-               "belongs to its text-conditioned U-Net)"}.get(kind, "not a diffusion model")
+               "belongs to its text-conditioned U-Net)",
+               "progressive-distillation": "the job directory of a distillation; its rounds' "
+               "students are in its steps-<N> directories"}.get(kind, "not a diffusion model")
         raise InteropError(f"{run_dir} is a {kind} run: {why}; export a diffusion run or a "
                            "progressive student")
     if cfg.autoencoder:
