@@ -61,6 +61,28 @@ def test_ddim_pipeline_on_the_export_draws_difflab_ddim_samples(tmp_path, capsys
         assert torch.allclose(unet(x, t - 1).sample, model(x, t), atol=1e-5, rtol=0)
 
 
+def test_sinusoid_export_samples_with_fractional_timestep_schedulers(tmp_path, capsys):
+    run, out = tmp_path / "run", tmp_path / "export"
+    make_run(run)
+    code, _, err = run_cli(capsys, "export", run, out, "--time-embedding", "sinusoid")
+    assert code == 0, err
+    theirs = pipeline_images(diffusers.DDIMPipeline.from_pretrained(out), 4, 3, 10)
+    _, model, schedule = difflab.load_run(run)
+    x_T = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    ours = difflab.samplers.ddim(model, schedule, x_T, steps=10, spacing="leading")
+    check_same_images(theirs, as_images(ours))
+    unet = diffusers.UNet2DModel.from_pretrained(out, subfolder="unet")
+    euler = diffusers.EulerDiscreteScheduler.from_pretrained(out, subfolder="scheduler",
+                                                             use_karras_sigmas=True)
+    euler.set_timesteps(5)
+    assert not torch.equal(euler.timesteps, euler.timesteps.round())  # fractional timesteps
+    x = x_T * euler.init_noise_sigma
+    with torch.no_grad():
+        for t in euler.timesteps:
+            x = euler.step(unet(euler.scale_model_input(x, t), t).sample, t, x).prev_sample
+    assert torch.isfinite(x).all()
+
+
 def test_ddpm_pipeline_reproduces_a_learned_variance_run(tmp_path):
     run, out = tmp_path / "run", tmp_path / "export"
     make_run(run, variance="learned", loss="hybrid", T=20)

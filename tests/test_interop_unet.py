@@ -56,6 +56,32 @@ def test_exported_unet_is_the_same_function(layout):
     assert torch.allclose(ours, theirs, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("layout", [k for k, v in LAYOUTS.items()
+                                    if v.get("channel_mult", (1,))[0] == 1])
+def test_sinusoid_time_embedding_is_the_same_function_to_float_rounding(layout):
+    diffusers = pytest.importorskip("diffusers")
+    cfg = UNetConfig(**{**SMALL, **LAYOUTS[layout]})
+    net = randomise(UNet(cfg), scale=0.2).eval()
+    config = unet2d_config(cfg, 1000, 8, time_embedding="sinusoid")
+    assert config["time_embedding_type"] == "positional"  # diffusers' own sin/cos of t'
+    twin = diffusers.UNet2DModel(**config).eval()
+    twin.load_state_dict(unet2d_state_dict(net, 1000, time_embedding="sinusoid"), strict=True)
+    x = torch.randn(6, cfg.in_channels, 8, 8, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([1, 2, 300, 777, 999, 1000])
+    y = torch.tensor([0, 1, 2, 3, 0, 3]) if cfg.num_classes else None
+    with torch.no_grad():
+        ours, theirs = net(x, t, y=y), twin(x, t - 1, class_labels=y).sample
+    # exact in real numbers (a rotation of the features); float32 rounds t·ω and (t−1)·ω apart
+    assert torch.allclose(ours, theirs, atol=3e-5, rtol=0) and ours.abs().mean() > 0.1
+
+
+def test_sinusoid_time_embedding_needs_a_first_level_of_model_channels():
+    cfg = UNetConfig(**{**SMALL, **LAYOUTS["one-head-biggan-updown-wide-stem"]})
+    with pytest.raises(InteropError, match="channel_mult"):
+        unet2d_config(cfg, 100, 8, time_embedding="sinusoid")
+    assert unet2d_config(cfg, 100, 8)["time_embedding_type"] == "learned"  # the table works
+
+
 @pytest.mark.parametrize("preset", ["digits", "mnist", "digits-cond"])
 def test_preset_unets_are_exportable(preset):
     assert unet_problems(build_model(load_config(preset)).config) == []

@@ -81,13 +81,13 @@ def load_diffusers(path, device: str | None = None):
     return load(path, resolve_device(device) if device is not None else None)
 
 
-def export_diffusers(run_dir, out_dir, which: str = "ema"):
+def export_diffusers(run_dir, out_dir, which: str = "ema", time_embedding: str = "table"):
     """Write a run's network and schedule as a diffusers folder that
     ``DDPMPipeline.from_pretrained(out_dir)`` loads (``difflab export RUN --format diffusers
     OUT_DIR``; see :mod:`difflab.interop.export`). Returns the folder's path."""
     from .interop.export import export_diffusers as export
 
-    return export(run_dir, out_dir, which)
+    return export(run_dir, out_dir, which, time_embedding)
 
 
 __all__ = ["build_model", "data", "distill", "export_diffusers", "guidance", "likelihood",

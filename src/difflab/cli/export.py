@@ -28,6 +28,13 @@ def add_parser(sub) -> None:
                    help="the target library's format (default and only: diffusers)")
     p.add_argument("--weights", choices=("ema", "model"), default="ema",
                    help="the EMA weights (default, what 'difflab sample' uses) or the raw ones")
+    p.add_argument("--time-embedding", choices=("table", "sinusoid"), default="table",
+                   help="how a U-Net's time embedding travels (diffusers counts steps from 0, "
+                   "difflab from 1): table (default) holds difflab's features of every t, exact "
+                   "to the bit, integer timesteps only (DDPM, DDIM, PNDM, DPM-Solver, UniPC); "
+                   "sinusoid keeps diffusers' own features with the shift folded into the "
+                   "first time layer, for any timestep (also Euler and Karras schedulers), "
+                   "equal to float32 rounding (about 1e-5); needs channel_mult starting at 1")
     p.set_defaults(run_command=run)
 
 
@@ -35,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from ..interop.export import export_diffusers
 
     with writing(args.out, "OUT_DIR"):
-        out = export_diffusers(args.run, args.out, which=args.weights)
+        out = export_diffusers(args.run, args.out, which=args.weights,
+                               time_embedding=args.time_embedding)
     print(f"wrote {out} (diffusers: DDPMPipeline / DDIMPipeline.from_pretrained('{out}'))"
           if (out / "model_index.json").is_file() else
           f"wrote {out} (diffusers: DiTTransformer2DModel.from_pretrained('{out}', "

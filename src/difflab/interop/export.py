@@ -36,7 +36,7 @@ from ..parameterization import LearnedVariance
 from ..runs.load import load_network, read_run
 from .requirement import require_diffusers
 from .schedule_map import scheduler_kwargs
-from .unet_map import unet2d_config, unet2d_state_dict
+from .unet_map import TIME_EMBEDDINGS, unet2d_config, unet2d_state_dict
 
 FORMATS = ("diffusers",)
 EXPORTABLE_KINDS = ("diffusion", "progressive")
@@ -65,11 +65,17 @@ def check_run(kind: str, cfg: TrainConfig, run_dir: str | Path) -> str:
     return net
 
 
-def export_diffusers(run_dir: str | Path, out_dir: str | Path, which: str = "ema") -> Path:
+def export_diffusers(run_dir: str | Path, out_dir: str | Path, which: str = "ema",
+                     time_embedding: str = "table") -> Path:
     """Write the run's network (EMA weights, or ``which="model"``: the raw ones) and schedule
-    as a diffusers folder ``out_dir``, which must not exist yet (or be empty). Returns it."""
+    as a diffusers folder ``out_dir``, which must not exist yet (or be empty). Returns it.
+    ``time_embedding`` (U-Nets): "table", exact, integer timesteps; or "sinusoid", any
+    timestep, equal to float32 rounding (:mod:`difflab.interop.unet_map`)."""
     kind, cfg, _ = read_run(run_dir)
     net_kind = check_run(kind, cfg, run_dir)
+    if time_embedding not in TIME_EMBEDDINGS:
+        raise InteropError(f"time_embedding must be one of {', '.join(TIME_EMBEDDINGS)}, got "
+                           f"{time_embedding!r}")
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise InteropError(f"{out} exists and is not an empty directory; choose a new one")
@@ -88,9 +94,10 @@ def export_diffusers(run_dir: str | Path, out_dir: str | Path, which: str = "ema
     try:
         if net_kind == "unet":
             _, H, W = model_shape(cfg)
-            unet = diffusers.UNet2DModel(**unet2d_config(net.config, schedule.T,
-                                                         H if H == W else (H, W)))
-            unet.load_state_dict(unet2d_state_dict(net, schedule.T), strict=True)
+            unet = diffusers.UNet2DModel(**unet2d_config(
+                net.config, schedule.T, H if H == W else (H, W), time_embedding))
+            unet.load_state_dict(unet2d_state_dict(net, schedule.T, time_embedding),
+                                 strict=True)
             diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(tmp)
         else:
             from .dit_map import dit_transformer

@@ -24,7 +24,12 @@ tests/test_interop_unet.py to 1e-5 on random weights and inputs):
   t' + 1, computed by the same function, so the embedding is the same to the bit (and the table's
   width may exceed difflab's ``model_channels``; extra columns are zero). The price: diffusers
   then takes integer timesteps only (DDPM, DDIM, PNDM, DPM-Solver; not the Euler/Karras
-  schedulers, which pass fractional ones).
+  schedulers, which pass fractional ones). ``time_embedding="sinusoid"`` keeps diffusers'
+  sinusoidal features of t' instead (any real timestep) and absorbs the shift into the first
+  layer of the time MLP: [sin((t'+1)ω), cos((t'+1)ω)] is a rotation R(ω) of
+  [sin(t'ω), cos(t'ω)], so W·f(t'+1) = (W·R)·f(t'). That is exact in real numbers; in float32
+  the two sides round t·ω and t'·ω differently (≈ 1e-5 in the output at t ≈ T), and it needs
+  ``channel_mult[0] = 1`` (diffusers computes as many features as the first level's width).
 
 No equivalent in ``UNet2DModel`` (refused with the reason): text cross-attention
 (``context_dim``), super-resolution inputs (``low_res_channels``, ``aug_embedding``), Imagen's
@@ -45,6 +50,7 @@ from ..nn.embedding import timestep_embedding
 from ..nn.unet import UNet, UNetConfig
 from ..nn.unet_blocks import Downsample, ResBlock, SelfAttention, Stage, Upsample
 
+TIME_EMBEDDINGS = ("table", "sinusoid")
 RES_NAMES = {"norm1": "norm1", "conv1": "conv1", "emb_proj": "time_emb_proj", "norm2": "norm2",
              "conv2": "conv2", "skip": "conv_shortcut"}  # difflab ResBlock → ResnetBlock2D
 
@@ -119,17 +125,33 @@ def block_types(cfg: UNetConfig) -> tuple[list[str], list[str]]:
     return down, up[::-1]
 
 
-def unet2d_config(cfg: UNetConfig, T: int, sample_size: int | tuple[int, int]) -> dict[str, Any]:
+def check_time_embedding(cfg: UNetConfig, time_embedding: str) -> None:
+    if time_embedding not in TIME_EMBEDDINGS:
+        raise InteropError(f"time_embedding must be one of {', '.join(TIME_EMBEDDINGS)}, got "
+                           f"{time_embedding!r}")
+    if time_embedding == "sinusoid" and cfg.channel_mult[0] != 1:
+        raise InteropError(f"time_embedding 'sinusoid' needs channel_mult[0] = 1 (diffusers "
+                           f"computes {cfg.model_channels * cfg.channel_mult[0]} features, "
+                           f"difflab {cfg.model_channels}); export with the 'table' one")
+
+
+def unet2d_config(cfg: UNetConfig, T: int, sample_size: int | tuple[int, int],
+                  time_embedding: str = "table") -> dict[str, Any]:
     """The keywords of diffusers' ``UNet2DModel`` that build this U-Net's twin, for a schedule
-    of T steps (the length of the time table) and images of ``sample_size``."""
+    of T steps (the length of the time table) and images of ``sample_size``;
+    ``time_embedding``: "table" (exact, integer timesteps) or "sinusoid" (see the module
+    docstring)."""
     check_unet(cfg)
+    check_time_embedding(cfg, time_embedding)
+    table = time_embedding == "table"
     down, up = block_types(cfg)
     mc = cfg.model_channels
     updown = "resnet" if cfg.resblock_updown else "conv"
     return dict(
         sample_size=sample_size, in_channels=cfg.in_channels,
         out_channels=(cfg.out_channels or cfg.in_channels) * (2 if cfg.learn_sigma else 1),
-        center_input_sample=False, time_embedding_type="learned", num_train_timesteps=T,
+        center_input_sample=False, time_embedding_type="learned" if table else "positional",
+        num_train_timesteps=T if table else None,
         time_embedding_dim=4 * mc, flip_sin_to_cos=False, freq_shift=0,
         down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2D",
         block_out_channels=[mc * m for m in cfg.channel_mult],
@@ -149,10 +171,25 @@ def time_table(mc: int, width: int, T: int) -> Tensor:
     return nn.functional.pad(feats, (0, width - mc))
 
 
-def unet2d_state_dict(net: UNet, T: int) -> dict[str, Tensor]:
+def shift_rotation(mc: int) -> Tensor:
+    """R (mc, mc) float64 with f(t + 1) = R f(t) for difflab's features f(t) = [sin(tω),
+    cos(tω)] (ω as :func:`~difflab.nn.embedding.timestep_embedding` computes them in float32;
+    an odd ``mc``'s zero column stays zero)."""
+    f1 = timestep_embedding(torch.ones(1, dtype=torch.long), mc)[0].double()  # [sin ω, cos ω]
+    half = mc // 2
+    sin, cos = f1[:half], f1[half:2 * half]
+    R = torch.zeros(mc, mc, dtype=torch.float64)
+    i = torch.arange(half)
+    R[i, i], R[i, i + half] = cos, sin  # sin(tω + ω) = sin(tω) cos ω + cos(tω) sin ω
+    R[i + half, i], R[i + half, i + half] = -sin, cos  # cos(tω + ω) = cos cos − sin sin
+    return R
+
+
+def unet2d_state_dict(net: UNet, T: int, time_embedding: str = "table") -> dict[str, Tensor]:
     """The weights of :func:`unet2d_config`'s ``UNet2DModel`` for ``net`` (copies, float32)."""
     cfg = net.config
     check_unet(cfg)
+    check_time_embedding(cfg, time_embedding)
     out: dict[str, Tensor] = {}
 
     def put(prefix: str, module: nn.Module, names: dict[str, str] | None = None) -> None:
@@ -178,10 +215,14 @@ def unet2d_state_dict(net: UNet, T: int) -> dict[str, Tensor]:
             raise InteropError(f"no diffusers equivalent for {type(module).__name__}")
 
     mc, width = cfg.model_channels, cfg.model_channels * cfg.channel_mult[0]
-    out["time_proj.weight"] = time_table(mc, width, T)
     lin1, lin2 = net.time_embed.mlp[0], net.time_embed.mlp[2]
-    out["time_embedding.linear_1.weight"] = nn.functional.pad(lin1.weight.detach(),
-                                                              (0, width - mc))
+    if time_embedding == "table":
+        out["time_proj.weight"] = time_table(mc, width, T)
+        out["time_embedding.linear_1.weight"] = nn.functional.pad(lin1.weight.detach(),
+                                                                  (0, width - mc))
+    else:  # W·f(t' + 1) = (W·R)·f(t'), with diffusers' own f(t') (channel_mult[0] = 1)
+        out["time_embedding.linear_1.weight"] = (lin1.weight.detach().double()
+                                                 @ shift_rotation(mc)).float()
     out["time_embedding.linear_1.bias"] = lin1.bias.detach().clone()
     put("time_embedding.linear_2", lin2)
     if cfg.num_classes:
