@@ -9,7 +9,7 @@ import torch
 import difflab
 from difflab.config import TrainConfig
 from difflab.errors import ConfigError, InteropError
-from difflab.guidance import Bound
+from difflab.guidance import Bound, ClassifierFree
 from difflab.interop.dit_map import check_dit, dit_transformer
 from difflab.nn.dit import DiT, DiTConfig
 from difflab.nn.embedding import diffusers_timestep_embedding
@@ -82,3 +82,11 @@ def test_exported_dit_run_samples_like_difflab_in_a_diffusers_ddim_loop(tmp_path
     ours = difflab.samplers.ddim(Bound(model, y=y), schedule, x_T, steps=8, spacing="leading")
     assert ours.abs().mean() > 0.1
     assert torch.allclose(x, ours, atol=1e-4 * ours.abs().max().item(), rtol=0)
+    # and back: load_diffusers reads the DiT folder as a difflab model on the same schedule
+    loaded, loaded_schedule = difflab.load_diffusers(out)
+    assert loaded.num_classes == 10 and torch.equal(loaded_schedule.betas, schedule.betas)
+    back = difflab.samplers.ddim(Bound(ClassifierFree(loaded, w=1.5, null_cond={"y": 10}), y=y),
+                                 loaded_schedule, x_T, steps=8)
+    ref = difflab.samplers.ddim(Bound(ClassifierFree(model, w=1.5, null_cond={"y": 10}), y=y),
+                                schedule, x_T, steps=8)
+    assert torch.allclose(back, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)

@@ -186,14 +186,14 @@ def test_load_diffusers_refuses_what_is_not_a_unet_folder(tmp_path):
     with pytest.raises(InteropError, match="not a directory"):
         difflab.load_diffusers(tmp_path / "missing")
     (tmp_path / "m").mkdir()
-    with pytest.raises(InteropError, match="neither unet/config.json nor config.json"):
+    with pytest.raises(InteropError, match="has no unet/config.json, transformer/config.json"):
         difflab.load_diffusers(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
     with pytest.raises(InteropError, match="scheduler_config.json is missing"):
         difflab.load_diffusers(tmp_path / "m")
     (tmp_path / "m" / "scheduler_config.json").write_text("{}")
     (tmp_path / "m" / "config.json").write_text(json.dumps({"_class_name": "VQModel"}))
-    with pytest.raises(InteropError, match="load_diffusers reads UNet2DModel folders"):
+    with pytest.raises(InteropError, match="holds a .VQModel.; load_diffusers reads UNet2DModel"):
         difflab.load_diffusers(tmp_path / "m")
 
 

@@ -67,7 +67,8 @@ def load_codec(run_dir, device: str | None = None):
 
 def load_diffusers(path, device: str | None = None):
     """(model, schedule) of a local diffusers ``UNet2DModel`` folder (a pipeline folder with
-    ``unet/`` and ``scheduler/``, or a model folder with its ``scheduler_config.json``): the
+    ``unet/`` and ``scheduler/``, or a model folder with its ``scheduler_config.json``; a DiT
+    export's ``transformer/`` too): the
     network as a difflab ε-model (ε-, v- or sample-prediction; a learned variance as (ε̂, v)),
     in eval mode on ``device`` (None: the CPU), so every sampler, guidance method and the
     likelihood run on it. Needs ``pip install diffusers==0.42.1``; nothing is downloaded::
