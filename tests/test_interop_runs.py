@@ -133,6 +133,26 @@ def test_load_diffusers_round_trip_samples_guides_and_likelihood(tmp_path):
     assert torch.isfinite(bpd[0]).all() and torch.allclose(bpd[0], bpd[1], atol=1e-4, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(difflab's model, schedule) of a tiny run and (model, schedule) of its export, loaded."""
+    root = tmp_path_factory.mktemp("roundtrip")
+    make_run(root / "run", T=60, seed=3)
+    difflab.export_diffusers(root / "run", root / "out")
+    return difflab.load_run(root / "run")[1:], difflab.load_diffusers(root / "out")
+
+
+@pytest.mark.parametrize("sampler", sorted(set(difflab.samplers.SAMPLERS) - {"consistency"}))
+def test_every_sampler_draws_the_same_samples_from_the_loaded_export(exported, sampler):
+    (ours, schedule), (theirs, loaded) = exported
+    fn = difflab.samplers.SAMPLERS[sampler]
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(4))
+    a, b = (fn(m, s, x_T, steps=5, generator=torch.Generator().manual_seed(5))
+            for m, s in ((ours, schedule), (theirs, loaded)))
+    assert torch.isfinite(a).all() and a.abs().mean() > 0.1
+    assert torch.allclose(a, b, atol=1e-4 * a.abs().max().item(), rtol=0)
+
+
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
 def test_a_diffusers_model_samples_in_difflab_as_in_diffusers(tmp_path, prediction_type):
     torch.manual_seed(0)  # diffusers' own initialisation, then larger random weights
