@@ -13,6 +13,7 @@ from difflab.guidance import Bound, ClassifierFree
 from difflab.interop.dit_map import check_dit, dit_transformer
 from difflab.nn.dit import DiT, DiTConfig
 from difflab.nn.embedding import diffusers_timestep_embedding
+from helpers import run_cli
 from interop_helpers import make_run, randomise
 
 TINY = dict(in_channels=2, input_size=8, depth=2, width=32, heads=4, time_features="diffusers")
@@ -61,12 +62,13 @@ def test_dit_time_features_is_checked():
         TrainConfig.from_dict(dict(dit_time_features="fourier"))
 
 
-def test_exported_dit_run_samples_like_difflab_in_a_diffusers_ddim_loop(tmp_path):
+def test_exported_dit_run_samples_like_difflab_in_a_diffusers_ddim_loop(tmp_path, capsys):
     diffusers = pytest.importorskip("diffusers")
     run, out = tmp_path / "run", tmp_path / "export"
     make_run(run, model="dit", dit_size="T", dit_time_features="diffusers", cond="class",
              num_classes=10, T=100, seed=4)
-    difflab.export_diffusers(run, out)
+    code, stdout, err = run_cli(capsys, "export", run, "--format", "diffusers", out)
+    assert code == 0 and "DiTTransformer2DModel" in stdout, err
     assert {p.name for p in out.iterdir()} == {"transformer", "scheduler"}
     transformer = diffusers.DiTTransformer2DModel.from_pretrained(out, subfolder="transformer")
     scheduler = diffusers.DDIMScheduler.from_pretrained(out, subfolder="scheduler")
