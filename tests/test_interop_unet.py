@@ -82,7 +82,7 @@ def test_sinusoid_time_embedding_needs_a_first_level_of_model_channels():
     assert unet2d_config(cfg, 100, 8)["time_embedding_type"] == "learned"  # the table works
 
 
-@pytest.mark.parametrize("preset", ["digits", "mnist", "digits-cond"])
+@pytest.mark.parametrize("preset", ["digits", "mnist", "digits-cond", "mnist-base16"])
 def test_preset_unets_are_exportable(preset):
     assert unet_problems(build_model(load_config(preset)).config) == []
 
