@@ -92,3 +92,15 @@ def test_exported_dit_run_samples_like_difflab_in_a_diffusers_ddim_loop(tmp_path
     ref = difflab.samplers.ddim(Bound(ClassifierFree(model, w=1.5, null_cond={"y": 10}), y=y),
                                 schedule, x_T, steps=8)
     assert torch.allclose(back, ref, atol=1e-4 * ref.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("preset", ["digits-dit", "mnist-dit"])
+def test_dit_presets_export_when_trained_with_diffusers_time_features(preset):
+    from difflab.build.model import build_model
+    from difflab.config import load_config
+    from difflab.interop.dit_map import dit_problems
+
+    as_is = build_model(load_config(preset)).config
+    assert len(dit_problems(as_is)) == 1 and "dit_time_features" in dit_problems(as_is)[0]
+    assert dit_problems(build_model(load_config(
+        preset, {"dit_time_features": "diffusers"})).config) == []
