@@ -33,6 +33,7 @@ from ..build.model import build_schedule
 from ..config import TrainConfig, model_kind
 from ..errors import InteropError
 from ..parameterization import LearnedVariance
+from ..runs.checkpoint import current_umask
 from ..runs.load import load_network, read_run
 from .requirement import require_diffusers
 from .schedule_map import scheduler_kwargs
@@ -92,6 +93,7 @@ def export_diffusers(run_dir: str | Path, out_dir: str | Path, which: str = "ema
     scheduler = diffusers.DDPMScheduler(**sched_kwargs)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        os.chmod(tmp, 0o777 & ~current_umask())  # mkdtemp's 0o700 → what mkdir would give
         if net_kind == "unet":
             _, H, W = model_shape(cfg)
             unet = diffusers.UNet2DModel(**unet2d_config(
