@@ -19,7 +19,7 @@ attention, LayerNorm eps 1e-6). Then, for both models, it reports
 
 diffusers runs in its own virtual environment, the same one that ``unet_vs_diffusers.py`` makes
 and checks (default ``~/.cache/difflab-bench/diffusers-venv``: this difflab environment's torch,
-pinned, and ``diffusers==0.42.1``); difflab's environment never gets diffusers. The helpers for
+pinned, and ``diffusers==0.42.1``), whether or not difflab's has diffusers. The helpers for
 it are imported from ``unet_vs_diffusers.py``.
 
     nice -n 19 .venv/bin/python benchmarks/dit_vs_diffusers.py            # ~3 min, 1 thread

@@ -21,11 +21,12 @@ Then, for both models, it reports
   every process, the best of all);
 - **the ratio diffusers / difflab** of ms per step: above 1 means difflab is faster.
 
-diffusers is installed for this script only, into its own virtual environment (default
+diffusers is installed for this script into its own virtual environment (default
 ``~/.cache/difflab-bench/diffusers-venv``; made on first use, about a minute), with the very
 torch that difflab's environment has, pinned by a constraints file so that pip can never replace
-it (a bare ``torch`` requirement pulls a multi-GB CUDA build). difflab's environment never gets
-diffusers. Where ``torch==<this version>`` is not on the package index, pass e.g.
+it (a bare ``torch`` requirement pulls a multi-GB CUDA build), whether or not difflab's
+environment has diffusers (its dev extra does, for the interop tests). Where
+``torch==<this version>`` is not on the package index, pass e.g.
 ``--pip-args="--extra-index-url https://download.pytorch.org/whl/cpu"``, or
 ``--diffusers-python`` an interpreter that has both (its torch must be this version).
 

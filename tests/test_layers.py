@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "build": 8,  # config -> objects: schedule, network, data, conditioning
     "training": 9,  # the one loop, objectives, backend
     "runs": 10,  # run directories, checkpoints, loading, evaluation, pictures
+    "interop": 10,  # to and from diffusers: weight maps, export of runs, load_diffusers
     "cli": 11,
     "__init__": 12, "__main__": 12,
 }

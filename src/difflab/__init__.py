@@ -10,7 +10,8 @@ The machinery above the maths lives in layers that import only downward (docs/ar
 ``config`` (presets and settings), ``build`` (config → schedule, network, data, conditions),
 ``training`` (the one loop and its objectives, devices, processes), ``runs`` (run directories,
 loading, evaluation, pictures) and ``cli``. Entry points: :func:`build_model`, :func:`load_run`
-and, for a latent run, :func:`load_codec`.
+and, for a latent run, :func:`load_codec`; to and from Hugging Face diffusers (optional,
+docs/interop.md): :func:`export_diffusers` and :func:`load_diffusers`.
 """
 
 from . import (
@@ -64,5 +65,32 @@ def load_codec(run_dir, device: str | None = None):
                 resolve_device(device) if device is not None else None)
 
 
-__all__ = ["build_model", "data", "distill", "guidance", "likelihood", "load_codec", "load_run",
-           "losses", "metrics", "oracle", "parameterization", "samplers", "schedules", "vlb"]
+def load_diffusers(path, device: str | None = None):
+    """(model, schedule) of a local diffusers ``UNet2DModel`` folder (a pipeline folder with
+    ``unet/`` and ``scheduler/``, or a model folder with its ``scheduler_config.json``; a DiT
+    export's ``transformer/`` too): the
+    network as a difflab ε-model (ε-, v- or sample-prediction; a learned variance as (ε̂, v)),
+    in eval mode on ``device`` (None: the CPU), so every sampler, guidance method and the
+    likelihood run on it. Needs ``pip install diffusers==0.42.1``; nothing is downloaded::
+
+        model, schedule = difflab.load_diffusers("exported/")
+        x = difflab.samplers.ddim(model, schedule, torch.randn(8, 1, 8, 8), steps=50)
+    """
+    from .interop.load import load_diffusers as load
+    from .training.backend import resolve_device
+
+    return load(path, resolve_device(device) if device is not None else None)
+
+
+def export_diffusers(run_dir, out_dir, which: str = "ema", time_embedding: str = "table"):
+    """Write a run's network and schedule as a diffusers folder that
+    ``DDPMPipeline.from_pretrained(out_dir)`` loads (``difflab export RUN --format diffusers
+    OUT_DIR``; see :mod:`difflab.interop.export`). Returns the folder's path."""
+    from .interop.export import export_diffusers as export
+
+    return export(run_dir, out_dir, which, time_embedding)
+
+
+__all__ = ["build_model", "data", "distill", "export_diffusers", "guidance", "likelihood",
+           "load_codec", "load_diffusers", "load_run", "losses", "metrics", "oracle",
+           "parameterization", "samplers", "schedules", "vlb"]

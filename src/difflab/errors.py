@@ -19,3 +19,8 @@ class ConfigError(DifflabError, ValueError):
 class CheckpointError(DifflabError):
     """A run directory or checkpoint that is missing, incomplete or corrupt, or that cannot
     resume as asked (the message is one line)."""
+
+
+class InteropError(DifflabError):
+    """A model that cannot travel to or from another library (diffusers) exactly, or that
+    library missing; the message says why in one line."""

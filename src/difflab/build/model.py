@@ -125,7 +125,7 @@ def dit_kwargs(cfg: TrainConfig) -> dict[str, Any]:
     channels, height, width = model_shape(cfg)
     return dict(
         **DIT_SIZES[cfg.dit_size]._asdict(), in_channels=channels, input_size=(height, width),
-        patch_size=cfg.patch_size, block=cfg.dit_block,
+        patch_size=cfg.patch_size, block=cfg.dit_block, time_features=cfg.dit_time_features,
         num_classes=cfg.num_classes if cfg.cond == "class" else 0,
         context_dim=text_dim() if cfg.cond == "text" else 0, pool_context=cfg.pool_context,
         learn_sigma=cfg.variance == "learned", **super_resolution_kwargs(cfg))

@@ -187,7 +187,7 @@ def _check_unet(cfg: TrainConfig) -> None:
 def _check_dit(cfg: TrainConfig) -> None:
     """The DiT's keys, checked on every config like the U-Net's; the patch must divide the image
     only when the run builds a DiT."""
-    from ..nn.dit import DIT_BLOCKS, DIT_SIZES
+    from ..nn.dit import DIT_BLOCKS, DIT_SIZES, TIME_FEATURES
 
     def need(ok: bool, key: str, what: str) -> None:
         _need(cfg, ok, key, what)
@@ -195,6 +195,8 @@ def _check_dit(cfg: TrainConfig) -> None:
     need(cfg.dit_size in DIT_SIZES, "dit_size", f"must be one of {', '.join(DIT_SIZES)}")
     need(cfg.patch_size >= 1, "patch_size", "must be at least 1")
     need(cfg.dit_block in DIT_BLOCKS, "dit_block", f"must be one of {', '.join(DIT_BLOCKS)}")
+    need(cfg.dit_time_features in TIME_FEATURES, "dit_time_features",
+         f"must be one of {', '.join(TIME_FEATURES)}")
     if cfg.model == "dit" and is_image(cfg.dataset):
         side = image_size(cfg) // (cfg.ae_factor if cfg.autoencoder else 1)
         need(side % cfg.patch_size == 0, "patch_size",

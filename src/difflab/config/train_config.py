@@ -97,6 +97,11 @@ class TrainConfig:
                                 "p = 2); must divide the image size")
     dit_block: str = _model("adaln-zero", "DiT block design (Peebles & Xie 2023, Fig. 5): "
                                           "adaln-zero, adaln, cross-attention or in-context")
+    dit_time_features: str = _model("difflab", "DiT sinusoidal features of t: difflab (sin, cos "
+                                               "of t) or diffusers (cos, sin of t - 1 with "
+                                               "diffusers' frequencies): a run trained with "
+                                               "diffusers exports exactly to diffusers' "
+                                               "DiTTransformer2DModel (difflab export)")
 
     # --- autoencoder: the first stage of latent diffusion (difflab.nn.autoencoder; Rombach et
     # al. 2022). `difflab train-autoencoder` trains one (method "autoencoder"); a diffusion run

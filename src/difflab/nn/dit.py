@@ -49,7 +49,12 @@ from .dit_blocks import (
     sincos_2d,
     xavier_linears,
 )
-from .embedding import check_labels, timestep_embedding, with_low_res
+from .embedding import (
+    check_labels,
+    diffusers_timestep_embedding,
+    timestep_embedding,
+    with_low_res,
+)
 from .unet import masked_mean
 
 
@@ -69,6 +74,10 @@ DIT_SIZES: dict[str, DiTSize] = {
     "XL": DiTSize(28, 1152, 16),
 }
 DIT_BLOCKS = tuple(BLOCKS)  # "adaln-zero", "adaln", "cross-attention", "in-context"
+# the sinusoidal features of t: difflab's [sin, cos] of t with ω_i = 10000^(−i/h) (as for the
+# U-Net), or diffusers' DiT's [cos, sin] of t − 1 with ω_i = 10000^(−i/(h−1)), which makes the
+# network exactly a diffusers DiTTransformer2DModel (difflab.interop.dit_map)
+TIME_FEATURES = {"difflab": timestep_embedding, "diffusers": diffusers_timestep_embedding}
 
 
 @dataclass(frozen=True)
@@ -89,6 +98,7 @@ class DiTConfig:
     pool_context: bool = True  # with context_dim: masked mean of the tokens added to c
     learn_sigma: bool = False  # output [ε, v_raw]: 2 × in_channels (Weng eq. 23)
     freq_dim: int = 256  # width of the sinusoidal t features fed to the t MLP
+    time_features: str = "difflab"  # one of TIME_FEATURES: "diffusers" to export exactly
     # super-resolution (Ho et al. 2021; Saharia et al. 2022): z (B, C_z, h, w) upsampled and
     # concatenated to x_t before the patch embedding; the augmentation level s embedded like t
     low_res_channels: int = 0
@@ -130,6 +140,9 @@ def _validate(cfg: DiTConfig) -> None:
             raise ValueError(f"DiT {key} must be >= 1, got {getattr(cfg, key)}")
     if cfg.low_res_channels < 0:
         raise ValueError(f"DiT low_res_channels must be >= 0, got {cfg.low_res_channels}")
+    if cfg.time_features not in TIME_FEATURES:
+        raise ValueError(f"DiT time_features must be one of {', '.join(TIME_FEATURES)}, got "
+                         f"{cfg.time_features!r}")
     if cfg.block not in BLOCKS:
         raise ValueError(f"DiT block must be one of {', '.join(BLOCKS)}, got {cfg.block!r}")
     if cfg.width % cfg.heads or cfg.width % 4:
@@ -214,7 +227,8 @@ class DiT(nn.Module):
         of a super-resolution network, None: s = 0), the label embedding (B, D); their sum and
         their stack as tokens (B, k, D); the caption tokens. None is ∅."""
         cfg = self.config
-        t_emb = self.t_embedder(timestep_embedding(t, cfg.freq_dim))  # (B, D)
+        features = TIME_FEATURES[cfg.time_features]
+        t_emb = self.t_embedder(features(t, cfg.freq_dim))  # (B, D)
         if aug_level is not None and not cfg.aug_embedding:
             raise ValueError("aug_level given to a network without aug_embedding")
         if cfg.aug_embedding:

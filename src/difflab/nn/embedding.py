@@ -34,6 +34,22 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return emb
 
 
+def diffusers_timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """The sinusoidal features diffusers' DiT computes (``Timesteps(dim, flip_sin_to_cos=True,
+    downscale_freq_shift=1)``): [cos(t' ω), sin(t' ω)] of diffusers' 0-based timestep
+    t' = t − 1, with ω_i = max_period^(−i/(d/2 − 1)). Int tensor t (B,) in 1..T → float32
+    (B, dim), computed with the same float32 operations, so a DiT with
+    ``time_features="diffusers"`` is exactly a ``DiTTransformer2DModel`` (difflab.interop)."""
+    half = dim // 2
+    if half < 2:
+        raise ValueError(f"diffusers' timestep features need dim >= 4, got {dim}")
+    exponent = -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device)
+    freqs = torch.exp(exponent / (half - 1))  # (half,)
+    args = (t - 1).float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    return torch.nn.functional.pad(emb, (0, 1)) if dim % 2 else emb
+
+
 class TimestepEmbedding(nn.Module):
     """t ↦ MLP(sinusoidal(t)): int64 (B,) → (B, out_dim)."""
 
