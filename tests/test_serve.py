@@ -16,13 +16,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_error_line, run_cli
 from PIL import Image
 
 from difflab.cli import build_parser
 from difflab.cli.serve_app import RunSampler, make_server
 from difflab.config import load_config
 from difflab.runs.train import train
+from helpers import one_error_line, run_cli
 
 DIGITS = dict(dataset="digits", steps=8, batch=16, model_channels=8, num_res_blocks=1,
               attention="", warmup=2, eval_sampler="ddim", eval_steps=4, T=100, threads=1,

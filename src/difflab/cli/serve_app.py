@@ -45,7 +45,7 @@ GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 2000  # the animation (cf. diff
 _FLAG = re.compile(r"(?<![\w-])--?(class|prompt|guidance|sampler|steps|seed|n)\b")
 
 
-class BadRequest(DifflabError):
+class BadRequestError(DifflabError):
     """A request the page answers with 400 and this one-line message."""
 
 
@@ -95,15 +95,15 @@ class RunSampler:
                 "n": min(N_DEFAULT, self.max_n), "max_n": self.max_n}
 
     def args(self, query: dict[str, list[str]]) -> argparse.Namespace:
-        """The query as the flags of ``difflab sample``; BadRequest for a malformed one."""
+        """The query as the flags of ``difflab sample``; BadRequestError for a malformed one."""
         unknown = sorted(set(query) - set(PARAMS))
         if unknown:
-            raise BadRequest(f"unknown parameter {unknown[0]!r}; known: {', '.join(PARAMS)}")
+            raise BadRequestError(f"unknown parameter {unknown[0]!r}; known: {', '.join(PARAMS)}")
         values = {}
         for name in PARAMS:
             given = [v for v in query.get(name, []) if v.strip() != ""]
             if len(given) > 1:
-                raise BadRequest(f"parameter {name!r} is given {len(given)} times")
+                raise BadRequestError(f"parameter {name!r} is given {len(given)} times")
             values[name] = given[0].strip() if given else None
         for name, kind in (("steps", int), ("seed", int), ("n", int), ("guidance", float)):
             if values[name] is not None:
@@ -111,16 +111,16 @@ class RunSampler:
                     values[name] = kind(values[name])
                 except ValueError:
                     what = "an integer" if kind is int else "a number"
-                    raise BadRequest(f"{name} must be {what}, got {values[name]!r}") from None
+                    raise BadRequestError(f"{name} must be {what}, got {values[name]!r}") from None
         if values["class"] is not None and not re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*",
                                                             values["class"]):
-            raise BadRequest("class must be one class or several, comma-separated (like 3 or "
+            raise BadRequestError("class must be one class or several, comma-separated (like 3 or "
                              f"1,2), got {values['class']!r}")
         n = values["n"] if values["n"] is not None else min(N_DEFAULT, self.max_n)
         if not 1 <= n <= self.max_n:
-            raise BadRequest(f"n must lie in 1..{self.max_n}, got {n}")
+            raise BadRequestError(f"n must lie in 1..{self.max_n}, got {n}")
         if values["seed"] is not None and not 0 <= values["seed"] < 2**63:
-            raise BadRequest(f"seed must lie in 0..2^63-1, got {values['seed']}")
+            raise BadRequestError(f"seed must lie in 0..2^63-1, got {values['seed']}")
         return argparse.Namespace(
             run=str(self.run_dir), sampler=values["sampler"], steps=values["steps"], eta=None,
             spacing=None, n=n, seed=values["seed"] or 0, labels=values["class"],
@@ -128,7 +128,7 @@ class RunSampler:
             threshold=None, threshold_p=None)
 
     def sample(self, query: dict[str, list[str]]) -> Pictures:
-        """Sample as the query asks; BadRequest for anything ``difflab sample`` refuses."""
+        """Sample as the query asks; BadRequestError for anything ``difflab sample`` refuses."""
         from ..build.data import model_shape
         from ..runs.draw import Frames, draw
         from ..training.backend import torch_threads
@@ -142,7 +142,7 @@ class RunSampler:
             sampler, steps, eta, n, spacing = sampling_args(args, cfg, args.n)
             model = guided_from_args(args, cfg, self.model, self.schedule, sampler, steps, n)[0]
         except DifflabError as err:  # the flags' own messages, named as the page names them
-            raise BadRequest(_FLAG.sub(r"\1", one_line(err))) from None
+            raise BadRequestError(_FLAG.sub(r"\1", one_line(err))) from None
         shape = model_shape(cfg) if self.image else (2,)
         frames = Frames(keep=min(n, GIF_IMAGES if self.image else GIF_POINTS),
                         max_frames=GIF_MAX_FRAMES)
@@ -194,7 +194,7 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(HTTPStatus.OK, "image/gif", app.sample(query).gif)
             else:
                 self.reply_text(HTTPStatus.NOT_FOUND, f"no page {url.path}")
-        except BadRequest as err:
+        except BadRequestError as err:
             self.reply_text(HTTPStatus.BAD_REQUEST, one_line(err))
         except Exception:  # a bug: its traceback on the server's stderr, the page goes on
             traceback.print_exc(file=sys.stderr)
