@@ -188,3 +188,33 @@ def test_serve_errors_are_one_line(tmp_path, capsys, runs):
         port = url.rsplit(":", 1)[1]
         code, _, err = run_cli(capsys, "serve", runs["points"], "--port", port)
         assert one_error_line(code, err) and "cannot serve" in err, err
+
+
+def test_serve_command_serves_until_ctrl_c(runs, capsys):
+    """``difflab serve RUN --port 0`` as users run it: it prints its address, answers, and
+    Ctrl-C (SIGINT) ends it with exit code 0."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    code, out, _ = run_cli(capsys, "serve", "--help")
+    assert code == 0 and "--port" in out and "127.0.0.1" in out
+    proc = subprocess.Popen([sys.executable, "-m", "difflab", "serve", str(runs["points"]),
+                             "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        line = proc.stdout.readline()  # "serving RUN at http://127.0.0.1:PORT/ (Ctrl-C stops)"
+        assert line.startswith("serving ") and "http://127.0.0.1:" in line, line
+        url = line.split(" at ", 1)[1].split()[0]
+        info = json.loads(get(url + "api/run")[2])
+        assert info["run"] == "points"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
