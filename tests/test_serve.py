@@ -150,6 +150,7 @@ def test_api_sample_gives_the_grid_and_the_animation(digits):
     ("foo=1", "unknown parameter 'foo'"),
     ("steps=3&steps=4", "given 2 times"),
     ("sampler=consistency", "needs a consistency model"),
+    ("prompt=a+seven", "prompt needs a text-conditional run"),
 ])
 def test_bad_requests_are_400_with_one_line(digits, query, words):
     status, kind, body = get(f"{digits}/api/sample?{query}")
@@ -218,3 +219,23 @@ def test_serve_command_serves_until_ctrl_c(runs, capsys):
             proc.wait()
         proc.stdout.close()
         proc.stderr.close()
+
+
+def test_a_text_run_samples_from_a_prompt(tmp_path):
+    """A text-conditional run: the prompt changes the samples."""
+    try:
+        from difflab.nn.text_encoder import load_text_encoder
+
+        load_text_encoder()
+    except ImportError:
+        pytest.skip("the `text` extra is not installed")
+    run = tmp_path / "text"
+    values = {**DIGITS, "cond": "text", "text_tokens": 8}
+    train(load_config(None, values), run, progress=False, evaluate_after=False)
+    with serving(run) as url:
+        assert json.loads(get(url + "/api/run")[2])["cond"] == "text"
+        base = "sampler=ddim&steps=3&n=4&seed=0&guidance=3"
+        a, b = (get(f"{url}/sample.png?{base}&prompt={p}") for p in
+                ("a+handwritten+three", "a+handwritten+seven"))
+        assert a[0] == b[0] == 200
+        assert not np.array_equal(png_pixels(a[2]), png_pixels(b[2]))
