@@ -135,6 +135,18 @@ def test_a_resumed_run_logs_each_step_once(tmp_path, capsys):
     assert [s for s, _ in scalars(events(run), "train/lr")] == [10, 20, 30, 40]
 
 
+def test_a_run_resumed_with_log_tensorboard_logs_from_there(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(capsys, run, "--stop-after", "20")  # loss.csv only
+    assert not (run / LOG_DIR).exists()
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--log", "tensorboard",
+                           "--no-progress")
+    assert code == 0, err
+    logged = scalars(events(run), "train/loss")
+    assert [s for s, _ in logged] == [30, 40]
+    assert [v for _, v in logged] == pytest.approx([v for _, v in loss_rows(run)[2:]], rel=1e-6)
+
+
 def test_missing_tensorboard_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
     run = tmp_path / "run"
