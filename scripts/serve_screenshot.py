@@ -28,7 +28,7 @@ def main() -> None:
     p.add_argument("-n", default="16")
     p.add_argument("--seed", default="0")
     p.add_argument("--chromium", default=shutil.which("chromium") or "chromium")
-    p.add_argument("--size", default="1180x600", help="viewport WxH")
+    p.add_argument("--size", default="1180x490", help="viewport WxH")
     args = p.parse_args()
     server = make_server(RunSampler(args.run, device="cpu"), "127.0.0.1", 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -46,7 +46,7 @@ def main() -> None:
                     page.fill(field, value)
             page.click("#go")
             page.wait_for_selector("body[data-sampled='1']", timeout=600_000)
-            page.wait_for_timeout(1500)  # the animation under way
+            page.wait_for_timeout(2500)  # the animation under way
             page.screenshot(path=args.out)
             browser.close()
     finally:
