@@ -1,9 +1,9 @@
 """The ``difflab`` command: ``train``, ``train-autoencoder``, ``sample``, ``eval``,
-``train-classifier``, ``distill``, ``train-controlnet`` and ``export``.
+``train-classifier``, ``distill``, ``train-controlnet``, ``export`` and ``serve``.
 
 Strings live here and only here: the CLI turns names into objects and passes them to the library.
 One module per subcommand (``train``, ``sample``, ``evaluate``, ``classifier``, ``distill``,
-``controlnet``, ``export``),
+``controlnet``, ``export``, ``serve``),
 each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; what they share is in
 ``common`` (and ``config_flags``, ``guidance_flags``). Imports point one way: common ←
 subcommands ← this package.
@@ -23,12 +23,13 @@ import sys
 import warnings
 
 from ..errors import DifflabError
-from . import classifier, controlnet, distill, evaluate, export, sample, train
+from . import classifier, controlnet, distill, evaluate, export, sample, serve, train
 from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line, one_line_warning
 
-SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet, export)  # --help order
+SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet, export,
+               serve)  # --help order
 COMMAND_NAMES = ("train", "train-autoencoder", "sample", "eval", "train-classifier", "distill",
-                 "train-controlnet", "export")
+                 "train-controlnet", "export", "serve")
 EXIT_INTERRUPTED = 130
 
 __all__ = ["PROG", "UsageError", "build_parser", "main"]

@@ -36,7 +36,8 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 # flags that may change when a run is resumed (the others would break exact resume); the
 # device, compile and the processes do not change what a checkpoint holds
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
-             "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile"}
+             "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile",
+             "log"}
 TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 

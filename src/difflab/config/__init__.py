@@ -24,6 +24,7 @@ from .checks import (
     EVAL_SPACINGS,
     IMAGE_DATASETS,
     IMAGE_SIZES,
+    LOGS,
     LOSSES,
     LR_SCHEDULES,
     METHODS,
@@ -44,7 +45,7 @@ from .train_config import SECTIONS, TrainConfig, field_help, field_section, flat
 
 __all__ = [
     "CONDS", "CONSISTENCY_EVAL", "CONSISTENCY_METHODS", "DEVICES", "EVAL_SPACINGS",
-    "IMAGE_DATASETS", "IMAGE_SIZES", "LOSSES", "LR_SCHEDULES", "METHODS", "NO_SPACING",
+    "IMAGE_DATASETS", "IMAGE_SIZES", "LOGS", "LOSSES", "LR_SCHEDULES", "METHODS", "NO_SPACING",
     "PRECISIONS", "PREDICTIONS", "SCHEDULES", "SECTIONS", "T_SAMPLINGS", "VARIANCES",
     "ConfigError", "TrainConfig", "builtin_presets", "data_kind", "field_help", "field_section",
     "flatten", "image_size", "int_list", "is_image", "load_config", "model_kind", "read_preset",

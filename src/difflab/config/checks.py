@@ -14,6 +14,7 @@ from .train_config import VALIDATORS, TrainConfig
 SCHEDULES = ("linear", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")  # see difflab.training.backend
 PRECISIONS = ("fp32", "bf16", "fp16")
+LOGS = ("csv", "tensorboard")  # see difflab.training.loggers
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
@@ -116,6 +117,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.threads >= 0, "threads", "must be at least 0 (0: all the cores torch is given)")
     need(cfg.device.split(":")[0] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")
     need(cfg.precision in PRECISIONS, "precision", f"must be one of {', '.join(PRECISIONS)}")
+    need(cfg.log in LOGS, "log", f"must be one of {', '.join(LOGS)}")
     need(cfg.grad_accum >= 1, "grad_accum", "must be at least 1")
     need(1 <= cfg.eval_steps <= cfg.T, "eval_steps", f"must lie in 1..T (T={cfg.T})")
     for key in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "eval_eta"):

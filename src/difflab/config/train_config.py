@@ -245,6 +245,10 @@ class TrainConfig:
     compile: bool = _run(False, "torch.compile the network")
     checkpoint_every: int = _run(1000, "steps between checkpoints (one more at the end)")
     log_every: int = _run(10, "steps per row of loss.csv (the mean loss of those steps)")
+    log: str = _run("csv", "training log: csv (loss.csv only) or tensorboard (also TensorBoard "
+                           "event files in RUN/tensorboard: loss, learning rate, gradient norm "
+                           "and throughput every log_every steps, the evaluation's metrics and "
+                           "pictures; needs the tensorboard package)")
     out: str = _run("", "run directory (default: runs/<dataset>-<date>-<time>)")
 
     def __post_init__(self) -> None:

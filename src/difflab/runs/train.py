@@ -21,6 +21,7 @@ from ..config import TrainConfig
 from ..errors import ConfigError
 from ..training import OBJECTIVES, fit
 from ..training.backend import Backend, torch_threads
+from ..training.loggers import check_log, open_log
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
@@ -95,6 +96,7 @@ def train(
             raise ConfigError("resume needs the run directory")
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
     run_dir = Path(run_dir)
+    check_log(cfg.log)  # e.g. tensorboard missing: before anything is written
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
@@ -132,10 +134,12 @@ def train(
         state = ckpt.load_checkpoint(run_dir) if resume else None
         if resume and backend.is_main:  # e.g. more steps
             ckpt.write_run_config(run_dir, kind, config_to_json(cfg))
+        logger = (open_log(cfg.log, run_dir, log, state.step if state is not None else None)
+                  if backend.is_main else None)  # --log tensorboard: rank 0 alone writes
         result = fit(objective, steps=cfg.steps, generator=g, backend=backend, log=log,
                      resume=state, max_steps=max_steps, checkpoint_every=cfg.checkpoint_every,
                      save=saver(run_dir, kind, log), grad_accum=cfg.grad_accum,
-                     progress=progress)
+                     progress=progress, logger=logger)
         if not backend.is_main:
             return run_dir
         from .plots import plot_loss
@@ -155,4 +159,8 @@ def train(
             else:
                 write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir,
                                  extra, decode=codec.decode if codec is not None else None)
+            if logger is not None:  # the evaluation's metrics and pictures
+                logger.evaluation(run_dir, result.step)
+        if logger is not None:
+            logger.close()
     return run_dir

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Backend
+from .loggers import StepLogger, grad_norm
 from .losslog import LossLog
 from .state import TrainState
 
@@ -111,7 +112,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         resume: TrainState | None = None, max_steps: int | None = None,
         checkpoint_every: int = 0, save: Callable[[TrainState], None] | None = None,
         grad_accum: int = 1, progress: bool = False, desc: str = "train",
-        on_update: Callable[[int, float], None] | None = None) -> FitResult:
+        on_update: Callable[[int, float], None] | None = None,
+        logger: StepLogger | None = None) -> FitResult:
     """Train ``objective`` for updates up to ``steps`` (or ``max_steps``, an interruption).
 
     ``resume``: a :class:`TrainState` to continue from exactly; ``save(state)`` is called every
@@ -120,7 +122,9 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     ``grad_accum`` equal slices). ``on_update(step, loss)`` after every update. Modules end on
     the backend's device. ``progress`` (main process only): a tqdm bar where stderr is a
     terminal, else a one-line :class:`ProgressRecord` (step, loss, steps/s, ETA) on stderr every
-    :data:`RECORD_SECONDS` seconds and at the end; False: silent.
+    :data:`RECORD_SECONDS` seconds and at the end; False: silent. ``logger``: told of every
+    update (loss, learning rate, gradient norm; :mod:`difflab.training.loggers`); give it on
+    the main process only.
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
@@ -181,10 +185,14 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
             backend.backward(loss)
             total = loss.detach() if total is None else total + loss.detach()
         backend.unscale(opt)
+        norm = None  # ‖∇‖ before clipping, for the logger
         if objective.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, objective.grad_clip)
+            norm = nn.utils.clip_grad_norm_(params, objective.grad_clip)
+        elif logger is not None and logger.wants_grad_norm:
+            norm = grad_norm(params)
+        lr = objective.lr_at(step)
         for group in opt.param_groups:
-            group["lr"] = objective.lr_at(step)
+            group["lr"] = lr
         backend.step(opt)
         step += 1
         objective.after_update(step)
@@ -192,6 +200,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         log.record(step, value)
         if on_update is not None:
             on_update(step, value)
+        if logger is not None:
+            logger.update(step, value, lr, norm, B)
         loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
         if bar is not None:
             bar.update(1)
