@@ -70,9 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exit_:  # --help and --version
         return exit_.code if isinstance(exit_.code, int) else 0
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (a run continues from its last checkpoint with "
+    except KeyboardInterrupt as err:  # a TrainingInterrupted (training/faults.py) says more
+        what = f"{err}; " if str(err) else ""
+        print(f"{PROG}: interrupted ({what}a run continues from its last checkpoint with "
               f"'{PROG} train --resume RUN' or '{PROG} distill --resume OUT')", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return getattr(err, "exit_code", EXIT_INTERRUPTED)
     finally:
         warnings.formatwarning = format_warning

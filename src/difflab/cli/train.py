@@ -36,7 +36,8 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 # flags that may change when a run is resumed (the others would break exact resume); the
 # device, compile and the processes do not change what a checkpoint holds
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
-             "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile"}
+             "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile",
+             "lr", "skip_nonfinite"}  # lr: lowered after a NaN stop (the rest follows it)
 TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 
@@ -220,7 +221,10 @@ def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
     from ..runs.distill import check_free
 
     if args.resume:  # a refusal here is one line, not a failure report from every process
+        from ..runs.lock import check_unlocked
+
         ckpt.check_run_dir(run_dir)
+        check_unlocked(run_dir)
     else:
         check_free(run_dir, args.overwrite)
     argv = without_processes(args.argv)

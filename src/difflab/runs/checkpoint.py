@@ -29,6 +29,7 @@ checkpoints. Nothing here unpickles: tensors go through safetensors, the rest th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -42,6 +43,7 @@ from torch import Tensor
 
 from ..errors import CheckpointError, DifflabError
 from ..training.state import TrainState
+from .lock import LOCK_FILE
 
 FORMAT = "difflab-checkpoint/2"
 LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
@@ -77,6 +79,11 @@ class RunExistsError(DifflabError):
     """The output directory already holds a run and neither overwrite nor resume was asked."""
 
 
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint that could not be written (disk full, read-only directory): one line that
+    says which checkpoint is still there, intact. Also an ``OSError``."""
+
+
 # --- atomic files --------------------------------------------------------------------------------
 
 
@@ -95,7 +102,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a read-only file system may refuse this too)
+            Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
 
@@ -137,13 +145,40 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         raise CheckpointError(f"{path} is missing") from None
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+    problem = header_problem(data)
+    if problem is not None:
+        raise CheckpointError(f"{path} is corrupt ({problem})")
     try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+        if not (isinstance(metadata, dict)
+                and all(isinstance(v, str) for v in metadata.values())):
+            raise ValueError("its metadata is not a table of strings")
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, RuntimeError) as err:
+    except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError,
+            RecursionError) as err:
+        raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
+    except BaseException as err:  # a panic inside the Rust parser (pyo3's PanicException)
+        if type(err).__name__ != "PanicException":
+            raise
         raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
     return tensors, metadata
+
+
+MAX_HEADER = 100_000_000  # bytes of a safetensors header (the safetensors library's own limit)
+
+
+def header_problem(data: bytes) -> str | None:
+    """What is wrong with the framing of a safetensors file's bytes (None: nothing): 8 bytes
+    of header length, then that many bytes of JSON, within the file."""
+    if len(data) < 8:
+        return f"{len(data)} bytes, shorter than a safetensors header"
+    n = int.from_bytes(data[:8], "little")
+    if n > MAX_HEADER:
+        return f"its header claims {n} bytes, more than the {MAX_HEADER} allowed"
+    if 8 + n > len(data):
+        return f"truncated: its header claims {n} bytes, the file has {len(data) - 8} after it"
+    return None
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -189,13 +224,13 @@ def remove_stale_temps(run_dir: str | os.PathLike) -> None:
             path.unlink(missing_ok=True)
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create ``run_dir`` for a new run. An existing non-empty directory is an error unless
-    ``overwrite``, and even then only difflab's own files are removed (never anything else)."""
+def check_new_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> bool:
+    """RunExistsError where :func:`prepare_run_dir` would refuse ``run_dir``; else whether it
+    holds files to replace. (A trainer's lock file, :mod:`.lock`, does not count.)"""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if not overwrite:
             raise RunExistsError(
                 f"run directory {run_dir} already exists; pass --overwrite to replace it "
@@ -205,6 +240,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             raise RunExistsError(
                 f"refusing to overwrite {run_dir}: it is not empty and not a difflab run directory"
             )
+        return True
+    return False
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create ``run_dir`` for a new run. An existing non-empty directory is an error unless
+    ``overwrite``, and even then only difflab's own files are removed (never anything else)."""
+    run_dir = Path(run_dir)
+    if check_new_run_dir(run_dir, overwrite):
         for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
             (run_dir / name).unlink(missing_ok=True)
         remove_stale_temps(run_dir)
@@ -287,6 +331,39 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
     """Write checkpoint.safetensors, then each component's weight files of a run of ``kind``
     (:data:`KINDS`; None: the checkpoint only), each atomically."""
     run_dir = Path(run_dir)
+    try:
+        write_checkpoint(run_dir, state, kind)
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise CheckpointWriteError(f"cannot write the checkpoint of step {state.step} in "
+                                   f"{run_dir}: {err.strerror or one_line(err)}; "
+                                   f"{kept_checkpoint(run_dir)}") from None
+
+
+def kept_checkpoint(run_dir: Path) -> str:
+    """What a failed write left: the step of the (intact) checkpoint in ``run_dir``."""
+    step = checkpoint_step(run_dir)
+    if step is None:
+        return "there is no earlier checkpoint"
+    return (f"its checkpoint of step {step} is intact (free some space or make the directory "
+            "writable, then resume)")
+
+
+def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of ``run_dir``'s checkpoint from its header alone; None if unreadable."""
+    try:
+        with open(Path(run_dir) / CHECKPOINT, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if n > MAX_HEADER:
+                return None
+            return int(json.loads(f.read(n))["__metadata__"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def write_checkpoint(run_dir: Path, state: TrainState, kind: str | None) -> None:
+    """The writes of :func:`save_checkpoint` (its OSErrors not yet reworded)."""
     optim_tensors, optim_extra = optimizer_to_tensors(state.optimizer)
     tensors = {f"module.{name}.{k}": v for name, sd in state.modules.items()
                for k, v in sd.items()}

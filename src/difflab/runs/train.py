@@ -26,6 +26,7 @@ from . import checkpoint as ckpt
 from . import latent
 from .evaluate import evaluate_after as write_evaluation
 from .load import config_to_json, sampling_model
+from .lock import run_lock
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
               "autoencoder": "autoencoder loss"}
@@ -98,13 +99,27 @@ def train(
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
-    kind = cfg.method
     codec, ae_weights = None, None
     if cfg.autoencoder and resume:  # a latent run: its own copy of the autoencoder
         codec = latent.load_codec(run_dir, cfg)
     elif cfg.autoencoder:
         cfg, ae_weights = latent.attach(cfg)
         codec = latent.codec_from(cfg, ae_weights)
+    if backend.is_main and resume:  # refusals before the lock: none in a refused directory
+        ckpt.check_run_dir(run_dir)
+    elif backend.is_main:
+        ckpt.check_new_run_dir(run_dir, overwrite)
+    with run_lock(run_dir, backend.is_main):  # one trainer per run directory (runs/lock.py)
+        return session(cfg, run_dir, backend, x_train, conds, codec, ae_weights, resume=resume,
+                       overwrite=overwrite, progress=progress, max_steps=max_steps,
+                       evaluate_after=evaluate_after)
+
+
+def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, codec,
+            ae_weights, *, resume: bool, overwrite: bool, progress: bool,
+            max_steps: int | None, evaluate_after: bool) -> Path:
+    """The part of :func:`train` that writes ``run_dir`` (holding its lock)."""
+    kind = cfg.method
     if backend.is_main:
         open_run_dir(run_dir, cfg, kind, resume=resume, overwrite=overwrite)
         if ae_weights is not None:
@@ -135,7 +150,7 @@ def train(
         result = fit(objective, steps=cfg.steps, generator=g, backend=backend, log=log,
                      resume=state, max_steps=max_steps, checkpoint_every=cfg.checkpoint_every,
                      save=saver(run_dir, kind, log), grad_accum=cfg.grad_accum,
-                     progress=progress)
+                     progress=progress, skip_nonfinite=cfg.skip_nonfinite)
         if not backend.is_main:
             return run_dir
         from .plots import plot_loss

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Backend
+from .faults import StopSignals, TrainingInterrupted, UpdateGuard, grad_norm
 from .losslog import LossLog
 from .state import TrainState
 
@@ -111,7 +112,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         resume: TrainState | None = None, max_steps: int | None = None,
         checkpoint_every: int = 0, save: Callable[[TrainState], None] | None = None,
         grad_accum: int = 1, progress: bool = False, desc: str = "train",
-        on_update: Callable[[int, float], None] | None = None) -> FitResult:
+        on_update: Callable[[int, float], None] | None = None,
+        skip_nonfinite: int = 0) -> FitResult:
     """Train ``objective`` for updates up to ``steps`` (or ``max_steps``, an interruption).
 
     ``resume``: a :class:`TrainState` to continue from exactly; ``save(state)`` is called every
@@ -121,6 +123,11 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     the backend's device. ``progress`` (main process only): a tqdm bar where stderr is a
     terminal, else a one-line :class:`ProgressRecord` (step, loss, steps/s, ETA) on stderr every
     :data:`RECORD_SECONDS` seconds and at the end; False: silent.
+
+    Faults (:mod:`.faults`): an update whose loss or gradient norm is not finite is never
+    applied: it stops the run with ``NonFiniteError``, or is skipped (``skip_nonfinite`` = K:
+    up to K in a row). A SIGINT or SIGTERM ends the update in progress, saves it and raises
+    ``TrainingInterrupted`` (after the checkpoint).
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
@@ -162,48 +169,62 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
             save(state())
 
     objective.net.train()
-    while step < end:
-        if objective.new_phase(step):
-            opt = objective.optimizer()
-        batch = objective.draw(step, generator)
-        if backend.rank > 0:  # dropout: rank 0 keeps the run's stream, the others their own
-            torch.manual_seed(rank_seed(seed, step, backend.rank))
-        B = next(iter(batch.values())).shape[0]
-        opt.zero_grad(set_to_none=True)
-        total = None
-        for micro in range(grad_accum):
-            part = backend.shard(B, micro, grad_accum)
-            piece = {k: v[part].to(backend.device, non_blocking=True) for k, v in batch.items()}
-            with backend.no_sync(model, micro < grad_accum - 1), backend.autocast():
-                loss = objective.loss(model, piece)
-            if grad_accum > 1:
-                loss = loss / grad_accum
-            backend.backward(loss)
-            total = loss.detach() if total is None else total + loss.detach()
-        backend.unscale(opt)
-        if objective.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, objective.grad_clip)
-        for group in opt.param_groups:
-            group["lr"] = objective.lr_at(step)
-        backend.step(opt)
-        step += 1
-        objective.after_update(step)
-        value = backend.mean(total).item()
-        log.record(step, value)
-        if on_update is not None:
-            on_update(step, value)
-        loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+    saved = resume.step if resume is not None else None  # the last checkpoint's step
+    # --- faults (training/faults.py): signals caught, non-finite updates checked ---
+    with StopSignals() as signals:
+        guard = UpdateGuard(skip_nonfinite, signals)
+        while step < end:
+            if objective.new_phase(step):
+                opt = objective.optimizer()
+            batch = objective.draw(step, generator)
+            if backend.rank > 0:  # dropout: rank 0 keeps the run's stream, the others their own
+                torch.manual_seed(rank_seed(seed, step, backend.rank))
+            B = next(iter(batch.values())).shape[0]
+            opt.zero_grad(set_to_none=True)
+            total = None
+            for micro in range(grad_accum):
+                part = backend.shard(B, micro, grad_accum)
+                piece = {k: v[part].to(backend.device, non_blocking=True) for k, v in batch.items()}
+                with backend.no_sync(model, micro < grad_accum - 1), backend.autocast():
+                    loss = objective.loss(model, piece)
+                if grad_accum > 1:
+                    loss = loss / grad_accum
+                backend.backward(loss)
+                total = loss.detach() if total is None else total + loss.detach()
+            backend.unscale(opt)
+            norm = grad_norm(params, objective.grad_clip)  # clipped on the way if grad_clip > 0
+            if backend.scaler is not None:  # fp16: the gradient scaler skips inf gradients itself
+                norm = torch.zeros(())
+            value, gnorm, stop = guard.read(total, norm, backend)  # the update's one sync
+            skipped = guard.bad(step + 1, value, gnorm, saved)  # (or NonFiniteError)
+            if skipped:  # nothing applied; its slot and its draws are used up
+                step += 1
+                log.skip(step)
+            else:
+                for group in opt.param_groups:
+                    group["lr"] = objective.lr_at(step)
+                backend.step(opt)
+                step += 1
+                objective.after_update(step)
+                log.record(step, value)
+                if on_update is not None:
+                    on_update(step, value)
+                loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0 and loss_avg is not None:
+                    bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
+            elif record is not None:
+                record.update(step, loss_avg)
+            if (checkpoint_every and step % checkpoint_every == 0) or step == end or stop:
+                checkpoint()
+                saved = step
+            if stop:  # a SIGINT/SIGTERM reached some process: saved, now stop
+                raise TrainingInterrupted(guard.stop_signal(), step, save is not None)
+            objective.end_of_update(step)
         if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
-        elif record is not None:
-            record.update(step, loss_avg)
-        if (checkpoint_every and step % checkpoint_every == 0) or step == end:
-            checkpoint()
-        objective.end_of_update(step)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        guard.report()
     if step == 0 or (resume is not None and resume.step >= end):
         checkpoint()  # nothing trained this session: still leave a resumable run
     return FitResult(step, elapsed + time.perf_counter() - t_start, loss_avg, log)
