@@ -88,8 +88,28 @@ class CheckpointWriteError(CheckpointError, OSError):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    A write that fails (disk full, read-only directory) leaves the old file as it was, removes
+    its temporary file and raises :class:`CheckpointWriteError` (an OSError) in one line."""
     path = Path(path)
+    try:
+        write_replacing(path, data)
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise write_error(f"cannot write {path}: {err.strerror or one_line(err)}", err) from None
+    _fsync_dir(path.parent)
+
+
+def write_error(message: str, err: OSError) -> CheckpointWriteError:
+    """A CheckpointWriteError of ``message``; ``reason``: ``err``'s errno (e.g. ENOSPC)."""
+    error = CheckpointWriteError(message)
+    error.reason = err.errno
+    return error
+
+
+def write_replacing(path: Path, data: bytes) -> None:
+    """The temporary file, written, fsync'ed and renamed over ``path`` (removed on failure)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600 and the rename keeps that mode: give it the mode a plain
@@ -105,7 +125,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(OSError):  # (a read-only file system may refuse this too)
             Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def current_umask() -> int:
@@ -334,11 +353,11 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
     try:
         write_checkpoint(run_dir, state, kind)
     except OSError as err:
+        reason = err.strerror or one_line(err)
         if isinstance(err, CheckpointWriteError):
-            raise
-        raise CheckpointWriteError(f"cannot write the checkpoint of step {state.step} in "
-                                   f"{run_dir}: {err.strerror or one_line(err)}; "
-                                   f"{kept_checkpoint(run_dir)}") from None
+            reason = str(err).rsplit(": ", 1)[-1]
+        raise write_error(f"cannot write the checkpoint of step {state.step} in {run_dir}: "
+                          f"{reason}; {kept_checkpoint(run_dir)}", err) from None
 
 
 def kept_checkpoint(run_dir: Path) -> str:
