@@ -334,15 +334,22 @@ def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], di
     if "format" not in raw:  # difflab-run/1
         kind = "noisy-classifier" if (run_dir / CLASSIFIER).is_file() else raw.get("method",
                                                                                    "diffusion")
+        if not isinstance(kind, str):
+            raise CheckpointError(f"{run_dir / CONFIG} is corrupt (method {kind!r})")
         return kind, raw, {}
     if raw["format"] != RUN_FORMAT:
         raise CheckpointError(f"{run_dir / CONFIG} has format {raw['format']!r}, which this "
                               f"version of difflab cannot read (it reads {RUN_FORMAT}); upgrade "
                               "difflab")
     kind = raw.get("kind")
-    if kind not in KINDS or not isinstance(raw.get("config"), dict):
+    if not isinstance(kind, str) or kind not in KINDS:
         raise CheckpointError(f"{run_dir / CONFIG} is corrupt (kind {kind!r})")
-    return kind, raw["config"], raw.get("job") or {}
+    if not isinstance(raw.get("config"), dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its config is not a table)")
+    job = raw.get("job") or {}
+    if not isinstance(job, dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its job is not a table)")
+    return kind, raw["config"], job
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
