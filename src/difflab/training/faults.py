@@ -18,15 +18,22 @@ a non-finite loss or gradient, and a stop signal (SIGINT, SIGTERM).
   command line turns into exit code 128 + the signal (130, 143). A second signal acts at once
   as it would without difflab. Since the checkpoint is the state between two updates, a run
   continued with ``--resume`` is bit-identical (on the CPU) to one never stopped.
+- **A lost process.** When one process of a multi-process run dies (killed, out of memory),
+  the collective the others wait in fails (gloo: the connection closes at once; NCCL: at the
+  process group's timeout, :data:`~difflab.training.backend.DIST_TIMEOUT`) and
+  :func:`lost_processes` turns that into :class:`ProcessLostError`, one line naming the update
+  and the checkpoint to resume from; the launcher (torchrun) stops the rest.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import signal
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +68,40 @@ class TrainingInterrupted(KeyboardInterrupt):
         name = signal.Signals(signum).name
         what = f"a checkpoint of step {step} was written" if saved else "nothing was written"
         super().__init__(f"{name} at step {step}: {what}")
+
+
+class ProcessLostError(DifflabError):
+    """Another process of a multi-process run stopped (one line: the update, the checkpoint)."""
+
+
+PEER_FAILURES = ("connection closed by peer", "connection reset by peer", "broken pipe",
+                 "timed out", "timeout", "socket closed")
+
+
+def peer_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a collective that failed because another process is gone."""
+    dist_error = getattr(torch.distributed, "DistError", ())
+    if dist_error and isinstance(err, dist_error):
+        return True
+    return isinstance(err, RuntimeError) and any(p in str(err).lower() for p in PEER_FAILURES)
+
+
+@contextmanager
+def lost_processes(rank: int, world_size: int, where: Callable[[], tuple[int, int | None]]):
+    """Inside the block (the updates of a run of ``world_size`` > 1 processes), a collective
+    that fails because another process is gone becomes :class:`ProcessLostError`; ``where()``
+    gives (updates done, the last checkpoint's step) for its message."""
+    try:
+        yield
+    except RuntimeError as err:
+        if world_size <= 1 or not peer_failure(err):
+            raise
+        step, saved = where()
+        kept = (f"the checkpoint of step {saved} is kept: resume from it with --resume"
+                if saved is not None else "no checkpoint was written yet")
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split()))[:100]
+        raise ProcessLostError(f"process {rank} of {world_size}: another process of this run "
+                               f"stopped during update {step + 1} ({reason}); {kept}") from None
 
 
 def grad_norm(params: Iterable[nn.Parameter], clip: float) -> Tensor:

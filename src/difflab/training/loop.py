@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Backend
-from .faults import StopSignals, TrainingInterrupted, UpdateGuard, grad_norm
+from .faults import StopSignals, TrainingInterrupted, UpdateGuard, grad_norm, lost_processes
 from .losslog import LossLog
 from .state import TrainState
 
@@ -171,7 +171,8 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     objective.net.train()
     saved = resume.step if resume is not None else None  # the last checkpoint's step
     # --- faults (training/faults.py): signals caught, non-finite updates checked ---
-    with StopSignals() as signals:
+    with StopSignals() as signals, lost_processes(backend.rank, backend.world_size,
+                                                  lambda: (step, saved)):
         guard = UpdateGuard(skip_nonfinite, signals)
         while step < end:
             if objective.new_phase(step):
