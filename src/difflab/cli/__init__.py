@@ -55,7 +55,8 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code. difflab's own errors: one
-    line and 2; KeyboardInterrupt: 130; anything else propagates (a bug: its traceback)."""
+    line and 2; KeyboardInterrupt: 130 (a training stopped by a signal: 128 + the signal, 143
+    for SIGTERM; difflab.training.faults); anything else propagates (a bug: its traceback)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     format_warning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:

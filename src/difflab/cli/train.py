@@ -219,14 +219,13 @@ def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
                              f"{torch.cuda.device_count()} (add --device cpu for CPU processes)")
     from ..runs import checkpoint as ckpt
     from ..runs.distill import check_free
+    from ..runs.lock import check_unlocked
 
     if args.resume:  # a refusal here is one line, not a failure report from every process
-        from ..runs.lock import check_unlocked
-
         ckpt.check_run_dir(run_dir)
-        check_unlocked(run_dir)
     else:
         check_free(run_dir, args.overwrite)
+    check_unlocked(run_dir)  # another trainer in it (runs/lock.py)
     argv = without_processes(args.argv)
     if not args.resume and not cfg.out:
         argv += ["--out", str(run_dir)]
