@@ -70,10 +70,11 @@ def test_a_second_trainer_refuses_in_one_line(stopped, capsys, where):
     (stopped / lock.LOCK_FILE).write_text(json.dumps(
         {"pid": parent, "host": host, "start": lock.process_start(parent)}))
     before = {p.name: p.read_bytes() for p in stopped.iterdir()}
-    for argv in (["--resume", stopped], [*TINY, "--out", stopped, "--overwrite"],
-                 ["--resume", stopped, "--processes", "2"],  # refused before launching
-                 [*TINY, "--out", stopped, "--overwrite", "--processes", "2"]):
-        code, _, err = run_cli(capsys, "train", *argv)
+    for argv in (["train", "--resume", stopped], ["train", *TINY, "--out", stopped, "--overwrite"],
+                 ["train", "--resume", stopped, "--processes", "2"],  # refused before launching
+                 ["train", *TINY, "--out", stopped, "--overwrite", "--processes", "2"],
+                 ["distill", "--resume", stopped], ["train-controlnet", "--resume", stopped]):
+        code, _, err = run_cli(capsys, *argv)
         assert one_error_line(code, err), err
         assert f"in use by another trainer (pid {parent} on " in err
         assert ("this host" if where == "this host" else "host elsewhere.example") in err

@@ -174,12 +174,17 @@ def release(run_dir: str | os.PathLike) -> None:
 @contextlib.contextmanager
 def run_lock(run_dir: str | os.PathLike, enabled: bool = True):
     """Hold ``run_dir``'s lock inside the block (``enabled`` False: do nothing, e.g. on the
-    processes of a multi-process run other than the first, which writes)."""
+    processes of a multi-process run other than the first, which writes). A directory that the
+    lock created and that is still empty at the end is removed."""
     if not enabled:
         yield
         return
+    created = not Path(run_dir).exists()
     acquire(run_dir)
     try:
         yield
     finally:
         release(run_dir)
+        if created:  # made for the lock, and nothing was written (an early refusal): remove it
+            with contextlib.suppress(OSError):
+                Path(run_dir).rmdir()
