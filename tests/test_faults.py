@@ -195,3 +195,34 @@ def test_cli_sigterm_checkpoints_exits_143_and_resume_is_bit_identical(tmp_path,
     assert code == 0, err
     a, b = tensors(run), tensors(tmp_path / "whole")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- a lost process (the multi-process run itself: tests/test_distributed_faults.py) -----------
+def test_a_failed_collective_becomes_one_line_only_when_a_process_is_gone():
+    from difflab.training.faults import ProcessLostError, lost_processes
+
+    gone = RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                        "[127.0.0.1]:31135")
+    with pytest.raises(ProcessLostError) as err, lost_processes(0, 2, lambda: (20, 20)):
+        raise gone
+    assert str(err.value) == ("process 0 of 2: another process of this run stopped during "
+                              "update 21 (Connection closed by peer [127.0.0.1]:31135); the "
+                              "checkpoint of step 20 is kept: resume from it with --resume")
+    for world, error in ((1, gone), (2, RuntimeError("mat1 and mat2 shapes cannot be "
+                                                     "multiplied"))):
+        with pytest.raises(RuntimeError) as err, lost_processes(0, world, lambda: (3, None)):
+            raise error
+        assert err.value is error  # one process, or a bug: unchanged, with its traceback
+
+
+def test_the_collectives_timeout(monkeypatch):
+    from difflab.training.backend import DIST_TIMEOUT, BackendError, dist_timeout
+
+    monkeypatch.delenv("DIFFLAB_DIST_TIMEOUT", raising=False)
+    assert dist_timeout() == DIST_TIMEOUT
+    monkeypatch.setenv("DIFFLAB_DIST_TIMEOUT", "7.5")
+    assert dist_timeout() == 7.5
+    for bad in ("soon", "0", "-3", "nan"):
+        monkeypatch.setenv("DIFFLAB_DIST_TIMEOUT", bad)
+        with pytest.raises(BackendError, match="DIFFLAB_DIST_TIMEOUT"):
+            dist_timeout()

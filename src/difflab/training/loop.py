@@ -7,7 +7,9 @@ One update, for an objective ``obj`` at step k (0-based)::
     batch = obj.draw(k, g)                        # the GLOBAL batch's random draws, on the CPU
     for each micro-step m of grad_accum:          # this rank's slice of it (Backend.shard)
         loss_m = obj.loss(model, batch[slice]) / grad_accum ; backward
-    clip ‖∇‖ to obj.grad_clip; lr ← obj.lr_at(k); optimiser step
+    clip ‖∇‖ to obj.grad_clip
+    mean loss, ‖∇‖ and a stop flag read in one sync: not finite → stop or skip (faults.py)
+    lr ← obj.lr_at(k); optimiser step
     obj.after_update(k + 1)                       # its EMA policy
     log; a checkpoint every ``checkpoint_every`` updates and at the end
 
