@@ -150,6 +150,17 @@ def test_config_json_with_wrong_types_or_unknown_keys(run_dir, tmp_path, capsys,
         assert one_error_line(code, err) and message in err, err
 
 
+def test_a_config_json_asking_for_an_enormous_network_is_refused_unbuilt(run_dir, tmp_path,
+                                                                          capsys):
+    """hidden = 10⁹ would allocate terabytes: the shapes are checked on the meta device."""
+    raw = json.loads((run_dir / ckpt.CONFIG).read_text())
+    raw["config"]["model"]["hidden"] = 10**9
+    run = with_config(run_dir, tmp_path, raw)
+    code, _, err = run_cli(capsys, "sample", run, "-n", "2", "--out", tmp_path / "s.png")
+    assert one_error_line(code, err) and "do not fit its config" in err
+    assert "[1000000000] in the config" in err
+
+
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
                     lambda inner: st.lists(inner, max_size=3)
                     | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
