@@ -105,6 +105,35 @@ def test_fuzzed_safetensors_headers_load_or_fail_in_one_line(tmp_path, header, d
             assert "\n" not in str(err)
 
 
+@FUZZ
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1,
+                      max_size=6))
+def test_a_checkpoint_with_bytes_of_its_header_changed_loads_or_fails_in_one_line(
+        run_dir, tmp_path, edits):
+    data = bytearray((run_dir / ckpt.CHECKPOINT).read_bytes())
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    for where, value in edits:  # mostly inside the length and the JSON header
+        data[where % header_end] = value
+    (tmp_path / ckpt.CHECKPOINT).write_bytes(bytes(data))
+    try:
+        ckpt.load_checkpoint(tmp_path)
+    except ckpt.CheckpointError as err:
+        assert "\n" not in str(err)
+
+
+def test_a_checkpoint_of_another_network_is_one_line_on_resume(run_dir, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    cfg = TrainConfig.from_dict({"hidden": 8, "depth": 1, "t_dim": 8, "batch": 64,
+                                 "n_train": 256, "steps": 2, "threads": 1})
+    other = train(cfg, tmp_path / "other", progress=False, evaluate_after=False)
+    shutil.copy(other / ckpt.CHECKPOINT, run / ckpt.CHECKPOINT)  # well-formed, wrong shapes
+    code, _, err = run_cli(capsys, "train", "--resume", run, "--steps", "6", "--extend")
+    assert one_error_line(code, err) and "does not fit this run's config" in err, err
+
+
 def test_a_corrupt_weight_file_is_one_line_on_the_command_line(run_dir, tmp_path, capsys):
     import shutil
 

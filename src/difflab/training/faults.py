@@ -38,7 +38,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from ..errors import DifflabError
+from ..errors import CheckpointError, DifflabError
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -102,6 +102,20 @@ def lost_processes(rank: int, world_size: int, where: Callable[[], tuple[int, in
         reason = re.sub(r"^\[[^\]]*\]\s*", "", " ".join(str(err).split()))[:100]
         raise ProcessLostError(f"process {rank} of {world_size}: another process of this run "
                                f"stopped during update {step + 1} ({reason}); {kept}") from None
+
+
+@contextmanager
+def unfit_checkpoint():
+    """Inside the block (a checkpoint's state restored into the run's modules, optimiser,
+    generators and log), an error of the restoring is a one-line ``CheckpointError``: a
+    checkpoint of another network (other shapes, other modules) or one damaged in a way that
+    its file format does not show."""
+    try:
+        yield
+    except (KeyError, RuntimeError, ValueError, TypeError, IndexError) as err:
+        reason = " ".join(str(err).split())[:160]
+        raise CheckpointError(f"the checkpoint does not fit this run's config ({reason})"
+                              ) from None
 
 
 def grad_norm(params: Iterable[nn.Parameter], clip: float) -> Tensor:

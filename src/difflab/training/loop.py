@@ -32,7 +32,14 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Backend
-from .faults import StopSignals, TrainingInterrupted, UpdateGuard, grad_norm, lost_processes
+from .faults import (
+    StopSignals,
+    TrainingInterrupted,
+    UpdateGuard,
+    grad_norm,
+    lost_processes,
+    unfit_checkpoint,
+)
 from .losslog import LossLog
 from .state import TrainState
 
@@ -141,13 +148,14 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     opt = objective.optimizer()
     step, elapsed = 0, 0.0
     if resume is not None:
-        for name, module in objective.modules().items():
-            module.load_state_dict(resume.modules[name])
-        objective.load_state_dict(resume.extra)
-        opt.load_state_dict(resume.optimizer)
-        generator.set_state(resume.generator)
-        torch.set_rng_state(resume.torch_rng)
-        log.load_state_dict(resume.log)
+        with unfit_checkpoint():  # a checkpoint of another network: one line (faults.py)
+            for name, module in objective.modules().items():
+                module.load_state_dict(resume.modules[name])
+            objective.load_state_dict(resume.extra)
+            opt.load_state_dict(resume.optimizer)
+            generator.set_state(resume.generator)
+            torch.set_rng_state(resume.torch_rng)
+            log.load_state_dict(resume.log)
         step, elapsed = resume.step, resume.elapsed
         objective.resumed(step)
     end = steps if max_steps is None else min(steps, max_steps)
