@@ -185,14 +185,20 @@ def test_a_config_json_asking_for_an_enormous_network_is_refused_unbuilt(run_dir
     raw = json.loads((run_dir / ckpt.CONFIG).read_text())
     raw["config"]["model"]["hidden"] = 10**9
     run = with_config(run_dir, tmp_path, raw)
-    code, _, err = run_cli(capsys, "sample", run, "-n", "2", "--out", tmp_path / "s.png")
-    assert one_error_line(code, err) and "do not fit its config" in err
-    assert "[1000000000] in the config" in err
+    for argv in (["sample", run, "-n", "2", "--out", tmp_path / "s.png"],
+                 ["train", "--resume", run, "--steps", "6", "--extend"]):
+        code, _, err = run_cli(capsys, *argv)
+        assert one_error_line(code, err) and "do not fit its config" in err, err
+        assert "[1000000000] in the config" in err
+
+
+def nested(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.one_of(st.lists(inner, max_size=3),
+                     st.dictionaries(st.text(max_size=6), inner, max_size=3))
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
-                    lambda inner: st.lists(inner, max_size=3)
-                    | st.dictionaries(st.text(max_size=6), inner, max_size=3), max_leaves=8)
+                    nested, max_leaves=8)
 FIELDS = list(TrainConfig.__dataclass_fields__)
 
 

@@ -25,7 +25,7 @@ from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
 from .evaluate import evaluate_after as write_evaluation
-from .load import config_to_json, sampling_model
+from .load import check_fits, config_to_json, sampling_model
 from .lock import run_lock
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
@@ -131,6 +131,9 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
+        if resume and (run_dir / ckpt.weight_file("denoiser", False)).is_file():
+            # a config.json edited to ask for another (an enormous) network: refused unbuilt
+            check_fits(cfg, ckpt.load_weights(run_dir, "model"), run_dir)
         objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend, codec=codec)
         if cfg.ct_init_from and not resume:  # CT's warm start: F_θ and θ⁻ ← the run's EMA net
             from .load import read_run_config
