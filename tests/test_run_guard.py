@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,13 +26,22 @@ TINY = ["--hidden", "32", "--depth", "1", "--batch", "128", "--n-train", "1000",
         "--steps", "20", "--checkpoint-every", "5"]
 
 
-@pytest.fixture
-def stopped(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def stopped_once(tmp_path_factory):
     """A run stopped at step 10 (checkpoints every 5 steps, 20 in all)."""
-    run = tmp_path / "run"
-    code, _, err = run_cli(capsys, "train", *TINY, "--stop-after", "10", "--out", run)
-    assert code == 0, err
+    from difflab.cli import main
+
+    run = tmp_path_factory.mktemp("guard") / "run"
+    assert main(["train", *TINY, "--stop-after", "10", "--out", str(run)]) == 0
     return run
+
+
+@pytest.fixture
+def stopped(stopped_once, tmp_path):
+    """A copy of that run for one test."""
+    import shutil
+
+    return Path(shutil.copytree(stopped_once, tmp_path / "run"))
 
 
 def tensors(run) -> dict[str, torch.Tensor]:
