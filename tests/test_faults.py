@@ -132,6 +132,23 @@ def test_a_signal_checkpoints_the_current_step_and_resume_is_exact(signum, code)
     assert result.log.rows == whole_result.log.rows
 
 
+def test_a_second_signal_acts_at_once():
+    """The first SIGINT asks for a checkpoint; a second one interrupts as Python would, at
+    once, inside the update (no checkpoint of it)."""
+    class Twice(Toy):
+        def loss(self, model, batch):
+            if int(batch["k"][0]) == 7:
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+            return super().loss(model, batch)
+
+    saved = {}
+    with pytest.raises(KeyboardInterrupt) as err:
+        fit(Twice(), steps=12, generator=torch.Generator().manual_seed(1), checkpoint_every=5,
+            save=lambda s: saved.__setitem__(s.step, s))
+    assert not isinstance(err.value, TrainingInterrupted) and list(saved) == [5]
+
+
 # --- the command line --------------------------------------------------------------------------
 TINY = ["--hidden", "32", "--depth", "1", "--batch", "128", "--n-train", "1000", "--n-eval", "200",
         "--eval-steps", "2", "--threads", "1", "--lr-schedule", "constant", "--no-progress"]
