@@ -44,6 +44,13 @@ from torch import Tensor
 from ..errors import CheckpointError, DifflabError
 from ..training.state import TrainState
 from .lock import LOCK_FILE
+from .safe_files import (
+    CheckpointWriteError,
+    header_problem,
+    kept_checkpoint,
+    step_of,
+    write_error,
+)
 
 FORMAT = "difflab-checkpoint/2"
 LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
@@ -79,11 +86,6 @@ class RunExistsError(DifflabError):
     """The output directory already holds a run and neither overwrite nor resume was asked."""
 
 
-class CheckpointWriteError(CheckpointError, OSError):
-    """A checkpoint that could not be written (disk full, read-only directory): one line that
-    says which checkpoint is still there, intact. Also an ``OSError``."""
-
-
 # --- atomic files --------------------------------------------------------------------------------
 
 
@@ -99,13 +101,6 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             raise
         raise write_error(f"cannot write {path}: {err.strerror or one_line(err)}", err) from None
     _fsync_dir(path.parent)
-
-
-def write_error(message: str, err: OSError) -> CheckpointWriteError:
-    """A CheckpointWriteError of ``message``; ``reason``: ``err``'s errno (e.g. ENOSPC)."""
-    error = CheckpointWriteError(message)
-    error.reason = err.errno
-    return error
 
 
 def write_replacing(path: Path, data: bytes) -> None:
@@ -184,22 +179,6 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
     return tensors, metadata
 
 
-MAX_HEADER = 100_000_000  # bytes of a safetensors header (the safetensors library's own limit)
-
-
-def header_problem(data: bytes) -> str | None:
-    """What is wrong with the framing of a safetensors file's bytes (None: nothing): 8 bytes
-    of header length, then that many bytes of JSON, within the file."""
-    if len(data) < 8:
-        return f"{len(data)} bytes, shorter than a safetensors header"
-    n = int.from_bytes(data[:8], "little")
-    if n > MAX_HEADER:
-        return f"its header claims {n} bytes, more than the {MAX_HEADER} allowed"
-    if 8 + n > len(data):
-        return f"truncated: its header claims {n} bytes, the file has {len(data) - 8} after it"
-    return None
-
-
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
@@ -221,6 +200,11 @@ def one_line(err: BaseException) -> str:
 
 
 # --- run directories -----------------------------------------------------------------------------
+
+
+def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of ``run_dir``'s checkpoint, read from its header alone (None if unreadable)."""
+    return step_of(Path(run_dir) / CHECKPOINT)
 
 
 def check_run_dir(run_dir: str | os.PathLike) -> Path:
@@ -364,28 +348,7 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
         if isinstance(err, CheckpointWriteError):
             reason = str(err).rsplit(": ", 1)[-1]
         raise write_error(f"cannot write the checkpoint of step {state.step} in {run_dir}: "
-                          f"{reason}; {kept_checkpoint(run_dir)}", err) from None
-
-
-def kept_checkpoint(run_dir: Path) -> str:
-    """What a failed write left: the step of the (intact) checkpoint in ``run_dir``."""
-    step = checkpoint_step(run_dir)
-    if step is None:
-        return "there is no earlier checkpoint"
-    return (f"its checkpoint of step {step} is intact (free some space or make the directory "
-            "writable, then resume)")
-
-
-def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
-    """The step of ``run_dir``'s checkpoint from its header alone; None if unreadable."""
-    try:
-        with open(Path(run_dir) / CHECKPOINT, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if n > MAX_HEADER:
-                return None
-            return int(json.loads(f.read(n))["__metadata__"]["step"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+                          f"{reason}; {kept_checkpoint(run_dir / CHECKPOINT)}", err) from None
 
 
 def write_checkpoint(run_dir: Path, state: TrainState, kind: str | None) -> None:
