@@ -123,7 +123,7 @@ def grad_norm(params: Iterable[nn.Parameter], clip: float) -> Tensor:
     clipped to it on the way (the norm is the one before clipping)."""
     params = [p for p in params if p.grad is not None]
     if not params:
-        return torch.zeros(())
+        return torch.zeros(())  # (a module without gradients: on the CPU, it has no device)
     if clip > 0:
         return nn.utils.clip_grad_norm_(params, clip)
     return nn.utils.get_total_norm([p.grad for p in params])
@@ -173,9 +173,10 @@ class UpdateGuard:
         """(the loss's mean over the processes, the gradient norm, whether any process got a
         stop signal): one collective and one sync."""
         flag = float(self.signals.signum) if self.signals is not None else 0.0
+        # (torch.full: a fill on the device, where torch.tensor would be a blocking copy)
         local = torch.stack([loss.detach().float().reshape(()),
                              norm.detach().float().reshape(()).to(loss.device),
-                             torch.tensor(flag, device=loss.device)])
+                             torch.full((), flag, device=loss.device)])
         value, gnorm, stop = backend.mean(local).tolist()
         return value, gnorm, stop > 0
 

@@ -205,7 +205,7 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
             backend.unscale(opt)
             norm = grad_norm(params, objective.grad_clip)  # clipped on the way if grad_clip > 0
             if backend.scaler is not None:  # fp16: the gradient scaler skips inf gradients itself
-                norm = torch.zeros(())
+                norm = torch.zeros((), device=backend.device)
             value, gnorm, stop = guard.read(total, norm, backend)  # the update's one sync
             skipped = guard.bad(step + 1, value, gnorm, saved)  # (or NonFiniteError)
             if skipped:  # nothing applied; its slot and its draws are used up
