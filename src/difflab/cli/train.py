@@ -231,7 +231,34 @@ def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
         argv += ["--out", str(run_dir)]
     cmd = launch_command(n, argv)
     print(f"{PROG}: running {n} processes: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    return run_forwarding_sigterm(cmd)
+
+
+def run_forwarding_sigterm(cmd: list[str]) -> int:
+    """Run the launcher ``cmd`` and wait for it; a SIGTERM sent to this process alone (a job
+    scheduler's, ``kill``) is passed on to the launcher, which passes it to every process: each
+    writes its checkpoint and stops (difflab.training.faults) instead of training on, orphaned.
+    (Ctrl-C reaches the launcher from the terminal itself.)"""
+    import signal
+
+    proc = subprocess.Popen(cmd)
+    forwarded = []
+
+    def forward(signum, frame) -> None:
+        forwarded.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        code = proc.wait()
+        return 128 + signal.SIGTERM if forwarded and code != 0 else code
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if proc.poll() is None:  # (an exception here, e.g. a second Ctrl-C): wait a little
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def launch_command(n: int, argv: list[str]) -> list[str]:
