@@ -8,6 +8,10 @@ from __future__ import annotations
 import copy
 import os
 import signal
+import subprocess
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -183,10 +187,6 @@ def test_cli_nan_stop_keeps_the_checkpoint_and_resumes_with_a_lower_lr(tmp_path,
 
 
 def test_cli_sigterm_checkpoints_exits_143_and_resume_is_bit_identical(tmp_path, capsys):
-    import subprocess
-    import sys
-    import time
-
     # a long run, stopped soon after its first checkpoint; then both runs end at step + 20
     args = [*TINY, "--steps", "100000", "--checkpoint-every", "25"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SRC)
@@ -243,3 +243,23 @@ def test_the_collectives_timeout(monkeypatch):
         monkeypatch.setenv("DIFFLAB_DIST_TIMEOUT", bad)
         with pytest.raises(BackendError, match="DIFFLAB_DIST_TIMEOUT"):
             dist_timeout()
+
+
+def test_processes_pass_a_sigterm_on_to_the_launcher():
+    """``train --processes``: a SIGTERM sent to difflab alone reaches the launcher it runs (which
+    passes it to every process), and difflab exits 143 when it ends."""
+    from difflab.cli.train import run_forwarding_sigterm
+
+    launcher = ("import signal, sys, time\n"
+                "signal.signal(signal.SIGTERM, lambda *a: sys.exit(3))\n"
+                "time.sleep(60)\n")
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    start = time.monotonic()
+    try:
+        code = run_forwarding_sigterm([sys.executable, "-c", launcher])
+    finally:
+        timer.cancel()
+    assert code == 143 and time.monotonic() - start < 30
+    assert signal.getsignal(signal.SIGTERM) == before
