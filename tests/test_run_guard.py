@@ -133,11 +133,12 @@ def test_disk_full_while_checkpointing(stopped, capsys, monkeypatch):
     assert not [p.name for p in stopped.iterdir() if p.name.endswith(".tmp")]
     assert not (stopped / lock.LOCK_FILE).exists()
     # a writer killed mid-write leaves its temporary file: the next start removes it
-    leftover = stopped / ".checkpoint.safetensors.x1y2.tmp"
-    leftover.write_bytes(b"half a checkpoint")
+    leftovers = [stopped / ".checkpoint.safetensors.x1y2.tmp", stopped / ".difflab.lock.z3.tmp"]
+    for leftover in leftovers:
+        leftover.write_bytes(b"half a file")
     code, _, err = run_cli(capsys, "train", "--resume", stopped)
     assert code == 0, err
-    assert not leftover.exists() and ckpt.load_checkpoint(stopped).step == 20
+    assert not any(p.exists() for p in leftovers) and ckpt.load_checkpoint(stopped).step == 20
 
 
 def test_read_only_run_directory(stopped, capsys, monkeypatch):

@@ -222,7 +222,7 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
 def remove_stale_temps(run_dir: str | os.PathLike) -> None:
     """Delete the temporary files of writes that a killed process left half done (a write is
     a temporary file renamed over the old one; the old one is intact)."""
-    for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):
+    for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL, LOCK_FILE):
         for path in Path(run_dir).glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
 
