@@ -186,6 +186,7 @@ def test_cli_nan_stop_keeps_the_checkpoint_and_resumes_with_a_lower_lr(tmp_path,
     assert one_error_line(code, err) and "--skip-nonfinite" in err
 
 
+@pytest.mark.slow  # a real process to signal: its start alone takes seconds on a busy machine
 def test_cli_sigterm_checkpoints_exits_143_and_resume_is_bit_identical(tmp_path, capsys):
     # a long run, stopped soon after its first checkpoint; then both runs end at step + 20
     args = [*TINY, "--steps", "100000", "--checkpoint-every", "25"]
