@@ -1,7 +1,7 @@
 """The command line's error policy and its newer flags: difflab's own errors (and argparse's) are
 one line ``difflab: error: …`` with exit code 2; any other exception is a bug and keeps its
 traceback. Also ``--device``/``--precision``, ``distill --resume`` and ``train --processes``
-(the launch command, with ``subprocess.run`` replaced: the real 2-process run is tested
+(the launch command, with the launching replaced: the real 2-process run is tested
 elsewhere)."""
 
 from __future__ import annotations
@@ -210,13 +210,15 @@ def test_distill_passes_device_precision_and_checkpoints(trained, monkeypatch, t
 
 # --- train --processes -------------------------------------------------------------------------
 def test_processes_relaunches_the_command_under_accelerate(trained, monkeypatch, capsys):
+    import difflab.cli.train as cli_train
+
     launched = []
 
-    def fake_run(cmd, **kwargs):
+    def fake_run(cmd):
         launched.append(cmd)
-        return subprocess.CompletedProcess(cmd, 3)
+        return 3
 
-    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setattr(cli_train, "run_forwarding_sigterm", fake_run)
     code, _, _ = run(capsys, "train", *TINY, "--processes", "2", "--device", "cpu")
     assert code == 3  # the launcher's exit code, passed through
     (cmd,) = launched

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from difflab.training.diffusion import LRSchedule
-from difflab.training.loggers import LOG_DIR, LOGGERS, grad_norm
+from difflab.training.faults import grad_norm
+from difflab.training.loggers import LOG_DIR, LOGGERS
 from helpers import one_error_line, run_cli
 
 pytest.importorskip("tensorboard", reason="--log tensorboard needs the tensorboard package")
@@ -112,8 +113,8 @@ def test_grad_norm_function_matches_torch():
     for p in params[:2]:
         p.grad = torch.randn(p.shape, generator=g)
     expected = torch.cat([p.grad for p in params[:2]]).norm()
-    assert grad_norm(params).item() == pytest.approx(expected.item(), rel=1e-6)
-    assert grad_norm([torch.nn.Parameter(torch.zeros(2))]).item() == 0.0
+    assert grad_norm(params, 0.0).item() == pytest.approx(expected.item(), rel=1e-6)
+    assert grad_norm([torch.nn.Parameter(torch.zeros(2))], 0.0).item() == 0.0
 
 
 def test_a_resumed_run_logs_each_step_once(tmp_path, capsys):

@@ -56,7 +56,8 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code. difflab's own errors: one
-    line and 2; KeyboardInterrupt: 130; anything else propagates (a bug: its traceback)."""
+    line and 2; KeyboardInterrupt: 130 (a training stopped by a signal: 128 + the signal, 143
+    for SIGTERM; difflab.training.faults); anything else propagates (a bug: its traceback)."""
     argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     format_warning, warnings.formatwarning = warnings.formatwarning, one_line_warning
     try:
@@ -71,9 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except SystemExit as exit_:  # --help and --version
         return exit_.code if isinstance(exit_.code, int) else 0
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted (a run continues from its last checkpoint with "
+    except KeyboardInterrupt as err:  # a TrainingInterrupted (training/faults.py) says more
+        what = f"{err}; " if str(err) else ""
+        print(f"{PROG}: interrupted ({what}a run continues from its last checkpoint with "
               f"'{PROG} train --resume RUN' or '{PROG} distill --resume OUT')", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return getattr(err, "exit_code", EXIT_INTERRUPTED)
     finally:
         warnings.formatwarning = format_warning

@@ -12,8 +12,8 @@ from .common import (
     UsageError,
     add_progress_flag,
     check_output_dir,
-    listing_skipped_files,
     training_progress,
+    writing_run,
 )
 from .config_flags import add_config_flags, config_from_flags, given_fields
 
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         run_dir = default_run_dir(cfg)
         run_dir = run_dir.with_name(run_dir.name + "-classifier")
     check_output_dir(run_dir)
-    with listing_skipped_files(run_dir):
+    with writing_run(run_dir):
         run_dir = train_classifier_run(cfg, run_dir, overwrite=args.overwrite,
                                        progress=training_progress(args))
     m = ckpt.read_json(run_dir / ckpt.METRICS)

@@ -148,6 +148,18 @@ def listing_skipped_files(run_dir) -> Iterator[None]:
                       f"{run_dir / SKIPPED_FILES}", file=sys.stderr)
 
 
+@contextmanager
+def writing_run(run_dir) -> Iterator[None]:
+    """Around a command that writes the run directory ``run_dir``: its lock (one trainer per
+    run directory, :mod:`difflab.runs.lock`; taken by the first process) and the list of the
+    image files skipped (:func:`listing_skipped_files`)."""
+    from ..runs.lock import run_lock
+    from ..training.backend import world
+
+    with run_lock(run_dir, world()[0] == 0), listing_skipped_files(run_dir):
+        yield
+
+
 # --- progress, device, precision ----------------------------------------------------------------
 def add_progress_flag(p: argparse.ArgumentParser, training: bool = False) -> None:
     what = ("no progress bar on a terminal, and no periodic progress line (step, loss, steps/s, "

@@ -25,8 +25,8 @@ from .common import (
     add_progress_flag,
     check_output_dir,
     flag,
-    listing_skipped_files,
     training_progress,
+    writing_run,
 )
 
 # flags that start a training, refused with --resume (which continues one as it was started)
@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.resume)
         if not out.is_dir():
             raise UsageError(f"--resume {out}: no such directory")
-        with listing_skipped_files(out):
+        with writing_run(out):
             resume_controlnet(out, progress=training_progress(args), max_steps=args.stop_after)
         return finish(out)
     if args.base is None:
@@ -111,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
                                 ("seed", args.seed), ("p_uncond", args.p_uncond),
                                 ("hidden", args.hint_hidden), ("threads", args.threads),
                                 ("checkpoint_every", args.checkpoint_every)) if v is not None}
-    with listing_skipped_files(out):
+    with writing_run(out):
         train_controlnet(base, out, hint=hint, zero=args.init != "random",
                          overwrite=args.overwrite, progress=training_progress(args),
                          evaluate=not args.no_eval, device=args.device,

@@ -23,9 +23,9 @@ from .common import (
     add_progress_flag,
     check_output_dir,
     flag,
-    listing_skipped_files,
     training_progress,
     user_errors,
+    writing_run,
 )
 
 METHODS = ("progressive", "consistency")
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                   precision=args.precision, compile=args.compile, max_steps=args.stop_after)
     if args.checkpoint_every is not None:
         common["checkpoint_every"] = args.checkpoint_every
-    with listing_skipped_files(out):
+    with writing_run(out):
         return distill(args, run_dir, out, common)
 
 
@@ -152,7 +152,7 @@ def resume(args: argparse.Namespace) -> int:
     out = Path(args.resume)
     if not out.is_dir():
         raise UsageError(f"--resume {out}: no such directory")
-    with listing_skipped_files(out):
+    with writing_run(out):
         result = resume_distillation(out, progress=training_progress(args),
                                      max_steps=args.stop_after, report=report)
     if isinstance(result, tuple):  # consistency: (run directory, metrics)

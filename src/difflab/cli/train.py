@@ -37,7 +37,7 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 # device, compile and the processes do not change what a checkpoint holds
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile",
-             "log"}
+             "log", "lr", "skip_nonfinite"}  # lr: lowered after a NaN stop (the rest follows it)
 TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 
@@ -219,17 +219,46 @@ def launch(args: argparse.Namespace, cfg, run_dir: Path) -> int:
                              f"{torch.cuda.device_count()} (add --device cpu for CPU processes)")
     from ..runs import checkpoint as ckpt
     from ..runs.distill import check_free
+    from ..runs.lock import check_unlocked
 
     if args.resume:  # a refusal here is one line, not a failure report from every process
         ckpt.check_run_dir(run_dir)
     else:
         check_free(run_dir, args.overwrite)
+    check_unlocked(run_dir)  # another trainer in it (runs/lock.py)
     argv = without_processes(args.argv)
     if not args.resume and not cfg.out:
         argv += ["--out", str(run_dir)]
     cmd = launch_command(n, argv)
     print(f"{PROG}: running {n} processes: {shlex.join(cmd)}", file=sys.stderr, flush=True)
-    return subprocess.run(cmd, check=False).returncode
+    return run_forwarding_sigterm(cmd)
+
+
+def run_forwarding_sigterm(cmd: list[str]) -> int:
+    """Run the launcher ``cmd`` and wait for it; a SIGTERM sent to this process alone (a job
+    scheduler's, ``kill``) is passed on to the launcher, which passes it to every process: each
+    writes its checkpoint and stops (difflab.training.faults) instead of training on, orphaned.
+    (Ctrl-C reaches the launcher from the terminal itself.)"""
+    import signal
+
+    proc = subprocess.Popen(cmd)
+    forwarded = []
+
+    def forward(signum, frame) -> None:
+        forwarded.append(signum)
+        proc.send_signal(signal.SIGTERM)
+
+    old = signal.signal(signal.SIGTERM, forward)
+    try:
+        code = proc.wait()
+        return 128 + signal.SIGTERM if forwarded and code != 0 else code
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if proc.poll() is None:  # (an exception here, e.g. a second Ctrl-C): wait a little
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def launch_command(n: int, argv: list[str]) -> list[str]:

@@ -112,7 +112,7 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
                 "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
-    for key in ("depth", "warmup", "seed"):
+    for key in ("depth", "warmup", "seed", "skip_nonfinite"):
         need(getattr(cfg, key) >= 0, key, "must be at least 0")
     need(cfg.threads >= 0, "threads", "must be at least 0 (0: all the cores torch is given)")
     need(cfg.device.split(":")[0] in DEVICES, "device", f"must be one of {', '.join(DEVICES)}")

@@ -244,6 +244,9 @@ class TrainConfig:
                                   "scaler, CUDA only); weights, optimiser and EMA stay float32")
     compile: bool = _run(False, "torch.compile the network")
     checkpoint_every: int = _run(1000, "steps between checkpoints (one more at the end)")
+    skip_nonfinite: int = _run(0, "skip up to this many updates in a row whose loss or "
+                                  "gradient is NaN or infinite (not applied); 0: the first "
+                                  "one stops the run, keeping the last checkpoint")
     log_every: int = _run(10, "steps per row of loss.csv (the mean loss of those steps)")
     log: str = _run("csv", "training log: csv (loss.csv only) or tensorboard (also TensorBoard "
                            "event files in RUN/tensorboard: loss, learning rate, gradient norm "

@@ -209,14 +209,54 @@ def _image_files(root: Path) -> list[Path]:
     )
 
 
+MAX_PIXELS = 2**26  # an image file larger than this (67 Mpx, e.g. 8192²) is refused undecoded
+
+
+class RefusedImageError(ValueError):
+    """An image file that is not read: larger than :data:`MAX_PIXELS` (a decompression bomb:
+    its header alone is read), damaged, or not an image."""
+
+
+def _open_image(path: Path):
+    """Pillow's lazy image of ``path`` (only its header is read), or RefusedImageError."""
+    from PIL import Image
+
+    with warnings.catch_warnings():  # Pillow's own bomb warning: the check below decides
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(path)
+        except Image.DecompressionBombError as err:
+            raise RefusedImageError(f"larger than {MAX_PIXELS} pixels ({err})") from None
+    width, height = im.size
+    if width * height > MAX_PIXELS:
+        im.close()
+        raise RefusedImageError(f"{width}×{height} pixels, more than the {MAX_PIXELS} allowed")
+    return im
+
+
+def _eight_bit(im):
+    """16- and 32-bit grey ("I;16", "I") scaled to 8 bits (Pillow would clip them at 255),
+    floats ("F") clipped to 0..255; other modes as they are."""
+    from PIL import Image
+
+    if im.mode.startswith("I"):
+        return Image.fromarray((np.asarray(im, dtype=np.float64) / 257.0).clip(0, 255)
+                               .round().astype(np.uint8))
+    if im.mode == "F":
+        return Image.fromarray(np.asarray(im, dtype=np.float64).clip(0, 255).round()
+                               .astype(np.uint8))
+    return im
+
+
 def _read_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """One image: EXIF-rotated, transparency over white, shorter side resized to ``size``
-    (Lanczos) and centre-cropped; returns uint8 (size, size, channels)."""
+    """One image: EXIF-rotated, transparency over white, 16-bit grey scaled to 8 bits, shorter
+    side resized to ``size`` (Lanczos) and centre-cropped; returns uint8 (size, size,
+    channels). RefusedImageError for a file of more than :data:`MAX_PIXELS` pixels."""
     from PIL import Image, ImageOps
 
-    with Image.open(path) as im:
+    with _open_image(path) as im:
         im.draft("RGB" if channels == 3 else "L", (size, size))  # JPEG: decode at reduced scale
-        im = ImageOps.exif_transpose(im)
+        im = _eight_bit(ImageOps.exif_transpose(im))
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
             im = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
@@ -248,11 +288,14 @@ def image_folder(
     if not root.is_dir():
         raise ConfigError(f"image folder {str(root)!r} does not exist or is not a directory")
     files = _image_files(root)
-    images, kept, bad = [], [], []
+    images, kept, bad, too_large = [], [], [], 0
     for f in files:
         try:
             images.append(_read_image(f, size, channels))
             kept.append(f)
+        except RefusedImageError:
+            bad.append(f)
+            too_large += 1
         except Exception:  # noqa: BLE001 - Pillow's decoders raise many types; never crash
             bad.append(f)
     if bad:
@@ -260,9 +303,10 @@ def image_folder(
         collector = _SKIPPED.get()
         if collector is not None:
             collector.setdefault(str(root), skipped)
+        large = f", {too_large} of them over {MAX_PIXELS} pixels" if too_large else ""
         warnings.warn(
             f"image_folder: skipped {len(bad)} unreadable file(s) of {len(files)} under "
-            f"{str(root)!r}, e.g. {skipped[0]!r}",
+            f"{str(root)!r}{large}, e.g. {skipped[0]!r}",
             stacklevel=2,
         )
     if not images:

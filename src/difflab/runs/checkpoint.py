@@ -29,6 +29,7 @@ checkpoints. Nothing here unpickles: tensors go through safetensors, the rest th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -42,6 +43,14 @@ from torch import Tensor
 
 from ..errors import CheckpointError, DifflabError
 from ..training.state import TrainState
+from .lock import LOCK_FILE
+from .safe_files import (
+    CheckpointWriteError,
+    header_problem,
+    kept_checkpoint,
+    step_of,
+    write_error,
+)
 
 FORMAT = "difflab-checkpoint/2"
 LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
@@ -81,8 +90,21 @@ class RunExistsError(DifflabError):
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one."""
+    """Write ``data`` to ``path`` so that readers see either the old file or the whole new one.
+    A write that fails (disk full, read-only directory) leaves the old file as it was, removes
+    its temporary file and raises :class:`CheckpointWriteError` (an OSError) in one line."""
     path = Path(path)
+    try:
+        write_replacing(path, data)
+    except OSError as err:
+        if isinstance(err, CheckpointWriteError):
+            raise
+        raise write_error(f"cannot write {path}: {err.strerror or one_line(err)}", err) from None
+    _fsync_dir(path.parent)
+
+
+def write_replacing(path: Path, data: bytes) -> None:
+    """The temporary file, written, fsync'ed and renamed over ``path`` (removed on failure)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600 and the rename keeps that mode: give it the mode a plain
@@ -95,9 +117,9 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (a read-only file system may refuse this too)
+            Path(tmp).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
 
 
 def current_umask() -> int:
@@ -137,11 +159,22 @@ def load_tensors(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, 
         raise CheckpointError(f"{path} is missing") from None
     except OSError as err:
         raise CheckpointError(f"cannot read {path}: {err.strerror}") from None
+    problem = header_problem(data)
+    if problem is not None:
+        raise CheckpointError(f"{path} is corrupt ({problem})")
     try:
+        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
+        metadata = (header.get("__metadata__") or {}) if isinstance(header, dict) else None
+        if not (isinstance(metadata, dict)
+                and all(isinstance(v, str) for v in metadata.values())):
+            raise ValueError("its metadata is not a table of strings")
         tensors = st_load(data)
-        header_len = int.from_bytes(data[:8], "little")
-        metadata = json.loads(data[8:8 + header_len]).get("__metadata__") or {}
-    except (SafetensorError, ValueError, RuntimeError) as err:
+    except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError,
+            RecursionError) as err:
+        raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
+    except BaseException as err:  # a panic inside the Rust parser (pyo3's PanicException)
+        if type(err).__name__ != "PanicException":
+            raise
         raise CheckpointError(f"{path} is corrupt ({one_line(err)})") from None
     return tensors, metadata
 
@@ -169,6 +202,11 @@ def one_line(err: BaseException) -> str:
 # --- run directories -----------------------------------------------------------------------------
 
 
+def checkpoint_step(run_dir: str | os.PathLike) -> int | None:
+    """The step of ``run_dir``'s checkpoint, read from its header alone (None if unreadable)."""
+    return step_of(Path(run_dir) / CHECKPOINT)
+
+
 def check_run_dir(run_dir: str | os.PathLike) -> Path:
     """The path of an existing run directory (one with a config.json), else CheckpointError."""
     run_dir = Path(run_dir)
@@ -184,18 +222,18 @@ def check_run_dir(run_dir: str | os.PathLike) -> Path:
 def remove_stale_temps(run_dir: str | os.PathLike) -> None:
     """Delete the temporary files of writes that a killed process left half done (a write is
     a temporary file renamed over the old one; the old one is intact)."""
-    for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):
+    for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL, LOCK_FILE):
         for path in Path(run_dir).glob(f".{name}.*.tmp"):
             path.unlink(missing_ok=True)
 
 
-def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Create ``run_dir`` for a new run. An existing non-empty directory is an error unless
-    ``overwrite``, and even then only difflab's own files are removed (never anything else)."""
+def check_new_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> bool:
+    """RunExistsError where :func:`prepare_run_dir` would refuse ``run_dir``; else whether it
+    holds files to replace. (A trainer's lock file, :mod:`.lock`, does not count.)"""
     run_dir = Path(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunExistsError(f"{run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if not overwrite:
             raise RunExistsError(
                 f"run directory {run_dir} already exists; pass --overwrite to replace it "
@@ -205,6 +243,15 @@ def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path
             raise RunExistsError(
                 f"refusing to overwrite {run_dir}: it is not empty and not a difflab run directory"
             )
+        return True
+    return False
+
+
+def prepare_run_dir(run_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Create ``run_dir`` for a new run. An existing non-empty directory is an error unless
+    ``overwrite``, and even then only difflab's own files are removed (never anything else)."""
+    run_dir = Path(run_dir)
+    if check_new_run_dir(run_dir, overwrite):
         for name in (*RUN_FILES, *OTHER_FILES, CLASSIFIER, EMA, MODEL):  # and difflab-run/1's names
             (run_dir / name).unlink(missing_ok=True)
         remove_stale_temps(run_dir)
@@ -271,15 +318,22 @@ def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], di
     if "format" not in raw:  # difflab-run/1
         kind = "noisy-classifier" if (run_dir / CLASSIFIER).is_file() else raw.get("method",
                                                                                    "diffusion")
+        if not isinstance(kind, str):
+            raise CheckpointError(f"{run_dir / CONFIG} is corrupt (method {kind!r})")
         return kind, raw, {}
     if raw["format"] != RUN_FORMAT:
         raise CheckpointError(f"{run_dir / CONFIG} has format {raw['format']!r}, which this "
                               f"version of difflab cannot read (it reads {RUN_FORMAT}); upgrade "
                               "difflab")
     kind = raw.get("kind")
-    if kind not in KINDS or not isinstance(raw.get("config"), dict):
+    if not isinstance(kind, str) or kind not in KINDS:
         raise CheckpointError(f"{run_dir / CONFIG} is corrupt (kind {kind!r})")
-    return kind, raw["config"], raw.get("job") or {}
+    if not isinstance(raw.get("config"), dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its config is not a table)")
+    job = raw.get("job") or {}
+    if not isinstance(job, dict):
+        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its job is not a table)")
+    return kind, raw["config"], job
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
@@ -287,6 +341,18 @@ def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,
     """Write checkpoint.safetensors, then each component's weight files of a run of ``kind``
     (:data:`KINDS`; None: the checkpoint only), each atomically."""
     run_dir = Path(run_dir)
+    try:
+        write_checkpoint(run_dir, state, kind)
+    except OSError as err:
+        reason = err.strerror or one_line(err)
+        if isinstance(err, CheckpointWriteError):
+            reason = str(err).rsplit(": ", 1)[-1]
+        raise write_error(f"cannot write the checkpoint of step {state.step} in {run_dir}: "
+                          f"{reason}; {kept_checkpoint(run_dir / CHECKPOINT)}", err) from None
+
+
+def write_checkpoint(run_dir: Path, state: TrainState, kind: str | None) -> None:
+    """The writes of :func:`save_checkpoint` (its OSErrors not yet reworded)."""
     optim_tensors, optim_extra = optimizer_to_tensors(state.optimizer)
     tensors = {f"module.{name}.{k}": v for name, sd in state.modules.items()
                for k, v in sd.items()}

@@ -45,6 +45,7 @@ from . import checkpoint as ckpt
 from . import latent
 from .evaluate import evaluate_after
 from .load import PREDICTIONS, config_to_json, consistency_model, read_run, sampling_model
+from .lock import LOCK_FILE
 from .train import saver
 
 SOLVERS = {"euler": euler_step, "heun": heun_step}
@@ -146,7 +147,7 @@ def check_free(run_dir: Path, overwrite: bool) -> None:
     """RunExistsError now, before any training, where ``prepare_run_dir`` would refuse later."""
     if run_dir.exists() and not run_dir.is_dir():
         raise ckpt.RunExistsError(f"{run_dir} exists and is not a directory")
-    if run_dir.is_dir() and any(run_dir.iterdir()):
+    if run_dir.is_dir() and any(p.name != LOCK_FILE for p in run_dir.iterdir()):
         if not overwrite:
             raise ckpt.RunExistsError(f"run directory {run_dir} already exists; pass "
                                       "--overwrite to replace it")

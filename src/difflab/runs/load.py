@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..build.model import build_model, build_schedule
@@ -87,14 +88,36 @@ ASSEMBLED = {"controlnet": load_controlled}
 def load_network(run_dir: str | Path, cfg: TrainConfig, which: str = "ema",
                  component: str = "denoiser") -> nn.Module:
     """The bare network of a run's component with its EMA (or raw, ``which="model"``) weights."""
-    model = build_model(cfg)
     weights = ckpt.load_weights(run_dir, which, component)
+    check_fits(cfg, weights, run_dir)
+    model = build_model(cfg)
     try:
         model.load_state_dict(weights)
     except RuntimeError as err:
         msg = " ".join(str(err).split())[:200]
         raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({msg})") from None
     return model
+
+
+def check_fits(cfg: TrainConfig, weights: dict, run_dir: str | Path) -> None:
+    """CheckpointError unless ``weights`` have the names and shapes of ``cfg``'s network, built
+    on the meta device for the check (no memory): a config.json that asks for an enormous
+    network is refused before anything is allocated. A network that cannot be built there is
+    left to ``load_state_dict``'s own check."""
+    try:
+        with torch.device("meta"):
+            want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
+    except Exception:  # noqa: BLE001 - e.g. a module that reads its weights when built
+        return
+    have = {k: tuple(v.shape) for k, v in weights.items()}
+    if want == have:
+        return
+    missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
+    shaped = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
+    detail = (f"{shaped[0]}: {list(have[shaped[0]])} in the weights, {list(want[shaped[0]])} "
+              "in the config" if shaped else
+              f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
+    raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({detail})")
 
 
 def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None

@@ -26,7 +26,8 @@ from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
 from .evaluate import evaluate_after as write_evaluation
-from .load import config_to_json, sampling_model
+from .load import check_fits, config_to_json, sampling_model
+from .lock import run_lock
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
               "autoencoder": "autoencoder loss"}
@@ -100,13 +101,27 @@ def train(
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
-    kind = cfg.method
     codec, ae_weights = None, None
     if cfg.autoencoder and resume:  # a latent run: its own copy of the autoencoder
         codec = latent.load_codec(run_dir, cfg)
     elif cfg.autoencoder:
         cfg, ae_weights = latent.attach(cfg)
         codec = latent.codec_from(cfg, ae_weights)
+    if backend.is_main and resume:  # refusals before the lock: none in a refused directory
+        ckpt.check_run_dir(run_dir)
+    elif backend.is_main:
+        ckpt.check_new_run_dir(run_dir, overwrite)
+    with run_lock(run_dir, backend.is_main):  # one trainer per run directory (runs/lock.py)
+        return session(cfg, run_dir, backend, x_train, conds, codec, ae_weights, resume=resume,
+                       overwrite=overwrite, progress=progress, max_steps=max_steps,
+                       evaluate_after=evaluate_after)
+
+
+def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, codec,
+            ae_weights, *, resume: bool, overwrite: bool, progress: bool,
+            max_steps: int | None, evaluate_after: bool) -> Path:
+    """The part of :func:`train` that writes ``run_dir`` (holding its lock)."""
+    kind = cfg.method
     if backend.is_main:
         open_run_dir(run_dir, cfg, kind, resume=resume, overwrite=overwrite)
         if ae_weights is not None:
@@ -118,6 +133,9 @@ def train(
     with torch_threads(cfg.threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         schedule = build_schedule(cfg)
+        if resume and (run_dir / ckpt.weight_file("denoiser", False)).is_file():
+            # a config.json edited to ask for another (an enormous) network: refused unbuilt
+            check_fits(cfg, ckpt.load_weights(run_dir, "model"), run_dir)
         objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend, codec=codec)
         if cfg.ct_init_from and not resume:  # CT's warm start: F_θ and θ⁻ ← the run's EMA net
             from .load import read_run_config
@@ -136,10 +154,16 @@ def train(
             ckpt.write_run_config(run_dir, kind, config_to_json(cfg))
         logger = (open_log(cfg.log, run_dir, log, state.step if state is not None else None)
                   if backend.is_main else None)  # --log tensorboard: rank 0 alone writes
-        result = fit(objective, steps=cfg.steps, generator=g, backend=backend, log=log,
-                     resume=state, max_steps=max_steps, checkpoint_every=cfg.checkpoint_every,
-                     save=saver(run_dir, kind, log), grad_accum=cfg.grad_accum,
-                     progress=progress, logger=logger)
+        try:
+            result = fit(objective, steps=cfg.steps, generator=g, backend=backend, log=log,
+                         resume=state, max_steps=max_steps,
+                         checkpoint_every=cfg.checkpoint_every, save=saver(run_dir, kind, log),
+                         grad_accum=cfg.grad_accum, progress=progress,
+                         skip_nonfinite=cfg.skip_nonfinite, logger=logger)
+        except BaseException:  # a NaN stop, a signal, a lost process: flush what was logged
+            if logger is not None:
+                logger.close()
+            raise
         if not backend.is_main:
             return run_dir
         from .plots import plot_loss

@@ -181,9 +181,32 @@ class Backend:
             self.accelerator.wait_for_everyone()
 
 
+# seconds a collective waits for the other processes before it fails (torch's default: 30 min
+# for gloo); a process that died closes its connections at once, this bounds a hung one. Above
+# the longest checkpoint write (rank 0 writes while the others wait). DIFFLAB_DIST_TIMEOUT sets it.
+DIST_TIMEOUT = 600.0
+
+
+def dist_timeout() -> float:
+    """The collectives' timeout in seconds: $DIFFLAB_DIST_TIMEOUT, else :data:`DIST_TIMEOUT`."""
+    text = os.environ.get("DIFFLAB_DIST_TIMEOUT", "")
+    try:
+        value = float(text) if text else DIST_TIMEOUT
+    except ValueError:
+        raise BackendError(f"DIFFLAB_DIST_TIMEOUT must be a number of seconds, got {text!r}"
+                           ) from None
+    if not value > 0:
+        raise BackendError(f"DIFFLAB_DIST_TIMEOUT must be positive, got {text!r}")
+    return value
+
+
 def _accelerator(device: torch.device):
     try:
         from accelerate import Accelerator
+        from accelerate.utils import InitProcessGroupKwargs
     except ImportError:  # pragma: no cover - accelerate is a dependency
         raise BackendError("several processes need HF Accelerate: pip install accelerate") from None
-    return Accelerator(cpu=device.type == "cpu")
+    from datetime import timedelta
+
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=dist_timeout()))
+    return Accelerator(cpu=device.type == "cpu", kwargs_handlers=[timeout])

@@ -26,10 +26,8 @@ import atexit
 import json
 import math
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from ..errors import ConfigError
@@ -40,20 +38,8 @@ PICTURES = ("samples", "reverse_process")  # the evaluation's pictures, logged w
 TENSORBOARD_PIN = "tensorboard==2.21.0"  # the version difflab's 'tensorboard' extra pins
 
 
-def grad_norm(params: Iterable[torch.nn.Parameter]) -> Tensor:
-    """The global gradient norm ‖∇‖₂ over ``params`` (those with a gradient), as a 0-d tensor
-    on their device (no host synchronisation); 0 if none has a gradient."""
-    norms = [torch.linalg.vector_norm(p.grad.detach().float()) for p in params
-             if p.grad is not None]
-    if not norms:
-        return torch.zeros(())
-    return torch.linalg.vector_norm(torch.stack(norms))
-
-
 class StepLogger:
     """What :func:`difflab.training.fit` reports to after every update (on the main process)."""
-
-    wants_grad_norm = False  # True: fit computes ‖∇‖ even where it does not clip
 
     def update(self, step: int, loss: float, lr: float, grad_norm: Tensor | None,
                examples: int) -> None:
@@ -72,7 +58,6 @@ class TensorBoardLog(StepLogger):
     :class:`LossLog`, whose rows the loss scalars repeat; ``resume_step``: the step a resumed
     session starts from (events of an earlier session past it are dropped)."""
 
-    wants_grad_norm = True
 
     def __init__(self, log_dir: str | Path, log: LossLog, resume_step: int | None = None):
         SummaryWriter = tensorboard_writer()

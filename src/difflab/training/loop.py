@@ -7,7 +7,9 @@ One update, for an objective ``obj`` at step k (0-based)::
     batch = obj.draw(k, g)                        # the GLOBAL batch's random draws, on the CPU
     for each micro-step m of grad_accum:          # this rank's slice of it (Backend.shard)
         loss_m = obj.loss(model, batch[slice]) / grad_accum ; backward
-    clip ‖∇‖ to obj.grad_clip; lr ← obj.lr_at(k); optimiser step
+    clip ‖∇‖ to obj.grad_clip
+    mean loss, ‖∇‖ and a stop flag read in one sync: not finite → stop or skip (faults.py)
+    lr ← obj.lr_at(k); optimiser step
     obj.after_update(k + 1)                       # its EMA policy
     log; a checkpoint every ``checkpoint_every`` updates and at the end
 
@@ -30,7 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from .backend import Backend
-from .loggers import StepLogger, grad_norm
+from .faults import (
+    StopSignals,
+    TrainingInterrupted,
+    UpdateGuard,
+    grad_norm,
+    lost_processes,
+    unfit_checkpoint,
+)
+from .loggers import StepLogger
 from .losslog import LossLog
 from .state import TrainState
 
@@ -113,7 +123,7 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
         checkpoint_every: int = 0, save: Callable[[TrainState], None] | None = None,
         grad_accum: int = 1, progress: bool = False, desc: str = "train",
         on_update: Callable[[int, float], None] | None = None,
-        logger: StepLogger | None = None) -> FitResult:
+        skip_nonfinite: int = 0, logger: StepLogger | None = None) -> FitResult:
     """Train ``objective`` for updates up to ``steps`` (or ``max_steps``, an interruption).
 
     ``resume``: a :class:`TrainState` to continue from exactly; ``save(state)`` is called every
@@ -125,6 +135,11 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     :data:`RECORD_SECONDS` seconds and at the end; False: silent. ``logger``: told of every
     update (loss, learning rate, gradient norm; :mod:`difflab.training.loggers`); give it on
     the main process only.
+
+    Faults (:mod:`.faults`): an update whose loss or gradient norm is not finite is never
+    applied: it stops the run with ``NonFiniteError``, or is skipped (``skip_nonfinite`` = K:
+    up to K in a row). A SIGINT or SIGTERM ends the update in progress, saves it and raises
+    ``TrainingInterrupted`` (after the checkpoint).
     """
     backend = backend or Backend(torch.device("cpu"))
     log = log if log is not None else LossLog(10)
@@ -136,13 +151,14 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
     opt = objective.optimizer()
     step, elapsed = 0, 0.0
     if resume is not None:
-        for name, module in objective.modules().items():
-            module.load_state_dict(resume.modules[name])
-        objective.load_state_dict(resume.extra)
-        opt.load_state_dict(resume.optimizer)
-        generator.set_state(resume.generator)
-        torch.set_rng_state(resume.torch_rng)
-        log.load_state_dict(resume.log)
+        with unfit_checkpoint():  # a checkpoint of another network: one line (faults.py)
+            for name, module in objective.modules().items():
+                module.load_state_dict(resume.modules[name])
+            objective.load_state_dict(resume.extra)
+            opt.load_state_dict(resume.optimizer)
+            generator.set_state(resume.generator)
+            torch.set_rng_state(resume.torch_rng)
+            log.load_state_dict(resume.log)
         step, elapsed = resume.step, resume.elapsed
         objective.resumed(step)
     end = steps if max_steps is None else min(steps, max_steps)
@@ -166,54 +182,67 @@ def fit(objective: Objective, *, steps: int, generator: torch.Generator,
             save(state())
 
     objective.net.train()
-    while step < end:
-        if objective.new_phase(step):
-            opt = objective.optimizer()
-        batch = objective.draw(step, generator)
-        if backend.rank > 0:  # dropout: rank 0 keeps the run's stream, the others their own
-            torch.manual_seed(rank_seed(seed, step, backend.rank))
-        B = next(iter(batch.values())).shape[0]
-        opt.zero_grad(set_to_none=True)
-        total = None
-        for micro in range(grad_accum):
-            part = backend.shard(B, micro, grad_accum)
-            piece = {k: v[part].to(backend.device, non_blocking=True) for k, v in batch.items()}
-            with backend.no_sync(model, micro < grad_accum - 1), backend.autocast():
-                loss = objective.loss(model, piece)
-            if grad_accum > 1:
-                loss = loss / grad_accum
-            backend.backward(loss)
-            total = loss.detach() if total is None else total + loss.detach()
-        backend.unscale(opt)
-        norm = None  # ‖∇‖ before clipping, for the logger
-        if objective.grad_clip > 0:
-            norm = nn.utils.clip_grad_norm_(params, objective.grad_clip)
-        elif logger is not None and logger.wants_grad_norm:
-            norm = grad_norm(params)
-        lr = objective.lr_at(step)
-        for group in opt.param_groups:
-            group["lr"] = lr
-        backend.step(opt)
-        step += 1
-        objective.after_update(step)
-        value = backend.mean(total).item()
-        log.record(step, value)
-        if on_update is not None:
-            on_update(step, value)
-        if logger is not None:
-            logger.update(step, value, lr, norm, B)
-        loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+    saved = resume.step if resume is not None else None  # the last checkpoint's step
+    # --- faults (training/faults.py): signals caught, non-finite updates checked ---
+    with StopSignals() as signals, lost_processes(backend.rank, backend.world_size,
+                                                  lambda: (step, saved)):
+        guard = UpdateGuard(skip_nonfinite, signals)
+        while step < end:
+            if objective.new_phase(step):
+                opt = objective.optimizer()
+            batch = objective.draw(step, generator)
+            if backend.rank > 0:  # dropout: rank 0 keeps the run's stream, the others their own
+                torch.manual_seed(rank_seed(seed, step, backend.rank))
+            B = next(iter(batch.values())).shape[0]
+            opt.zero_grad(set_to_none=True)
+            total = None
+            for micro in range(grad_accum):
+                part = backend.shard(B, micro, grad_accum)
+                piece = {k: v[part].to(backend.device, non_blocking=True) for k, v in batch.items()}
+                with backend.no_sync(model, micro < grad_accum - 1), backend.autocast():
+                    loss = objective.loss(model, piece)
+                if grad_accum > 1:
+                    loss = loss / grad_accum
+                backend.backward(loss)
+                total = loss.detach() if total is None else total + loss.detach()
+            backend.unscale(opt)
+            norm = grad_norm(params, objective.grad_clip)  # clipped on the way if grad_clip > 0
+            logged_norm = norm  # ‖∇‖ before clipping, for the logger
+            if backend.scaler is not None:  # fp16: the gradient scaler skips inf gradients itself
+                norm = torch.zeros((), device=backend.device)
+            value, gnorm, stop = guard.read(total, norm, backend)  # the update's one sync
+            skipped = guard.bad(step + 1, value, gnorm, saved)  # (or NonFiniteError)
+            if skipped:  # nothing applied; its slot and its draws are used up
+                step += 1
+                log.skip(step)
+            else:
+                lr = objective.lr_at(step)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                backend.step(opt)
+                step += 1
+                objective.after_update(step)
+                log.record(step, value)
+                if on_update is not None:
+                    on_update(step, value)
+                if logger is not None:
+                    logger.update(step, value, lr, logged_norm, B)
+                loss_avg = value if loss_avg is None else 0.98 * loss_avg + 0.02 * value
+            if bar is not None:
+                bar.update(1)
+                if step % 50 == 0 and loss_avg is not None:
+                    bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
+            elif record is not None:
+                record.update(step, loss_avg)
+            if (checkpoint_every and step % checkpoint_every == 0) or step == end or stop:
+                checkpoint()
+                saved = step
+            if stop:  # a SIGINT/SIGTERM reached some process: saved, now stop
+                raise TrainingInterrupted(guard.stop_signal(), step, save is not None)
+            objective.end_of_update(step)
         if bar is not None:
-            bar.update(1)
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
-        elif record is not None:
-            record.update(step, loss_avg)
-        if (checkpoint_every and step % checkpoint_every == 0) or step == end:
-            checkpoint()
-        objective.end_of_update(step)
-    if bar is not None:
-        bar.close()
+            bar.close()
+        guard.report()
     if step == 0 or (resume is not None and resume.step >= end):
         checkpoint()  # nothing trained this session: still leave a resumable run
     return FitResult(step, elapsed + time.perf_counter() - t_start, loss_avg, log)

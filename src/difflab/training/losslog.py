@@ -36,6 +36,14 @@ class LossLog:
             self.rows.append((step, self._sum / self._count))
             self._sum, self._count = 0.0, 0
 
+    def skip(self, step: int) -> None:
+        """Update number ``step`` was skipped (a non-finite loss): nothing is added, but its
+        block still ends at a multiple of ``every`` (a block with no loss at all: no row)."""
+        if step % self.every == 0:
+            if self._count:
+                self.rows.append((step, self._sum / self._count))
+            self._sum, self._count = 0.0, 0
+
     def state_dict(self) -> dict[str, Tensor]:
         rows = torch.tensor(self.rows, dtype=torch.float64).reshape(-1, 2)  # (N, 2)
         return {"rows": rows, "pending": torch.tensor([self._sum, self._count],
