@@ -37,7 +37,8 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 # device, compile and the processes do not change what a checkpoint holds
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile"}
-TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
+TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder", "dsm",
+                   "ssm")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 
 
