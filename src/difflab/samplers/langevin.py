@@ -147,9 +147,10 @@ def ladder_subset(levels: int, steps: int | Sequence[int] | None) -> list[int]:
         return out
     if isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps!r}")
-    if steps == 1:
+    n = min(steps, levels)
+    if n == 1:
         return [1]
-    return sorted({round(1 + k * (levels - 1) / (steps - 1)) for k in range(min(steps, levels))})
+    return sorted({round(1 + k * (levels - 1) / (n - 1)) for k in range(n)})
 
 
 def geometric_levels(schedule: Schedule, levels: int) -> list[int]:
