@@ -138,7 +138,8 @@ class TrainConfig:
 
     # --- objective. Σ_θ: fixed at β̃_t or β_t, or "learned" (Weng eq. 23): the network outputs
     # [ε̂, v_raw] (2× channels), wrapped by parameterization.LearnedVariance; it is trained by
-    # loss "hybrid" only, and "hybrid" trains nothing beyond L_simple without it (see checks) ---
+    # loss "hybrid" or "vlb" only, and "hybrid" trains nothing beyond L_simple without it (see
+    # checks); "vlb" is the bound alone (any variance; Nichol & Dhariwal 2021, §3.3) ---
     variance: str = _objective("beta_tilde", "Σ_θ of the reverse process: beta_tilde or beta "
                                              "(fixed), or learned (eq 23: the network outputs "
                                              "[ε, v]; needs --loss hybrid)")
