@@ -1,8 +1,8 @@
 """The diffusion objective of the one loop: L_simple (Weng eq. 19; Ho et al. 2020, Algorithm 1),
 L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23 and the text after
 it; Nichol & Dhariwal 2021) or L_vlb alone (eq. 16; ibid. §3.3), t uniform or
-importance-sampled, conditions dropped to ∅ with probability p_uncond (Ho & Salimans 2021, Algorithm 1); an EMA of the weights; a warm-up and
-cosine or constant learning rate."""
+importance-sampled, conditions dropped to ∅ with probability p_uncond (Ho & Salimans 2021,
+Algorithm 1); an EMA of the weights; a warm-up and cosine or constant learning rate."""
 
 from __future__ import annotations
 
