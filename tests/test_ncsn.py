@@ -210,3 +210,19 @@ def test_ssm_trains_the_network_through_the_jacobian_term():
     loss = ssm_loss(model, sigmas, x, i, torch.randn(16, 2), torch.randn(16, 2)).mean()
     loss.backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_ssm_runs_through_a_u_net_with_attention():
+    # the Jacobian term needs a double backward, which the fused attention kernels lack
+    from difflab.nn.registry import MODELS
+
+    torch.manual_seed(0)
+    net = MODELS["unet"](in_channels=1, model_channels=8, channel_mult=(1,), num_res_blocks=1,
+                         attention_resolutions=(1,), num_heads=2, groups=8)
+    sigmas = geometric_ladder(1.0, 0.1, 3)
+    x, i = torch.randn(4, 1, 4, 4), torch.tensor([1, 2, 3, 1])
+    loss = ssm_loss(ScoreModel(net, sigmas), sigmas, x, i, torch.randn(4, 1, 4, 4),
+                    torch.randn(4, 1, 4, 4)).mean()
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None) > 0

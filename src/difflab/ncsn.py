@@ -36,6 +36,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 DEFAULT_LEVELS = 10  # Song & Ermon 2019's L, where technique 2 has no solution (D ≤ 4)
 PAIRWISE_SUBSET = 10_000  # technique 1 on at most this many points (exact below it)
@@ -218,7 +219,8 @@ def ssm_loss(model: Callable[[Tensor, Tensor], Tensor], sigmas: Tensor, x: Tenso
     as for :func:`dsm_loss`."""
     i = check_levels(i, sigmas.shape[0]).to(x.device)
     sigma = level_sigma(sigmas, i, x)  # (B, 1, …)
-    with torch.enable_grad():
+    # attention through the math kernel: the fused ones have no double backward
+    with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
         x_tilde = (x + sigma * noise).detach().requires_grad_(True)
         s = model(x_tilde, i)  # (B, …)
         sv = _sum(s * v)  # (B,) vᵀ s
