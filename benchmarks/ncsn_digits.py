@@ -91,7 +91,8 @@ def main() -> None:
     lines = [f"# NCSN vs DDPM on digits ({steps} steps each, n = {n}, seed {args.seed})", "",
              f"FD to the train split (floor {floor:.1f}: the real test images'). Command: "
              f"`nice -n 5 .venv/bin/python benchmarks/ncsn_digits.py"
-             f"{' --quick' if args.quick else ''}`; {out['seconds']} s in all.", "",
+             f"{' --quick' if args.quick else f' --steps {steps}'}`; {out['seconds']} s in "
+             "all.", "",
              "| objective | noise levels | train s | sampler | NFE | FD | ÷ floor |",
              "| --- | --- | ---: | --- | ---: | ---: | ---: |"]
     for r in out["rows"]:

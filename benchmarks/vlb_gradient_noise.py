@@ -25,6 +25,15 @@ copy of the importance sampler (so training draws and the sampler's history are 
     nice -n 5 .venv/bin/python benchmarks/vlb_gradient_noise.py --quick  # smoke test
 
 Writes benchmarks/results/vlb_gradient_noise.{md,json,png} (…_quick.* with --quick).
+
+Measured (2000 steps, seed 0, 890 s on a busy 2-core machine; results/vlb_gradient_noise.md):
+the gradient noise reproduces Fig. 2 qualitatively — B_simple of L_vlb with uniform t is
+~10⁴ (median 8922; at 2 of 8 measurements the ‖G‖² estimate was ≤ 0, the noise swamping the
+mean gradient at K·b = 4096: ∞, a gap in the plot), L_hybrid's ~10³ (787), and importance
+sampling brings L_vlb's down to ~50 (48). The bound's curve does not show uniform L_vlb
+lagging on this small 2-D set (gradient clipping at 1 may tame its noise): both L_vlb runs end
+near 1.46-1.51 bits/dim (one seed: not told apart), importance sampling ahead early (2.49 vs
+3.88 at step 250), and L_hybrid, which trains the bound through Σ_θ alone, behind at 1.98.
 """
 
 from __future__ import annotations
