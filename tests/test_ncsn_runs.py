@@ -47,6 +47,7 @@ def test_train_objective_dsm_then_sample_on_the_command_line(tmp_path, capsys):
                              "--out", run)
     assert code == 0, err
     assert out.strip().splitlines()[-1] == str(run)
+    assert "langevin 4 of 10 levels: SWD" in out  # eval_steps = 4 of the ladder's L = 10
     assert read_run_config(run).eval_sampler == "langevin"  # the score methods' own default
     code, out, err = run_cli(capsys, "sample", run, "--out", tmp_path / "x.npy", "-n", "50")
     assert code == 0, err

@@ -60,6 +60,12 @@ class ScoreMatchingObjective(Objective):
     def lr_at(self, step: int) -> float:
         return self.schedule_lr(step)
 
+    def metrics(self) -> dict[str, float]:
+        """The ladder, for metrics.json: σ_1, σ_L and L."""
+        sigmas = self.net.sigmas
+        return {"sigma_max": float(sigmas[0]), "sigma_min": float(sigmas[-1]),
+                "sigma_levels": int(sigmas.shape[0])}
+
     def after_update(self, step: int) -> None:
         ema_update(list(self.ema.net.parameters()), list(self.net.net.parameters()),
                    ema_decay_at(self.ema_decay, step))
