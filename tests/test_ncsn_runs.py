@@ -55,6 +55,11 @@ def test_train_objective_dsm_then_sample_on_the_command_line(tmp_path, capsys):
     assert x.shape == (50, 2) and np.isfinite(x).all()
     code, _, err = run_cli(capsys, "sample", run, "--out", tmp_path / "y.npy", "--sampler", "ddim")
     assert one_error_line(code, err) and "langevin" in err
+    code, _, err = run_cli(capsys, "sample", run, "--out", tmp_path / "y.npy", "--guidance", "2")
+    assert one_error_line(code, err) and "score network" in err
+    code, _, err = run_cli(capsys, "distill", run, "--method", "progressive", "--rounds", "1",
+                           "--out", tmp_path / "d")
+    assert one_error_line(code, err) and "score network" in err
 
 
 @pytest.mark.parametrize("values,match", [
