@@ -30,7 +30,7 @@ LAYERS: dict[str, int] = {
     "errors": 0, "version": 0,
     # the post's maths: tensors in, tensors out
     "schedules": 1, "parameterization": 1, "losses": 1, "vlb": 1, "autoencoding": 1,
-    "oracle": 1, "metrics": 1,
+    "oracle": 1, "metrics": 1, "ncsn": 1,
     "samplers": 2,
     "likelihood": 2,  # the probability-flow ODE's density on a sampler's time grid
     "guidance": 3,

@@ -38,7 +38,7 @@ def tiny(**kw) -> TrainConfig:
     ({"loss": "hybrid", "variance": "beta"}, "'loss' = 'hybrid' needs"),
     ({"variance": "learned"}, "'variance' = 'learned' needs config key 'loss' = 'hybrid'"),
     ({"variance": "learned", "t_sampling": "importance"}, "'t_sampling'"),
-    ({"loss": "vlb"}, "'loss' must be one of simple, hybrid"),
+    ({"loss": "l_vlb"}, "'loss' must be one of simple, hybrid, vlb"),
     ({"variance": "fixed"}, "'variance' must be one of"),
     ({"t_sampling": "loss-aware"}, "'t_sampling' must be one of"),
     ({"variance": "learned", "loss": "hybrid", "hybrid_lambda": 0.0}, "'hybrid_lambda'"),

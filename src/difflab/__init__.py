@@ -4,7 +4,8 @@ The maths lives in small modules, each citing the post's equations:
 ``schedules`` (eq 1, 3, 7-12, 22), ``parameterization`` (eq 11, 21, v), ``losses`` (eq 19),
 ``samplers`` (eq 4, 17, 27-29, probability-flow ODE), ``oracle`` (exact denoisers),
 ``metrics`` (sliced Wasserstein), ``data``, ``vlb`` (eq 13-18, 23: the variational bound)
-``likelihood`` (bits/dim from the probability-flow ODE), ``guidance`` (eq 24-26,
+``likelihood`` (bits/dim from the probability-flow ODE), ``ncsn`` (score networks: the σ
+ladder, denoising and sliced score matching), ``guidance`` (eq 24-26,
 thresholding) and ``distill`` (progressive distillation, consistency models: eq 30-32).
 The machinery above the maths lives in layers that import only downward (docs/architecture.md):
 ``config`` (presets and settings), ``build`` (config → schedule, network, data, conditions),
@@ -21,6 +22,7 @@ from . import (
     likelihood,
     losses,
     metrics,
+    ncsn,
     oracle,
     parameterization,
     samplers,
@@ -92,5 +94,5 @@ def export_diffusers(run_dir, out_dir, which: str = "ema", time_embedding: str =
 
 
 __all__ = ["build_model", "data", "distill", "export_diffusers", "guidance", "likelihood",
-           "load_codec", "load_diffusers", "load_run", "losses", "metrics", "oracle",
+           "load_codec", "load_diffusers", "load_run", "losses", "metrics", "ncsn", "oracle",
            "parameterization", "samplers", "schedules", "vlb"]

@@ -311,18 +311,7 @@ def l_hybrid(model: Model, schedule: Schedule, x0: Tensor, lam: float = 0.001,
     sample's loss is weighted by 1/(T p_t) (unbiased for both parts) and the sampler's history is
     updated with the sample's L_{t−1}. Returns a scalar.
     """
-    B = x0.shape[0]
-    w = None
-    if t is None and sampler is not None:
-        t, w = sampler.sample(B, generator, x0.device)
-    elif t is None:
-        t = torch.randint(1, schedule.T + 1, (B,), generator=generator,
-                          device=generator_device(generator, x0.device)).to(x0.device)
-    elif sampler is not None:
-        w = sampler.weights(t)
-    if noise is None:
-        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
-                            device=generator_device(generator, x0.device)).to(x0.device)
+    t, w, noise = _draws(schedule, x0, generator, t, noise, sampler)
     x_t = schedule.q_sample(x0, t, noise)  # (B, …)
     eps, v = _split(model(x_t, t, **cond))
     mse = (noise - eps).pow(2).flatten(1).mean(1)  # (B,)
@@ -335,3 +324,49 @@ def l_hybrid(model: Model, schedule: Schedule, x0: Tensor, lam: float = 0.001,
     if w is not None:
         per_sample = per_sample * w.to(per_sample.dtype)
     return per_sample.mean()
+
+
+def _draws(schedule: Schedule, x0: Tensor, generator: torch.Generator | None, t: Tensor | None,
+           noise: Tensor | None, sampler: ImportanceSampler | None
+           ) -> tuple[Tensor, Tensor | None, Tensor]:
+    """t (uniform, or from ``sampler`` with its weights 1/(T p_t)) and ε, unless given."""
+    B, w = x0.shape[0], None
+    if t is None and sampler is not None:
+        t, w = sampler.sample(B, generator, x0.device)
+    elif t is None:
+        t = torch.randint(1, schedule.T + 1, (B,), generator=generator,
+                          device=generator_device(generator, x0.device)).to(x0.device)
+    elif sampler is not None:
+        w = sampler.weights(t)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype,
+                            device=generator_device(generator, x0.device)).to(x0.device)
+    return t, w, noise
+
+
+def l_vlb(model: Model, schedule: Schedule, x0: Tensor,
+          generator: torch.Generator | None = None, t: Tensor | None = None,
+          noise: Tensor | None = None, *, sampler: ImportanceSampler | None = None,
+          levels: int | None = 256, per_sample: bool = False, **cond) -> Tensor:
+    """L_vlb alone as a training loss — Weng eq. (16), (18), the bound the post says is hard to
+    optimise on its own; Nichol & Dhariwal 2021, §3.3 (their L_vlb, with importance sampling).
+
+    One term T·L_{t−1} (t ≥ 2; −T log p_θ(x_0 | x_1) at t = 1) per sample, in bits/dim, with
+    μ_θ and Σ_θ both trained (no stop-gradient, unlike :func:`l_hybrid`): E_t[T·L_{t−1}] is
+    L_vlb less the constant L_T. t is uniform on 1..T, or drawn from ``sampler`` (an
+    :class:`ImportanceSampler`, p_t ∝ √E[L_t²] once every t has its 10 values) and weighted by
+    1/(T p_t), which keeps the estimate unbiased; the sampler's history gets each sample's
+    term. A plain ε-model has Σ_θ = β̃_t. Returns the batch mean, or with ``per_sample`` the
+    weighted terms (B,)."""
+    t, w, noise = _draws(schedule, x0, generator, t, noise, sampler)
+    x_t = schedule.q_sample(x0, t, noise)  # (B, …)
+    eps, v = _split(model(x_t, t, **cond))
+    mean, log_var = p_from_eps(schedule, x_t, t, eps, v)
+    D = x0[0].numel()
+    vb = terms_from_p(schedule, x0, x_t, t, mean, log_var, levels) / (D * math.log(2))  # (B,)
+    if sampler is not None:
+        sampler.update(t, vb)
+    out = schedule.T * vb
+    if w is not None:
+        out = out * w.to(out.dtype)
+    return out if per_sample else out.mean()

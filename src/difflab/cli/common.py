@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from ..config import CONSISTENCY_METHODS, DEVICES, NO_SPACING, PRECISIONS
+from ..config import CONSISTENCY_METHODS, DEVICES, NO_SPACING, PRECISIONS, SCORE_METHODS
 from ..errors import DifflabError
 from ..samplers import SAMPLERS
 
@@ -268,6 +268,9 @@ def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str 
         raise UsageError("--sampler consistency needs a consistency model (a run of 'difflab "
                          "distill --method consistency' or 'train --method "
                          "consistency-training'); this run is an ε-model")
+    if cfg.method in SCORE_METHODS and sampler != "langevin":
+        raise UsageError(f"this run is a score network (method {cfg.method}); sample it with "
+                         f"--sampler langevin, not {sampler!r}")
     steps = cfg.eval_steps if args.steps is None else args.steps
     if not 1 <= steps <= cfg.T:
         raise UsageError(f"--steps must lie in 1..T (T = {cfg.T} for this run), got {steps}")

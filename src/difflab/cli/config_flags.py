@@ -13,6 +13,7 @@ from ..config import TrainConfig, field_help, load_config
 from .common import UsageError, flag, one_line
 
 _TYPES = {"int": int, "float": float, "str": str}
+ALIASES = {"method": ("--objective",)}  # `difflab train --objective dsm` = `--method dsm`
 
 
 def add_config_flags(p: argparse.ArgumentParser, names: Iterable[str] | None = None, *,
@@ -31,7 +32,8 @@ def add_config_flags(p: argparse.ArgumentParser, names: Iterable[str] | None = N
             p.add_argument(flag(f.name), dest=f.name, default=None, help=text,
                            action=argparse.BooleanOptionalAction)
             continue
-        p.add_argument(flag(f.name), dest=f.name, type=_TYPES[str(f.type)], default=None,
+        p.add_argument(flag(f.name), *ALIASES.get(f.name, ()), dest=f.name,
+                       type=_TYPES[str(f.type)], default=None,
                        metavar=f.name if f.name == "T" else f.name.upper(), help=text)
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..config import is_image
+from ..config import SCORE_METHODS, is_image
 from .common import UsageError, flag, user_errors
 
 THRESHOLD_NAMES = ("none", "static", "dynamic")
@@ -69,6 +69,9 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     given = [f for f in GUIDANCE_FLAGS if getattr(args, f) is not None]
     if cfg.cond == "none" and not given:
         return model, None
+    if given and cfg.method in SCORE_METHODS:
+        raise UsageError(f"this run is a score network (method {cfg.method}); guidance "
+                         "(--class, --guidance, --classifier) is for ε-models")
     if given:
         _check_flags(args, cfg, given)
     labels, w, classifier = _labels(args), args.guidance, None

@@ -38,7 +38,8 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile",
              "log", "lr", "skip_nonfinite"}  # lr: lowered after a NaN stop (the rest follows it)
-TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder")  # others: 'distill'
+TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder", "dsm",
+                   "ssm")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
 
 
@@ -186,12 +187,15 @@ def summary(run_dir: Path) -> str:
         fd = f", FD {m['fd_real']:.2f} (floor {m['fd_floor']:.2f})" if "fd_real" in m else ""
         return (f"{head}; {m['sampler']} {m['steps']} steps on the test split's low-res images: "
                 f"PSNR {m['psnr_real']:.2f} dB (bilinear {m['psnr_bilinear']:.2f}){fd}")
+    steps = f"{m.get('steps')} steps"
+    if "sigma_levels" in m:  # a score network: Langevin over (some of) its levels
+        steps = f"{min(m['steps'], m['sigma_levels'])} of {m['sigma_levels']} levels"
     if "fd" in m:
         acc = f"; accuracy {m['accuracy']:.2f}" if "accuracy" in m else ""
-        return (f"{head}; {m['sampler']} {m['steps']} steps: FD {m['fd']:.2f}, floor "
+        return (f"{head}; {m['sampler']} {steps}: FD {m['fd']:.2f}, floor "
                 f"{m['fd_floor']:.2f} (ratio {m['fd_ratio']:.2f}){acc}")
     if "swd" in m:
-        return (f"{head}; {m['sampler']} {m['steps']} steps: SWD {m['swd']:.4f}, floor "
+        return (f"{head}; {m['sampler']} {steps}: SWD {m['swd']:.4f}, floor "
                 f"{m['swd_floor']:.4f} (ratio {m['swd_ratio']:.2f})")
     return f"{head}; samples in {run_dir / 'samples.png'} (no FD: no classifier for folders)"
 

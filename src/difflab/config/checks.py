@@ -18,13 +18,14 @@ LOGS = ("csv", "tensorboard")  # see difflab.training.loggers
 LR_SCHEDULES = ("constant", "cosine")
 EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
-LOSSES = ("simple", "hybrid")
+LOSSES = ("simple", "hybrid", "vlb")
 T_SAMPLINGS = ("uniform", "importance")
 CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
 # how a run's network was made (difflab.distill): trained as a diffusion model or by consistency
 # training (`difflab train --method`), or distilled from a teacher run (`difflab distill`)
 METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation",
-           "autoencoder")
+           "autoencoder", "dsm", "ssm")
+SCORE_METHODS = ("dsm", "ssm")  # score networks s_θ(x̃, σ) (difflab.ncsn), Langevin-sampled
 CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
 # image datasets and the sizes their committed FD classifiers take (difflab.fd)
@@ -109,6 +110,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_guidance == 0 or cfg.cond != "none", "eval_guidance",
          "needs a conditional run (cond class or text)")
     _check_method(cfg)
+    _check_score_matching(cfg)
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
                 "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
@@ -285,20 +287,22 @@ def _check_objective(cfg: TrainConfig) -> None:
     - L_hybrid's L_vlb term sees μ_θ through a stop-gradient (Weng eq. 23 and the text after it),
       so with a fixed Σ_θ it has no gradient at all: loss "hybrid" needs variance "learned".
     - L_simple does not depend on Σ_θ, so a learned v would keep its initial value: variance
-      "learned" needs loss "hybrid".
+      "learned" needs loss "hybrid" or "vlb".
     - Importance sampling draws t ∝ √E[L_t²] from the history of the bound's terms (Nichol &
-      Dhariwal 2021, §3.3), which only loss "hybrid" computes.
+      Dhariwal 2021, §3.3), which only losses "hybrid" and "vlb" compute.
+    - Loss "vlb" (the bound alone) trains μ_θ and, if learned, Σ_θ: any variance.
     """
-    if cfg.t_sampling == "importance" and cfg.loss != "hybrid":
+    if cfg.t_sampling == "importance" and cfg.loss not in ("hybrid", "vlb"):
         raise ConfigError("config key 't_sampling' = 'importance' needs config key 'loss' = "
-                          "'hybrid' (p_t comes from the history of the L_vlb terms)")
+                          "'hybrid' or 'vlb' (p_t comes from the history of the L_vlb terms)")
     if cfg.loss == "hybrid" and cfg.variance != "learned":
         raise ConfigError("config key 'loss' = 'hybrid' needs config key 'variance' = 'learned' "
                           "(the L_vlb term has a stop-gradient on μ_θ, so with a fixed Σ_θ it "
                           "trains nothing)")
-    if cfg.variance == "learned" and cfg.loss != "hybrid":
+    if cfg.variance == "learned" and cfg.loss == "simple":
         raise ConfigError("config key 'variance' = 'learned' needs config key 'loss' = 'hybrid' "
-                          "(L_simple does not depend on Σ_θ, so v would never be trained)")
+                          "or 'vlb' (L_simple does not depend on Σ_θ, so v would never be "
+                          "trained)")
 
 
 def _check_method(cfg: TrainConfig) -> None:
@@ -342,6 +346,34 @@ def _check_method(cfg: TrainConfig) -> None:
     if cfg.method != "diffusion" and cfg.variance == "learned":
         raise ConfigError(f"config key 'method' = {cfg.method!r} needs a fixed variance (no "
                           "learned Σ_θ)")
+
+
+def _check_score_matching(cfg: TrainConfig) -> None:
+    """The ladder's keys (checked on every config), and what a score-matching run (method dsm
+    or ssm) needs: the langevin sampler (the others take ε-models), no conditioning, pixel space
+    and none of the diffusion objective's options (they would be silently ignored)."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    need(math.isfinite(cfg.sigma_min) and cfg.sigma_min > 0, "sigma_min",
+         "must be a positive number")
+    need(cfg.sigma_max == 0 or (math.isfinite(cfg.sigma_max) and cfg.sigma_max > cfg.sigma_min),
+         "sigma_max", "must be 0 (measured from the data) or above sigma_min")
+    need(cfg.sigma_levels == 0 or cfg.sigma_levels >= 2, "sigma_levels",
+         "must be 0 (technique 2's rule) or at least 2")
+    if cfg.method not in SCORE_METHODS:
+        return
+    need(cfg.eval_sampler == "langevin", "eval_sampler",
+         f"must be langevin for a score network (method {cfg.method})")
+    need(cfg.cond == "none", "cond", f"must be none for method {cfg.method} (conditional score "
+         "networks are not implemented)")
+    need(not cfg.autoencoder, "autoencoder", f"must be empty for method {cfg.method} (score "
+         "matching runs in pixel space here)")
+    need(cfg.sr_low_res == 0, "sr_low_res", f"must be 0 for method {cfg.method}")
+    need(cfg.loss == "simple" and cfg.t_sampling == "uniform", "loss",
+         f"and t_sampling are diffusion options; leave them at simple and uniform for method "
+         f"{cfg.method}")
 
 
 def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:

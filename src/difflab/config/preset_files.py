@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from .checks import CONSISTENCY_METHODS
+from .checks import CONSISTENCY_METHODS, SCORE_METHODS
 from .train_config import TrainConfig, flatten
 
 if sys.version_info >= (3, 11):
@@ -31,6 +31,8 @@ BASE = "base"  # the key that names a preset's parent
 # a consistency-training run evaluates with these unless its flags say otherwise (a preset's
 # sampler is a diffusion sampler)
 CONSISTENCY_EVAL = {"eval_sampler": "consistency", "eval_steps": 1, "eval_eta": 0.0}
+# and a score network (method dsm or ssm) with annealed Langevin dynamics over its ladder
+SCORE_EVAL = {"eval_sampler": "langevin", "eval_eta": 0.0}
 
 
 def _builtin_root() -> Traversable:
@@ -52,8 +54,10 @@ def load_config(preset: str | None = None, overrides: dict[str, Any] | None = No
     """Defaults ← preset (if given) ← overrides (e.g. command-line flags; None values skipped)."""
     values = read_preset(preset) if preset else {}
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if extra.get("method") in CONSISTENCY_METHODS:  # see CONSISTENCY_EVAL
-        given = {k: v for k, v in CONSISTENCY_EVAL.items() if k not in extra}
+    own_eval = (CONSISTENCY_EVAL if extra.get("method") in CONSISTENCY_METHODS else
+                SCORE_EVAL if extra.get("method") in SCORE_METHODS else None)
+    if own_eval is not None:  # see CONSISTENCY_EVAL, SCORE_EVAL
+        given = {k: v for k, v in own_eval.items() if k not in extra}
         return TrainConfig.from_dict({**values, **given, **extra})
     cfg = TrainConfig.from_dict(values)
     return TrainConfig.from_dict(extra, base=cfg)

@@ -143,15 +143,19 @@ class TrainConfig:
 
     # --- objective. Σ_θ: fixed at β̃_t or β_t, or "learned" (Weng eq. 23): the network outputs
     # [ε̂, v_raw] (2× channels), wrapped by parameterization.LearnedVariance; it is trained by
-    # loss "hybrid" only, and "hybrid" trains nothing beyond L_simple without it (see checks) ---
+    # loss "hybrid" or "vlb" only, and "hybrid" trains nothing beyond L_simple without it (see
+    # checks); "vlb" is the bound alone (any variance; Nichol & Dhariwal 2021, §3.3) ---
     variance: str = _objective("beta_tilde", "Σ_θ of the reverse process: beta_tilde or beta "
                                              "(fixed), or learned (eq 23: the network outputs "
                                              "[ε, v]; needs --loss hybrid)")
-    loss: str = _objective("simple", "simple (L_simple, eq 19) or hybrid (L_simple + λ L_vlb "
-                                     "with the stop-gradient on μ_θ; needs --variance learned)")
+    loss: str = _objective("simple", "simple (L_simple, eq 19), hybrid (L_simple + λ L_vlb "
+                                     "with the stop-gradient on μ_θ; needs --variance learned) "
+                                     "or vlb (L_vlb alone, eq 16, through μ_θ and Σ_θ; best "
+                                     "with --t-sampling importance)")
     hybrid_lambda: float = _objective(0.001, "λ of L_hybrid (Nichol & Dhariwal 2021)")
     t_sampling: str = _objective("uniform", "uniform, or importance (p_t ∝ √E[L_t²] from the "
-                                            "history of the bound's terms; needs --loss hybrid)")
+                                            "history of the bound's terms; needs --loss hybrid "
+                                            "or vlb)")
     # fast sampling (difflab.distill): "diffusion" | "consistency-training" (train --method);
     # "progressive" | "consistency-distillation" are written by `difflab distill`, whose
     # progressive students predict `prediction` and were distilled for `distilled_steps` steps;
@@ -159,8 +163,11 @@ class TrainConfig:
     # teacher's, ConsistencyModel.v_from_schedule), with "eps" under EDM's preconditioning
     method: str = _objective("diffusion", "diffusion, consistency-training (Weng eq. 32: a "
                                           "consistency model, sampled with --sampler "
-                                          "consistency), or autoencoder (the first stage of "
-                                          "latent diffusion; difflab train-autoencoder)")
+                                          "consistency), autoencoder (the first stage of "
+                                          "latent diffusion; difflab train-autoencoder), or "
+                                          "dsm / ssm (a noise-conditional score network by "
+                                          "denoising or sliced score matching, sampled with "
+                                          "--sampler langevin); also --objective")
     prediction: str = _objective("eps", "what the network outputs and regresses: eps, v "
                                         "(Salimans & Ho 2022) or x0; v and x0 need loss simple "
                                         "and a fixed variance (also set on students of "
@@ -177,6 +184,17 @@ class TrainConfig:
     ct_init_from: str = _objective("", "consistency training: a diffusion run directory whose "
                                        "EMA network F_θ starts from (same model fields; read as "
                                        "a v-network); empty: a fresh F_θ")
+    # score matching (method "dsm" / "ssm"; difflab.ncsn): a noise-conditional score network
+    # over the geometric ladder σ_1 > … > σ_L of q_σ(x̃ | x) = N(x, σ² I) (Song & Ermon 2019,
+    # 2020); sigma_max = 0 and sigma_levels = 0 are measured when the run starts (techniques 1
+    # and 2) and written into its config
+    sigma_max: float = _objective(0.0, "score matching: σ_1, the largest noise level (0: the "
+                                       "largest pairwise distance of the training data, "
+                                       "technique 1 of Song & Ermon 2020)")
+    sigma_min: float = _objective(0.01, "score matching: σ_L, the smallest noise level")
+    sigma_levels: int = _objective(0, "score matching: L, the number of noise levels (0: "
+                                      "technique 2's rule for the data's dimension D; 10 where "
+                                      "it has no solution, D <= 4)")
 
     # --- conditioning (images only): class labels or captions, dropped to ∅ with probability
     # p_uncond so that one network learns ε(x_t, t, y) and ε(x_t, t, ∅) (Weng eq. 26) ---

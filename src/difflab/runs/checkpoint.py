@@ -68,6 +68,8 @@ KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
     "autoencoder": {"autoencoder": ("model.ae", "ema")},
     "progressive-distillation": {},  # the job directory above the rounds: a checkpoint only
     "controlnet": {"control": ("model", "ema")},  # + its frozen base run in base/
+    "dsm": {"denoiser": ("model", "ema")},  # a score network's bare net (difflab.ncsn)
+    "ssm": {"denoiser": ("model", "ema")},
 }
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"

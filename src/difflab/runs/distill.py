@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..build.data import training_data
 from ..build.model import build_model
-from ..config import CONSISTENCY_METHODS, TrainConfig
+from ..config import CONSISTENCY_METHODS, SCORE_METHODS, TrainConfig
 from ..distill.consistency_training import euler_step, heun_step
 from ..distill.distances import classifier_features, feature_distance, l1, l2, pseudo_huber
 from ..errors import ConfigError
@@ -85,6 +85,9 @@ def load_teacher(run: str | Path, threads: int | None = None
     if cfg.method in CONSISTENCY_METHODS:
         raise ConfigError(f"{run} is a consistency model; distil a diffusion run or a "
                          "progressive student")
+    if cfg.method in SCORE_METHODS:
+        raise ConfigError(f"{run} is a score network (method {cfg.method}), sampled by Langevin "
+                          "dynamics only; distil a diffusion run or a progressive student")
     if threads is not None:
         cfg = dataclasses.replace(cfg, threads=threads)
     return cfg, EpsOnly(model).eval(), schedule

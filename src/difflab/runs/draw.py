@@ -58,9 +58,10 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
         kwargs["variance"] = variance
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(*shape, generator=g).to(model_device(model))  # (n, …), drawn on the CPU
-    marks = snapshot_marks(schedule, sampler, steps, spacing=spacing) if keep else {}
+    levels = callback_count(model, sampler, steps)  # the sampler's callbacks
+    marks = snapshot_marks(schedule, sampler, levels, spacing=spacing) if keep else {}
     snapshots = [(f"x_T (t = {schedule.T})", _host(x_T[:keep]))] if keep else []
-    frame_marks = frames.marks(steps) if frames is not None else {}
+    frame_marks = frames.marks(levels) if frames is not None else {}
     if frames is not None:
         frames.frames.append((0.0, _host(x_T[:frames.keep])))
 
@@ -115,10 +116,25 @@ def _host(x: Tensor) -> Tensor:
     return x.detach().to("cpu", copy=True)
 
 
+def callback_count(model: Callable, sampler: str, steps: int) -> int:
+    """How many times the sampler calls back: ``steps``, but for a score model (Langevin on its
+    own ladder) the number of its L levels that ``steps`` visits."""
+    if getattr(model, "is_score_model", False):
+        from ..samplers.langevin import ladder_subset
+
+        return len(ladder_subset(model.levels, steps))
+    return steps
+
+
 def check_sampler_fits(model: Callable, sampler: str) -> None:
     """ValueError unless ``sampler`` takes this kind of model: the ``consistency`` sampler takes
-    consistency models (Weng eq. 30) only, every other sampler ε-models only."""
+    consistency models (Weng eq. 30) only, ``langevin`` also score models
+    (:class:`difflab.ncsn.ScoreModel`), every other sampler ε-models only."""
     from ..samplers.consistency import is_consistency_model
+
+    if sampler != "langevin" and getattr(model, "is_score_model", False):
+        raise ValueError(f"this is a score model; sample it with the langevin sampler, not "
+                         f"{sampler!r}")
 
     if sampler != "consistency" and is_consistency_model(model):
         raise ValueError(f"this run is a consistency model; sample it with --sampler consistency "

@@ -16,9 +16,11 @@ import torch
 from torch import nn
 
 from ..build.model import build_model, build_schedule
+from ..build.score import score_ladder
 from ..config import TrainConfig
 from ..distill.consistency import ConsistencyModel
 from ..distill.progressive import EPS, X0, Prediction, V
+from ..ncsn import ScoreModel
 from ..schedules import Schedule
 from ..training import SIGMA_DATA
 from ..training.backend import resolve_device
@@ -66,10 +68,16 @@ def _student(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:
     return PREDICTIONS[cfg.prediction].as_eps(net, schedule)
 
 
+def score_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ScoreModel:
+    """s_θ(x̃, σ_i) = net(x̃, i)/σ_i on the run's ladder (a score-matching run, dsm or ssm)."""
+    return ScoreModel(net, score_ladder(cfg))
+
+
 # how each kind of run's network is presented to the samplers (absent: as it is, an ε-model)
 SAMPLING_MODELS = {"diffusion": _student, "progressive": _student,
                    "consistency-training": consistency_model,
-                   "consistency-distillation": consistency_model}
+                   "consistency-distillation": consistency_model, "dsm": score_model,
+                   "ssm": score_model}
 
 
 def sampling_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:

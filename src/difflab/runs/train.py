@@ -17,7 +17,8 @@ import torch
 
 from ..build.data import training_set
 from ..build.model import build_schedule
-from ..config import TrainConfig
+from ..build.score import resolve_ladder
+from ..config import SCORE_METHODS, TrainConfig
 from ..errors import ConfigError
 from ..training import OBJECTIVES, fit
 from ..training.backend import Backend, torch_threads
@@ -30,7 +31,8 @@ from .load import check_fits, config_to_json, sampling_model
 from .lock import run_lock
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
-              "autoencoder": "autoencoder loss"}
+              "autoencoder": "autoencoder loss", "dsm": "L_DSM (λ = σ²)",
+              "ssm": "L_SSM-VR (λ = σ²)"}
 
 
 def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, overwrite: bool,
@@ -101,6 +103,8 @@ def train(
     backend = Backend.create(cfg.device, cfg.precision, cfg.compile)
     # (N, 2) or (N, C, H, W); bad data fails before any writing
     x_train, cfg, conds = training_set(cfg)
+    if cfg.method in SCORE_METHODS:  # σ_1 and L from the data (kept in config.json)
+        cfg = resolve_ladder(cfg, x_train)
     codec, ae_weights = None, None
     if cfg.autoencoder and resume:  # a latent run: its own copy of the autoencoder
         codec = latent.load_codec(run_dir, cfg)

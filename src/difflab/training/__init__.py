@@ -109,6 +109,25 @@ def autoencoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, co
                                 seed=cfg.seed, backend=backend)
 
 
+def score_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
+                    backend: Backend, codec=None) -> Objective:
+    """A noise-conditional score network (:mod:`.score_matching`): denoising (``method`` "dsm")
+    or sliced (``"ssm"``, with variance reduction) score matching over the run's ladder
+    (:func:`difflab.build.score.score_ladder`), λ(σ) = σ², the run's EMA and learning rate.
+    The network is the run's (MLP for 2-D data, U-Net for images), its t the level index."""
+    from ..build.score import score_ladder
+    from .score_matching import ScoreMatchingObjective
+
+    if cfg.method == "ssm" and backend.world_size > 1:
+        from ..errors import ConfigError
+
+        raise ConfigError("method ssm needs a double backward, which DDP does not support; "
+                          "train it in one process")
+    return ScoreMatchingObjective(build_model(cfg), score_ladder(cfg), data, kind=cfg.method,
+                                  batch=cfg.batch, lr=lr_schedule(cfg), ema_decay=cfg.ema_decay,
+                                  weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+
+
 def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                  backend: Backend, codec=None) -> Objective:
     """Consistency training of f_θ: ``ct_variant = "improved"`` (Song & Dhariwal 2023,
@@ -142,6 +161,8 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "diffusion": diffusion_objective,
     "consistency-training": ct_objective,
     "autoencoder": autoencoder_objective,
+    "dsm": score_objective,
+    "ssm": score_objective,
 }
 
 __all__ = ["OBJECTIVES", "SIGMA_DATA", "Backend", "Objective", "ct_final_levels", "fit",

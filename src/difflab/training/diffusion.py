@@ -1,8 +1,8 @@
-"""The diffusion objective of the one loop: L_simple (Weng eq. 19; Ho et al. 2020, Algorithm 1)
-or L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23 and the text after
-it; Nichol & Dhariwal 2021), t uniform or importance-sampled, conditions dropped to ∅ with
-probability p_uncond (Ho & Salimans 2021, Algorithm 1); an EMA of the weights; a warm-up and
-cosine or constant learning rate."""
+"""The diffusion objective of the one loop: L_simple (Weng eq. 19; Ho et al. 2020, Algorithm 1),
+L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23 and the text after
+it; Nichol & Dhariwal 2021) or L_vlb alone (eq. 16; ibid. §3.3), t uniform or
+importance-sampled, conditions dropped to ∅ with probability p_uncond (Ho & Salimans 2021,
+Algorithm 1); an EMA of the weights; a warm-up and cosine or constant learning rate."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..errors import CheckpointError
 from ..losses import l_simple
 from ..schedules import Schedule
-from ..vlb import ImportanceSampler, l_hybrid
+from ..vlb import ImportanceSampler, l_hybrid, l_vlb
 from .backend import Backend
 from .ema import ema_decay_at, ema_update
 from .loop import Objective
@@ -63,8 +63,9 @@ class DiffusionObjective(Objective):
     (:class:`difflab.build.conditioning.TrainConditions` or None); with ``prediction`` "v" or
     "x0" the network regresses v or x_0 instead (:func:`~difflab.losses.l_simple`).
 
-    ``loss``: "simple" or "hybrid" (with ``hybrid_lambda`` and ``levels``, K of K-level image
-    data for the bound's L_0, None for continuous data); ``t_sampler``: an
+    ``loss``: "simple", "hybrid" (with ``hybrid_lambda``) or "vlb"; both bounds use
+    ``levels`` (K of K-level image data for the bound's L_0, None for continuous data);
+    ``t_sampler``: an
     :class:`~difflab.vlb.ImportanceSampler` or None (uniform t).
     """
 
@@ -83,8 +84,8 @@ class DiffusionObjective(Objective):
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
         self.backend = backend
         self.sample_shape = tuple(data.shape[1:])  # of x_0 and ε (a latent run: the latents')
-        if loss not in ("simple", "hybrid"):
-            raise ValueError(f"loss must be simple or hybrid, got {loss!r}")
+        if loss not in ("simple", "hybrid", "vlb"):
+            raise ValueError(f"loss must be simple, hybrid or vlb, got {loss!r}")
         if prediction not in ("eps", "v", "x0") or (prediction != "eps" and loss != "simple"):
             raise ValueError(f"prediction must be eps, or v / x0 with loss simple, got "
                              f"{prediction!r} with loss {loss!r}")
@@ -110,10 +111,13 @@ class DiffusionObjective(Objective):
     def loss(self, model: nn.Module, batch: dict[str, Tensor]) -> Tensor:
         x0, t, noise = batch["x0"], batch["t"], batch["noise"]
         cond = {k: v for k, v in batch.items() if k not in ("x0", "t", "noise")}
-        if self.kind == "hybrid":
+        if self.kind in ("hybrid", "vlb"):
             sampler = self.t_sampler
             if sampler is not None and self.backend is not None and self.backend.world_size > 1:
                 sampler = _SharedSampler(sampler, self.backend)
+            if self.kind == "vlb":  # the bound alone (Nichol & Dhariwal 2021, §3.3)
+                return l_vlb(model, self.schedule, x0, t=t, noise=noise, sampler=sampler,
+                             levels=self.levels, **cond)
             return l_hybrid(model, self.schedule, x0, self.hybrid_lambda, t=t, noise=noise,
                             sampler=sampler, levels=self.levels, **cond)
         return l_simple(model, self.schedule, x0, t=t, noise=noise, prediction=self.prediction,
