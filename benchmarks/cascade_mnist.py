@@ -120,8 +120,13 @@ def main() -> None:
     done = sorted(work.glob("single32_*/bench_seconds.json"))  # a finished one: reuse it
     if done:
         single_steps = int(done[0].parent.name.split("_")[1])
-    else:
-        single_steps = max(10, int(budget / step_seconds(single_cfg)))
+    else:  # the base's and the SR stage's compute in the single model's steps, from step
+        # times probed one after the other now (wall seconds of runs trained at different
+        # moments on a shared machine are not comparable)
+        probe = {k: step_seconds(c) for k, c in
+                 (("base", base_cfg), ("sr", sr_cfgs["gaussian"]), ("single", single_cfg))}
+        single_steps = max(10, round((args.base_steps * probe["base"]
+                                      + args.sr_steps * probe["sr"]) / probe["single"]))
     single_cfg = dataclasses.replace(single_cfg, steps=single_steps)
     seconds["single32"] = train_timed(single_cfg, work / f"single32_{single_steps}")
 
@@ -224,7 +229,9 @@ def write(out: dict, args) -> None:
     for s, r in out["truncated"].items():
         lines.append(f"| {s} | {f(r['fd_truncated'])} | {f(r['fd_non_truncated'])} |")
     c = out["cascade_vs_single"]
-    lines += ["", "## 4. Cascade vs one 32×32 model, same training time", "",
+    lines += ["", "## 4. Cascade vs one 32×32 model, same training compute", "",
+              "The single model's steps match base + SR steps in step times probed side by side "
+              "(train s: wall seconds of each run, on a shared machine whose load varied).", "",
               "| model | FD | train s | images/s |", "|---|---|---|---|"]
     for name_, r in c.items():
         lines.append(f"| {name_} | {f(r['fd'])} | {r['train_seconds']:.0f} | "
