@@ -1,9 +1,9 @@
-"""The ``difflab`` command: ``train``, ``train-autoencoder``, ``sample``, ``eval``,
-``train-classifier``, ``distill`` and ``train-controlnet``.
+"""The ``difflab`` command: ``train``, ``train-autoencoder``, ``train-clip``, ``sample``, ``eval``,
+``train-classifier``, ``distill``, ``train-controlnet`` and ``unclip``.
 
 Strings live here and only here: the CLI turns names into objects and passes them to the library.
 One module per subcommand (``train``, ``sample``, ``evaluate``, ``classifier``, ``distill``,
-``controlnet``),
+``controlnet``, ``unclip``),
 each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; what they share is in
 ``common`` (and ``config_flags``, ``guidance_flags``). Imports point one way: common ←
 subcommands ← this package.
@@ -23,12 +23,12 @@ import sys
 import warnings
 
 from ..errors import DifflabError
-from . import classifier, controlnet, distill, evaluate, sample, train
+from . import classifier, controlnet, distill, evaluate, sample, train, unclip
 from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line, one_line_warning
 
-SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet)  # --help order
-COMMAND_NAMES = ("train", "train-autoencoder", "sample", "eval", "train-classifier", "distill",
-                 "train-controlnet")
+SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet, unclip)  # --help order
+COMMAND_NAMES = ("train", "train-autoencoder", "train-clip", "sample", "eval", "train-classifier",
+                 "distill", "train-controlnet", "unclip")
 EXIT_INTERRUPTED = 130
 
 __all__ = ["PROG", "UsageError", "build_parser", "main"]

@@ -97,6 +97,17 @@ class TrainConfig:
                                 "p = 2); must divide the image size")
     dit_block: str = _model("adaln-zero", "DiT block design (Peebles & Xie 2023, Fig. 5): "
                                           "adaln-zero, adaln, cross-attention or in-context")
+    # unCLIP (Weng eq. 34; Ramesh et al. 2022): the small CLIP (difflab.nn.clip, method
+    # "clip"), the diffusion prior over its image embeddings (difflab.nn.unclip_prior, method
+    # "unclip-prior") and the decoder's extra conditioning (method "unclip-decoder")
+    clip_dim: int = _model(64, "CLIP: dimension of the shared image/text embedding")
+    clip_width: int = _model(32, "CLIP: base width of the image encoder (a small CNN)")
+    clip_text_width: int = _model(128, "CLIP: width of the text tower over the frozen MiniLM's "
+                                       "tokens")
+    prior_width: int = _model(128, "unCLIP prior: width of its causal transformer")
+    prior_depth: int = _model(4, "unCLIP prior: transformer layers")
+    decoder_tokens: int = _model(4, "unCLIP decoder: extra cross-attention tokens projected "
+                                    "from the CLIP image embedding")
 
     # --- autoencoder: the first stage of latent diffusion (difflab.nn.autoencoder; Rombach et
     # al. 2022). `difflab train-autoencoder` trains one (method "autoencoder"); a diffusion run
@@ -154,8 +165,10 @@ class TrainConfig:
     # teacher's, ConsistencyModel.v_from_schedule), with "eps" under EDM's preconditioning
     method: str = _objective("diffusion", "diffusion, consistency-training (Weng eq. 32: a "
                                           "consistency model, sampled with --sampler "
-                                          "consistency), or autoencoder (the first stage of "
-                                          "latent diffusion; difflab train-autoencoder)")
+                                          "consistency), autoencoder (the first stage of "
+                                          "latent diffusion; difflab train-autoencoder), clip "
+                                          "(difflab train-clip), unclip-prior or "
+                                          "unclip-decoder (Weng eq. 34, with --clip RUN)")
     prediction: str = _objective("eps", "what the network outputs: eps (x0 and v: students of "
                                         "'difflab distill')")
     distilled_steps: int = _objective(0, "set by 'difflab distill' (the steps a progressive "
@@ -179,6 +192,12 @@ class TrainConfig:
                                          "(classifier-free guidance)")
     num_classes: int = _conditioning(0, "number of classes (0: the dataset's own)")
     text_tokens: int = _conditioning(32, "caption tokens kept by the text encoder")
+    clip: str = _conditioning("", "unCLIP prior or decoder: the CLIP run (difflab train-clip) "
+                                  "whose embeddings the prior generates and the decoder is "
+                                  "conditioned on")
+    p_uncond_image: float = _conditioning(0.1, "unCLIP decoder: probability of dropping the "
+                                               "CLIP image embedding in training (the caption's "
+                                               "is p_uncond)")
     # super-resolution: a stage of a cascade (Ho et al. 2021; Weng, "Scale up Generation
     # Resolution and Quality"), p(x | z) with z the image average-pooled to sr_low_res and
     # corrupted by the conditioning augmentation sr_augment (difflab.training.super_resolution)

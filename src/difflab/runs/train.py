@@ -28,7 +28,9 @@ from .evaluate import evaluate_after as write_evaluation
 from .load import config_to_json, sampling_model
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
-              "autoencoder": "autoencoder loss"}
+              "autoencoder": "autoencoder loss", "clip": "InfoNCE",
+              "unclip-prior": "prior: x0 MSE", "unclip-decoder": "decoder: L_simple"}
+UNCLIP_STAGES = ("unclip-prior", "unclip-decoder")  # runs with a frozen CLIP in clip/
 
 
 def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, overwrite: bool,
@@ -105,10 +107,22 @@ def train(
     elif cfg.autoencoder:
         cfg, ae_weights = latent.attach(cfg)
         codec = latent.codec_from(cfg, ae_weights)
+    if kind in UNCLIP_STAGES:  # the frozen CLIP: its copy in the run, or the run it names
+        from .clip import CLIP_DIR, attach_clip, load_clip
+
+        if resume:
+            codec = load_clip(run_dir / CLIP_DIR)[1]
+        else:
+            cfg, codec = attach_clip(cfg)
+        codec.to(backend.device)
     if backend.is_main:
         open_run_dir(run_dir, cfg, kind, resume=resume, overwrite=overwrite)
         if ae_weights is not None:
             latent.write_autoencoder(run_dir, ae_weights)
+        if kind in UNCLIP_STAGES and not resume:
+            from .clip import copy_clip
+
+            copy_clip(cfg.clip, run_dir)
     backend.barrier()
 
     # torch's global RNG (dropout draws from it) is seeded here and saved in every checkpoint,
@@ -152,6 +166,14 @@ def train(
                 from .autoencoder import evaluate_after as evaluate_autoencoder
 
                 evaluate_autoencoder(cfg, ema, run_dir, extra)
+            elif kind == "clip":
+                from .clip import evaluate_after as evaluate_clip
+
+                evaluate_clip(cfg, ema, run_dir, extra)
+            elif kind in UNCLIP_STAGES:
+                from .unclip import evaluate_after as evaluate_unclip
+
+                evaluate_unclip(cfg, kind, ema, codec, schedule, run_dir, extra)
             else:
                 write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir,
                                  extra, decode=codec.decode if codec is not None else None)
