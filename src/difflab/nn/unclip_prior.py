@@ -6,7 +6,8 @@ Its input is one sequence of width ``width`` (Ramesh et al. 2022, §2.1; DALLE2-
 
     [ caption tokens (L) | text embedding c_t | timestep t | noised embedding z_t | query ]
 
-each projected to ``width`` with learned positions; a causal mask (a position attends to itself
+each projected to ``width`` with learned positions (the last four's do not depend on the
+caption's length L, so padding changes nothing); a causal mask (a position attends to itself
 and the positions before it, never to caption padding); the output at the query, projected back
 to D, is the prediction of z_0 (the x0-parameterisation: the paper predicts the unnoised
 embedding directly). The network is a model of difflab's interface, ``net(z_t, t, **cond) ->
@@ -79,7 +80,8 @@ class DiffusionPrior(nn.Module):
         self.time_in = TimestepEmbedding(W, W)
         self.x_in = nn.Linear(D, W)
         self.query = nn.Parameter(torch.randn(W) * 0.02)
-        self.pos = nn.Parameter(torch.randn(cfg.max_tokens + 4, W) * 0.02)
+        self.pos = nn.Parameter(torch.randn(cfg.max_tokens, W) * 0.02)  # caption tokens
+        self.slot_pos = nn.Parameter(torch.randn(4, W) * 0.02)  # c_t, t, z_t, query
         self.blocks = nn.ModuleList(Block(W, cfg.heads) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(W)
         self.head = nn.Linear(W, D)
@@ -126,7 +128,7 @@ class DiffusionPrior(nn.Module):
                          self.x_in(x_t)[:, None],
                          self.query.expand(B, 1, -1)], dim=1)  # (B, S = L + 4, W)
         S = L + 4
-        seq = seq + self.pos[:S]
+        seq = seq + torch.cat([self.pos[:L], self.slot_pos])  # the last four never move
         causal = torch.ones(S, S, dtype=torch.bool, device=x_t.device).tril()  # (S, S)
         real = torch.cat([context_mask, context_mask.new_ones(B, 4)], dim=1)  # (B, S) keys
         eye = torch.eye(S, dtype=torch.bool, device=x_t.device)
