@@ -1,0 +1,174 @@
+"""unCLIP on the shapes scenes (Weng eq. 34; Ramesh et al. 2022): the claims of issue 15, measured
+on a CLIP, a prior and a decoder run trained by the CLI (this script trains nothing):
+
+    difflab train-clip --preset shapes-clip --threads 1 --out runs/unclip-bench/clip
+    difflab train --preset shapes-unclip-prior --clip runs/unclip-bench/clip --threads 1 \\
+        --out runs/unclip-bench/prior
+    difflab train --preset shapes-unclip-decoder --clip runs/unclip-bench/clip --threads 1 \\
+        --out runs/unclip-bench/decoder
+    python benchmarks/unclip_shapes.py --runs runs/unclip-bench
+
+1. The prior helps (Ramesh et al. 2022, §5.1 compares unCLIP with and without a prior): for the
+   first P test captions, k samples each, from (a) prior + decoder, (b) the same with the
+   prior's best of 2, (c) the decoder given the caption's CLIP TEXT embedding c_t in place of an
+   image embedding, (d) the decoder given the caption alone (image embedding ∅). Prompt
+   accuracy (the committed attribute classifier, all attributes right), FD to the 600 test
+   images (n = P·k, so read it against the floor: n real training images), diversity (the mean
+   RMS pixel distance between two samples of one prompt) and the CLIP score cos(c_i(x), c_t).
+2. Variations keep semantics: for V test images, k variations each (their c_i decoded without
+   the caption): the attribute accuracy of the variations against their source's attributes,
+   pixel diversity among them, and cos(c_i(variation), c_i(source)) against random pairs.
+3. The CLIP run's zero-shot accuracy and retrieval recall@1 (its metrics.json).
+
+Writes benchmarks/results/unclip_shapes.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from difflab.data.fd import FDEvaluator
+from difflab.data.shapes import shapes
+from difflab.data.shapes_eval import prompt_accuracy
+from difflab.pipelines.unclip import Captions, cosine
+from difflab.runs import checkpoint as ckpt
+from difflab.runs.unclip import captions_for, load_unclip, random_pairs_cos
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def diversity(x: torch.Tensor, k: int) -> float:
+    """Mean RMS pixel distance between two of the k samples of each group (groups of k rows)."""
+    g = x.view(-1, k, x[0].numel())  # (P, k, CHW)
+    d = torch.cdist(g, g) / g.shape[-1] ** 0.5  # (P, k, k)
+    return float(d.sum((1, 2)).mean() / (k * (k - 1)))
+
+
+def rows(y: Captions, idx: slice) -> Captions:
+    return Captions(y.tokens[idx], y.mask[idx], y.text_emb[idx])
+
+
+def in_batches(fn, n: int, size: int = 80) -> torch.Tensor:
+    return torch.cat([fn(slice(s, min(n, s + size))).cpu() for s in range(0, n, size)])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--runs", default="runs/unclip-bench")
+    p.add_argument("--prompts", type=int, default=40)
+    p.add_argument("--per-prompt", type=int, default=4)
+    p.add_argument("--variations", type=int, default=40)
+    p.add_argument("--steps", type=int, default=25)
+    p.add_argument("--guidance", type=float, default=2.0)
+    p.add_argument("--prior-guidance", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--name", default="unclip_shapes")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    root = Path(args.runs)
+    t0 = time.perf_counter()
+    cfg, u = load_unclip(root / "decoder", root / "prior", decoder_steps=args.steps,
+                         prior_steps=64, decoder_guidance=args.guidance,
+                         prior_guidance=args.prior_guidance)
+    test, train = shapes("test", 32), shapes("train", 32)
+    fd = FDEvaluator.for_dataset("shapes", 32)
+    P, k = args.prompts, args.per_prompt
+    caps = [c for c in test.captions[:P] for _ in range(k)]  # (P·k,)
+    att = test.attributes[:P].repeat_interleave(k, 0)
+    y = captions_for(u, caps, cfg.text_tokens)
+    n = len(caps)
+    out: dict = {"settings": vars(args), "n_samples": n,
+                 "fd_floor": fd.fd(train.x[:n], reference=test.x)}
+
+    def score(x: torch.Tensor, attributes, c_t) -> dict:
+        acc = prompt_accuracy(x, attributes, fd.classifier)
+        return {"prompt_accuracy": acc["all"], **{f"acc_{a}": v for a, v in acc.items()
+                                                  if a != "all"},
+                "fd": fd.fd(x, reference=test.x), "diversity": diversity(x, k),
+                "clip_score": float(cosine(u.image_embeddings(x).cpu(), c_t).mean())}
+
+    g = torch.Generator().manual_seed(0)
+    modes = {
+        "prior": lambda s: u.text_to_image(rows(y, s), g),
+        "prior_best_of_2": lambda s: u.text_to_image(rows(y, s), g, best_of=2),
+        "text_embedding": lambda s: u.decode(y.text_emb[s], rows(y, s), g),
+        "caption_only": lambda s: u.decode(torch.zeros_like(y.text_emb[s]), rows(y, s), g),
+    }
+    out["text_to_image"] = {}
+    for name, fn in modes.items():
+        x = in_batches(fn, n)
+        out["text_to_image"][name] = score(x, att, y.text_emb)
+        print(name, out["text_to_image"][name], f"{time.perf_counter() - t0:.0f} s", flush=True)
+    real = test.x[:P].repeat_interleave(k, 0)
+    out["text_to_image"]["real_images"] = {
+        "prompt_accuracy": prompt_accuracy(real, att, fd.classifier)["all"],
+        "clip_score": float(cosine(u.image_embeddings(real).cpu(), y.text_emb).mean())}
+
+    V = args.variations
+    src = test.x[P:P + V]
+    var = torch.cat([u.variations(src[s:s + 20], k, g).cpu() for s in range(0, V, 20)])
+    c_src = u.image_embeddings(src).cpu()
+    out["variations"] = {
+        "attribute_accuracy": prompt_accuracy(var, test.attributes[P:P + V].repeat_interleave(
+            k, 0), fd.classifier)["all"],
+        "pixel_diversity": diversity(var, k),
+        "real_pair_pixel_distance": diversity(src[: (V // k) * k], k),
+        "cos_to_source": float(cosine(u.image_embeddings(var).cpu(),
+                                      c_src.repeat_interleave(k, 0)).mean()),
+        "cos_random_pairs": random_pairs_cos(c_src)}
+    print("variations", out["variations"], flush=True)
+    out["clip"] = {key: v for key, v in ckpt.read_json(root / "clip" / ckpt.METRICS).items()
+                   if key.startswith(("zero_shot", "recall", "temperature", "train"))}
+    out["runs"] = {s: {key: v for key, v in ckpt.read_json(root / s / ckpt.METRICS).items()
+                       if isinstance(v, float | int)} for s in ("prior", "decoder")}
+    out["seconds"] = time.perf_counter() - t0
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(markdown(out))
+    print(markdown(out))
+
+
+def markdown(r: dict) -> str:
+    s = r["settings"]
+    lines = [f"# unCLIP on shapes 32×32 ({r['n_samples']} samples: {s['prompts']} test captions "
+             f"× {s['per_prompt']}; decoder DDIM {s['steps']} steps, w = {s['guidance']}; prior "
+             f"DDIM 64 steps, w = {s['prior_guidance']})", "",
+             "Produced by `python benchmarks/unclip_shapes.py --runs runs/unclip-bench` on the "
+             "runs its docstring trains. One seed; FD at this n is biased upwards: its floor "
+             f"(n real training images vs the test split) is {r['fd_floor']:.1f}.", "",
+             "## 1. Text → image: does the prior help?", "",
+             "| conditioning of the decoder | prompt acc. | count | shape | colour | size | "
+             "position | FD | diversity | CLIP score |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in r["text_to_image"].items():
+        if name == "real_images":
+            continue
+        lines.append(f"| {name} | {m['prompt_accuracy']:.3f} | {m['acc_count']:.2f} | "
+                     f"{m['acc_shape']:.2f} | {m['acc_colour']:.2f} | {m['acc_size']:.2f} | "
+                     f"{m['acc_position']:.2f} | {m['fd']:.1f} | {m['diversity']:.3f} | "
+                     f"{m['clip_score']:.3f} |")
+    real = r["text_to_image"]["real_images"]
+    lines += [f"| (the test images themselves) | {real['prompt_accuracy']:.3f} | | | | | | | | "
+              f"{real['clip_score']:.3f} |", "", "## 2. Variations", ""]
+    v = r["variations"]
+    lines += [f"- attribute accuracy of the variations against their source's attributes: "
+              f"{v['attribute_accuracy']:.3f}",
+              f"- pixel diversity among the variations of one image: {v['pixel_diversity']:.3f} "
+              f"(two different test images: {v['real_pair_pixel_distance']:.3f})",
+              f"- cos(c_i(variation), c_i(source)) {v['cos_to_source']:.3f}, random pairs of "
+              f"test images {v['cos_random_pairs']:.3f}", "", "## 3. The CLIP", ""]
+    lines += [f"- {key}: {val:.4g}" for key, val in sorted(r["clip"].items())]
+    lines += ["", "## The prior and decoder runs' own metrics.json", ""]
+    for stage, m in r["runs"].items():
+        lines.append(f"- {stage}: " + ", ".join(f"{key} {val:.4g}" for key, val in
+                                                 sorted(m.items())))
+    lines += ["", f"Total {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
