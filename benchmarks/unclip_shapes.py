@@ -143,7 +143,7 @@ def markdown(r: dict) -> str:
              f"(n real training images vs the test split) is {r['fd_floor']:.1f}.", "",
              "## 1. Text → image: does the prior help?", "",
              "| conditioning of the decoder | prompt acc. | count | shape | colour | size | "
-             "position | FD | diversity | CLIP score |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "position | FD | diversity | CLIP score |", "|---" * 10 + "|"]
     for name, m in r["text_to_image"].items():
         if name == "real_images":
             continue
