@@ -51,6 +51,9 @@ def add_parser(sub) -> None:
                    "guidance w (default 2)")
     p.add_argument("--prior-guidance", type=float, default=1.0, help="prior classifier-free "
                    "guidance w (default 1)")
+    p.add_argument("--threshold", choices=("static", "dynamic", "none"), default="static",
+                   help="clipping of the decoder's x̂_0 at every step (Imagen's thresholding; "
+                   "default static: [-1, 1])")
     p.add_argument("--best-of", type=int, default=1, help="prior draws per image, the one most "
                    "similar to the caption kept (the paper: 2; default 1)")
     p.add_argument("--seed", type=int, default=0)
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     cfg, unclip = load_unclip(args.decoder, args.prior, args.device,
                               decoder_steps=args.steps, prior_steps=args.prior_steps,
                               decoder_guidance=args.guidance,
-                              prior_guidance=args.prior_guidance)
+                              prior_guidance=args.prior_guidance,
+                              decoder_threshold=args.threshold)
     g = torch.Generator().manual_seed(args.seed)
     x = unclip_images(cfg, unclip, n=args.n, generator=g, prompt=args.prompt,
                       variations=args.variations, interpolate=pair, text_diff=args.text_diff,

@@ -5,9 +5,11 @@ interpolations (slerp between two images' c_i, decoded with ONE fixed noise) and
 (c_i rotated towards the difference of two captions' c_t). No files, no configs: networks,
 schedules and tensors in, images out (:mod:`difflab.runs.unclip` loads runs into these).
 
-Both models are sampled with DDIM (η = 0 unless asked, Weng eq. 29) under classifier-free
-guidance (eq. 26): the prior's ∅ drops the caption (tokens and text embedding), the decoder's
-drops the image embedding and the caption together.
+Both models are sampled with DDIM (η = 0, Weng eq. 29) under classifier-free guidance (eq. 26):
+the prior's ∅ drops the caption (tokens and text embedding), the decoder's drops the image
+embedding and the caption together; the decoder's x̂_0 is clipped to [−1, 1] at every step
+(Imagen's static thresholding, as GLIDE and unCLIP's decoders clip) unless
+``decoder_threshold = "none"``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from torch import Tensor, nn
 from torch.nn import functional
 
 from ..contrastive import slerp, text_diff
-from ..guidance import Bound, ClassifierFree
+from ..guidance import (
+    Bound,
+    ClassifierFree,
+    Thresholded,
+    dynamic_threshold,
+    static_threshold,
+)
 from ..parameterization import EpsFromX0
 from ..samplers import ddim
 from ..schedules import Schedule
@@ -55,6 +63,7 @@ class Unclip:
     decoder_steps: int = 50
     prior_guidance: float = 1.0
     decoder_guidance: float = 2.0
+    decoder_threshold: str = "static"  # x̂_0 clipping of the decoder: "static", "dynamic", "none"
 
     @property
     def device(self) -> torch.device:
@@ -108,6 +117,10 @@ class Unclip:
                 null.update(context=torch.zeros(1, *y.tokens.shape[1:]),
                             context_mask=torch.zeros(1, y.mask.shape[1], dtype=torch.bool))
             model = ClassifierFree(model, self.decoder_guidance, null)
+        if self.decoder_threshold != "none":  # Imagen's thresholding of x̂_0 (Weng, after eq. 34)
+            clip = {"static": static_threshold, "dynamic": dynamic_threshold}[
+                self.decoder_threshold]
+            model = Thresholded(model, self.decoder_schedule, clip)
         x0 = ddim(Bound(model, **cond), self.decoder_schedule, x_T.to(dev),
                   steps=self.decoder_steps)
         return x0.clamp(-1.0, 1.0)
