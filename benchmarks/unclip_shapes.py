@@ -32,12 +32,12 @@ from pathlib import Path
 
 import torch
 
+from difflab.build.data import image_split
 from difflab.data.fd import FDEvaluator
-from difflab.data.shapes import shapes
 from difflab.data.shapes_eval import prompt_accuracy
 from difflab.pipelines.unclip import Captions, cosine
 from difflab.runs import checkpoint as ckpt
-from difflab.runs.unclip import captions_for, load_unclip, random_pairs_cos
+from difflab.runs.unclip import captions_for, load_unclip, random_pairs_cos, test_captions
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -67,7 +67,7 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=2.0)
     p.add_argument("--prior-guidance", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--name", default="unclip_shapes")
+    p.add_argument("--name", default="unclip_shapes", help="results file name")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     root = Path(args.runs)
@@ -75,20 +75,28 @@ def main() -> None:
     cfg, u = load_unclip(root / "decoder", root / "prior", decoder_steps=args.steps,
                          prior_steps=64, decoder_guidance=args.guidance,
                          prior_guidance=args.prior_guidance)
-    test, train = shapes("test", 32), shapes("train", 32)
-    fd = FDEvaluator.for_dataset("shapes", 32)
+    test, train = image_split(cfg, "test"), image_split(cfg, "train")
+    is_shapes = cfg.dataset == "shapes"
+    fd = FDEvaluator.for_dataset(cfg.dataset, test.x.shape[-1])
     P, k = args.prompts, args.per_prompt
-    caps = [c for c in test.captions[:P] for _ in range(k)]  # (P·k,)
-    att = test.attributes[:P].repeat_interleave(k, 0)
+    _, test_caps, _, _ = test_captions(cfg, P + args.variations)
+    caps = [c for c in test_caps[:P] for _ in range(k)]  # (P·k,)
+    # what a sample should show: shapes' attributes, or the digit's class
+    att = (test.attributes if is_shapes else test.y)[:P].repeat_interleave(k, 0)
     y = captions_for(u, caps, cfg.text_tokens)
     n = len(caps)
-    out: dict = {"settings": vars(args), "n_samples": n,
+    out: dict = {"settings": vars(args), "dataset": cfg.dataset, "n_samples": n,
                  "fd_floor": fd.fd(train.x[:n], reference=test.x)}
 
-    def score(x: torch.Tensor, attributes, c_t) -> dict:
-        acc = prompt_accuracy(x, attributes, fd.classifier)
+    def accuracy(x: torch.Tensor, target: torch.Tensor) -> dict:
+        if not is_shapes:
+            return {"prompt_accuracy": fd.accuracy(x, target)}
+        acc = prompt_accuracy(x, target, fd.classifier)
         return {"prompt_accuracy": acc["all"], **{f"acc_{a}": v for a, v in acc.items()
-                                                  if a != "all"},
+                                                  if a != "all"}}
+
+    def score(x: torch.Tensor, attributes, c_t) -> dict:
+        return {**accuracy(x, attributes),
                 "fd": fd.fd(x, reference=test.x), "diversity": diversity(x, k),
                 "clip_score": float(cosine(u.image_embeddings(x).cpu(), c_t).mean())}
 
@@ -106,7 +114,7 @@ def main() -> None:
         print(name, out["text_to_image"][name], f"{time.perf_counter() - t0:.0f} s", flush=True)
     real = test.x[:P].repeat_interleave(k, 0)
     out["text_to_image"]["real_images"] = {
-        "prompt_accuracy": prompt_accuracy(real, att, fd.classifier)["all"],
+        "prompt_accuracy": accuracy(real, att)["prompt_accuracy"],
         "clip_score": float(cosine(u.image_embeddings(real).cpu(), y.text_emb).mean())}
 
     V = args.variations
@@ -114,8 +122,8 @@ def main() -> None:
     var = torch.cat([u.variations(src[s:s + 20], k, g).cpu() for s in range(0, V, 20)])
     c_src = u.image_embeddings(src).cpu()
     out["variations"] = {
-        "attribute_accuracy": prompt_accuracy(var, test.attributes[P:P + V].repeat_interleave(
-            k, 0), fd.classifier)["all"],
+        "attribute_accuracy": accuracy(var, (test.attributes if is_shapes else test.y)[
+            P:P + V].repeat_interleave(k, 0))["prompt_accuracy"],
         "pixel_diversity": diversity(var, k),
         "real_pair_pixel_distance": diversity(src[: (V // k) * k], k),
         "cos_to_source": float(cosine(u.image_embeddings(var).cpu(),
@@ -135,11 +143,13 @@ def main() -> None:
 
 def markdown(r: dict) -> str:
     s = r["settings"]
-    lines = [f"# unCLIP on shapes 32×32 ({r['n_samples']} samples: {s['prompts']} test captions "
+    lines = [f"# unCLIP on {r['dataset']} ({r['n_samples']} samples: {s['prompts']} test captions "
              f"× {s['per_prompt']}; decoder DDIM {s['steps']} steps, w = {s['guidance']}; prior "
              f"DDIM 64 steps, w = {s['prior_guidance']})", "",
-             "Produced by `python benchmarks/unclip_shapes.py --runs runs/unclip-bench` on the "
-             "runs its docstring trains. One seed; FD at this n is biased upwards: its floor "
+             f"Produced by `python benchmarks/unclip_shapes.py --runs {s['runs']} --name "
+             f"{s['name']}` on the runs its docstring trains. Prompt accuracy: all attributes "
+             "right (shapes, the committed attribute classifier) or the class (digits). One "
+             "seed; FD at this n is biased upwards: its floor "
              f"(n real training images vs the test split) is {r['fd_floor']:.1f}.", "",
              "## 1. Text → image: does the prior help?", "",
              "| conditioning of the decoder | prompt acc. | count | shape | colour | size | "
@@ -147,10 +157,10 @@ def markdown(r: dict) -> str:
     for name, m in r["text_to_image"].items():
         if name == "real_images":
             continue
-        lines.append(f"| {name} | {m['prompt_accuracy']:.3f} | {m['acc_count']:.2f} | "
-                     f"{m['acc_shape']:.2f} | {m['acc_colour']:.2f} | {m['acc_size']:.2f} | "
-                     f"{m['acc_position']:.2f} | {m['fd']:.1f} | {m['diversity']:.3f} | "
-                     f"{m['clip_score']:.3f} |")
+        per = " | ".join(f"{m[f'acc_{a}']:.2f}" if f"acc_{a}" in m else "–"
+                         for a in ("count", "shape", "colour", "size", "position"))
+        lines.append(f"| {name} | {m['prompt_accuracy']:.3f} | {per} | {m['fd']:.1f} | "
+                     f"{m['diversity']:.3f} | {m['clip_score']:.3f} |")
     real = r["text_to_image"]["real_images"]
     lines += [f"| (the test images themselves) | {real['prompt_accuracy']:.3f} | | | | | | | | "
               f"{real['clip_score']:.3f} |", "", "## 2. Variations", ""]
