@@ -108,3 +108,17 @@ def test_unclip_cli_errors_are_one_line(runs, capsys, tmp_path):
     code, _, err = run_cli(capsys, "unclip", runs["clip"], "--variations", "1", "--out",
                            tmp_path / "y.png")
     assert one_error_line(code, err) and "is a clip run" in err
+
+
+def test_a_prior_run_resumes_bit_identically_from_its_own_clip_copy(runs, tmp_path, capsys):
+    flags = ["train", "--preset", "digits-unclip-prior", *STAGE_FLAGS, "--prior-width", "32",
+             "--prior-depth", "1", "--checkpoint-every", "100"]
+    part = tmp_path / "part"
+    code, _, err = run_cli(capsys, *flags, "--clip", runs["clip"], "--stop-after", "2",
+                           "--out", part)
+    assert code == 0, err
+    code, _, err = run_cli(capsys, "train", "--resume", part, "--no-progress")
+    assert code == 0, err
+    a = ckpt.load_tensors(part / "prior.ema.safetensors")[0]
+    b = ckpt.load_tensors(runs["prior"] / "prior.ema.safetensors")[0]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
