@@ -8,6 +8,17 @@ on a CLIP, a prior and a decoder run trained by the CLI (this script trains noth
         --out runs/unclip-bench/decoder
     python benchmarks/unclip_shapes.py --runs runs/unclip-bench
 
+The decoder measured in results/unclip_shapes.md was trained with ``--steps 1500 --batch 32``
+(see that file). On digits (results/unclip_digits.md; class accuracy by the committed digits
+classifier in place of the attributes)::
+
+    difflab train-clip --preset digits-clip --threads 1 --out runs/unclip-digits/clip
+    difflab train --preset digits-unclip-prior --clip runs/unclip-digits/clip --threads 1 \
+        --steps 400 --out runs/unclip-digits/prior
+    difflab train --preset digits-unclip-decoder --clip runs/unclip-digits/clip --threads 1 \
+        --steps 600 --batch 64 --model-channels 16 --eval-steps 25 --out runs/unclip-digits/decoder
+    python benchmarks/unclip_shapes.py --runs runs/unclip-digits --name unclip_digits
+
 1. The prior helps (Ramesh et al. 2022, §5.1 compares unCLIP with and without a prior): for the
    first P test captions, k samples each, from (a) prior + decoder, (b) the same with the
    prior's best of 2, (c) the decoder given the caption's CLIP TEXT embedding c_t in place of an
