@@ -14,9 +14,9 @@ classifier in place of the attributes)::
 
     difflab train-clip --preset digits-clip --threads 1 --out runs/unclip-digits/clip
     difflab train --preset digits-unclip-prior --clip runs/unclip-digits/clip --threads 1 \
-        --steps 400 --out runs/unclip-digits/prior
+        --out runs/unclip-digits/prior
     difflab train --preset digits-unclip-decoder --clip runs/unclip-digits/clip --threads 1 \
-        --steps 600 --batch 64 --model-channels 16 --eval-steps 25 --out runs/unclip-digits/decoder
+        --out runs/unclip-digits/decoder
     python benchmarks/unclip_shapes.py --runs runs/unclip-digits --name unclip_digits
 
 1. The prior helps (Ramesh et al. 2022, §5.1 compares unCLIP with and without a prior): for the
