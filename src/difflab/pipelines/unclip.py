@@ -64,6 +64,7 @@ class Unclip:
     prior_guidance: float = 1.0
     decoder_guidance: float = 2.0
     decoder_threshold: str = "static"  # x̂_0 clipping of the decoder: "static", "dynamic", "none"
+    decoder_spacing: str = "linspace"  # DDIM's timesteps ("leading" on a cosine schedule)
 
     @property
     def device(self) -> torch.device:
@@ -122,7 +123,7 @@ class Unclip:
                 self.decoder_threshold]
             model = Thresholded(model, self.decoder_schedule, clip)
         x0 = ddim(Bound(model, **cond), self.decoder_schedule, x_T.to(dev),
-                  steps=self.decoder_steps)
+                  steps=self.decoder_steps, spacing=self.decoder_spacing)
         return x0.clamp(-1.0, 1.0)
 
     # --- the uses ----------------------------------------------------------------------------

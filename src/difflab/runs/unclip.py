@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ..build.data import image_shape, image_split
 from ..build.model import build_schedule
 from ..build.unclip import image_embeddings, text_embeddings
-from ..config import TrainConfig
+from ..config import TrainConfig, spacing_for
 from ..data import captions as cap
 from ..errors import ConfigError
 from ..nn.text_encoder import load_text_encoder
@@ -57,7 +57,8 @@ def same_weights(a: nn.Module, b: nn.Module) -> bool:
 def load_unclip(decoder_run: str | Path, prior_run: str | Path | None = None,
                 device: str | None = None, **settings) -> tuple[TrainConfig, Unclip]:
     """The decoder run's config and the :class:`Unclip` of a decoder run (and a prior run,
-    which must use the same CLIP); ``settings``: steps and guidance weights of Unclip."""
+    which must use the same CLIP); ``settings``: steps, guidance weights and thresholding of
+    Unclip (the decoder's DDIM spacing is the run's: "leading" on a cosine schedule)."""
     cfg, decoder, d_schedule = load_stage(decoder_run, "unclip-decoder", device)
     clip = load_clip(Path(decoder_run) / CLIP_DIR, device)[1]
     prior, p_schedule = None, None
@@ -66,6 +67,7 @@ def load_unclip(decoder_run: str | Path, prior_run: str | Path | None = None,
         if not same_weights(clip, load_clip(Path(prior_run) / CLIP_DIR)[1]):
             raise ConfigError(f"{prior_run} and {decoder_run} were trained with different CLIP "
                               "runs; train both with the same --clip")
+    settings.setdefault("decoder_spacing", spacing_for(cfg, "ddim") or "linspace")
     return cfg, Unclip(clip, prior, p_schedule, decoder, d_schedule, image_shape(cfg),
                        **settings)
 
@@ -120,7 +122,8 @@ def evaluate_decoder(cfg: TrainConfig, decoder: nn.Module, clip: nn.Module, sche
 
     x, caps, y, att = test_captions(cfg, n)
     u = Unclip(clip, None, None, decoder, schedule, image_shape(cfg),
-               decoder_steps=cfg.eval_steps, decoder_guidance=cfg.eval_guidance)
+               decoder_steps=cfg.eval_steps, decoder_guidance=cfg.eval_guidance,
+               decoder_spacing=spacing_for(cfg, "ddim") or "linspace")
     y_caps = captions_for(u, caps, cfg.text_tokens)
     c_i = image_embeddings(clip, x)
     g = torch.Generator().manual_seed(cfg.seed)
