@@ -9,8 +9,8 @@ on a CLIP, a prior and a decoder run trained by the CLI (this script trains noth
     python benchmarks/unclip_shapes.py --runs runs/unclip-bench
 
 results/unclip_shapes_linear.md holds the shapes measurement (the preset's decoder, 1500
-updates of 32: not converged). On digits (results/unclip_digits.md; class accuracy by the committed digits
-classifier in place of the attributes)::
+updates of 32: not converged). On digits (results/unclip_digits.md; class accuracy by the
+committed digits classifier in place of the attributes)::
 
     difflab train-clip --preset digits-clip --threads 1 --out runs/unclip-digits/clip
     difflab train --preset digits-unclip-prior --clip runs/unclip-digits/clip --threads 1 \
