@@ -31,6 +31,7 @@ LAYERS: dict[str, int] = {
     # the post's maths: tensors in, tensors out
     "schedules": 1, "parameterization": 1, "losses": 1, "vlb": 1, "autoencoding": 1,
     "oracle": 1, "metrics": 1, "ncsn": 1,
+    "contrastive": 1,  # CLIP's InfoNCE, slerp and text diffs of unCLIP (Weng eq. 34)
     "samplers": 2,
     "likelihood": 2,  # the probability-flow ODE's density on a sampler's time grid
     "guidance": 3,

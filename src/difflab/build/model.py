@@ -50,6 +50,10 @@ def build_model(cfg: TrainConfig) -> nn.Module:
     (:func:`build_autoencoder`)."""
     if cfg.method == "autoencoder":
         return build_autoencoder(cfg)
+    if cfg.method in UNCLIP_BUILDERS:  # Weng eq. 34: the CLIP, the prior, the decoder
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            return UNCLIP_BUILDERS[cfg.method](cfg)
     kind = model_kind(cfg)
     kwargs = MODEL_KWARGS[kind](cfg)  # draws no random numbers
     with torch.random.fork_rng(devices=[]):
@@ -144,3 +148,38 @@ def build_autoencoder(cfg: TrainConfig):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         return Autoencoder(config)
+
+
+# --- unCLIP (Weng eq. 34; Ramesh et al. 2022) ---------------------------------------------------
+def build_clip(cfg: TrainConfig) -> nn.Module:
+    """The small :class:`~difflab.nn.clip.CLIP` of a CLIP run (method "clip") for its images."""
+    from ..nn.clip import CLIP, CLIPConfig
+    from .data import image_shape
+
+    c, s, _ = image_shape(cfg)
+    return CLIP(CLIPConfig(in_channels=c, image_size=s, width=cfg.clip_width,
+                           embed_dim=cfg.clip_dim, text_dim=text_dim(),
+                           text_width=cfg.clip_text_width, max_tokens=max(64, cfg.text_tokens)))
+
+
+def build_prior(cfg: TrainConfig) -> nn.Module:
+    """The :class:`~difflab.nn.unclip_prior.DiffusionPrior` of a prior run; ``clip_dim`` is its
+    CLIP run's (copied into the run's config when it starts)."""
+    from ..nn.unclip_prior import DiffusionPrior, PriorConfig
+
+    return DiffusionPrior(PriorConfig(embed_dim=cfg.clip_dim, text_dim=text_dim(),
+                                      width=cfg.prior_width, depth=cfg.prior_depth,
+                                      max_tokens=max(64, cfg.text_tokens)))
+
+
+def build_decoder(cfg: TrainConfig) -> nn.Module:
+    """The :class:`~difflab.nn.unclip_decoder.UnclipDecoder` of a decoder run: the run's
+    text-conditional U-Net and the CLIP image embedding's two pathways."""
+    from ..nn.unclip_decoder import UnclipDecoder
+
+    unet = MODELS["unet"](**MODEL_KWARGS["unet"](cfg))
+    return UnclipDecoder(unet, cfg.clip_dim, cfg.decoder_tokens)
+
+
+UNCLIP_BUILDERS: dict[str, Callable[[TrainConfig], nn.Module]] = {
+    "clip": build_clip, "unclip-prior": build_prior, "unclip-decoder": build_decoder}

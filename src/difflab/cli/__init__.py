@@ -1,9 +1,9 @@
-"""The ``difflab`` command: ``train``, ``train-autoencoder``, ``sample``, ``eval``,
-``train-classifier``, ``distill``, ``train-controlnet``, ``export`` and ``serve``.
+"""The ``difflab`` command: ``train``, ``train-autoencoder``, ``train-clip``, ``sample``, ``eval``,
+``train-classifier``, ``distill``, ``train-controlnet``, ``unclip``, ``export`` and ``serve``.
 
 Strings live here and only here: the CLI turns names into objects and passes them to the library.
 One module per subcommand (``train``, ``sample``, ``evaluate``, ``classifier``, ``distill``,
-``controlnet``, ``export``, ``serve``),
+``controlnet``, ``unclip``, ``export``, ``serve``),
 each with ``add_parser(subparsers)`` and ``run(args) -> exit code``; what they share is in
 ``common`` (and ``config_flags``, ``guidance_flags``). Imports point one way: common ←
 subcommands ← this package.
@@ -23,13 +23,13 @@ import sys
 import warnings
 
 from ..errors import DifflabError
-from . import classifier, controlnet, distill, evaluate, export, sample, serve, train
+from . import classifier, controlnet, distill, evaluate, export, sample, serve, train, unclip
 from .common import EXIT_USAGE, PROG, Parser, UsageError, one_line, one_line_warning
 
-SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet, export,
+SUBCOMMANDS = (train, sample, evaluate, classifier, distill, controlnet, unclip, export,
                serve)  # --help order
-COMMAND_NAMES = ("train", "train-autoencoder", "sample", "eval", "train-classifier", "distill",
-                 "train-controlnet", "export", "serve")
+COMMAND_NAMES = ("train", "train-autoencoder", "train-clip", "sample", "eval", "train-classifier",
+                 "distill", "train-controlnet", "unclip", "export", "serve")
 EXIT_INTERRUPTED = 130
 
 __all__ = ["PROG", "UsageError", "build_parser", "main"]

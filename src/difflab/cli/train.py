@@ -38,9 +38,13 @@ from .config_flags import add_config_flags, config_from_flags, given_fields
 RESUMABLE = {"steps", "checkpoint_every", "eval_sampler", "eval_steps", "eval_eta",
              "eval_spacing", "n_eval", "eval_guidance", "threads", "device", "compile",
              "log", "lr", "skip_nonfinite"}  # lr: lowered after a NaN stop (the rest follows it)
-TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder", "dsm",
-                   "ssm")  # others: 'distill'
+TRAINED_METHODS = ("diffusion", "consistency-training", "autoencoder", "dsm", "ssm", "clip",
+                   "unclip-prior", "unclip-decoder")  # others: 'distill'
 AE_PRESET = "mnist-ae-kl-f4"  # what 'difflab train-autoencoder' trains without --preset
+CLIP_PRESET = "shapes-clip"  # what 'difflab train-clip' trains without --preset
+# the subcommands that train one method: {command: (method, default preset)}
+METHOD_COMMANDS = {"train-autoencoder": ("autoencoder", AE_PRESET),
+                   "train-clip": ("clip", CLIP_PRESET)}
 
 
 def add_parser(sub) -> None:
@@ -50,7 +54,7 @@ def add_parser(sub) -> None:
                        "swiss-roll model. Every flag overrides the preset. With --autoencoder "
                        "RUN (a run of train-autoencoder): latent diffusion in its latent space.")
     add_train_flags(p)
-    p.set_defaults(run_command=run, autoencoder_command=False)
+    p.set_defaults(run_command=run, method_command=None)
     p = sub.add_parser("train-autoencoder", help="train the autoencoder of latent diffusion",
                        description="Train the first stage of latent diffusion (Rombach et al. "
                        "2022): a KL- or VQ-regularised autoencoder, and write a run directory "
@@ -58,7 +62,16 @@ def add_parser(sub) -> None:
                        "latent scale in metrics.json. Without --preset: "
                        f"{AE_PRESET}. Then: difflab train --autoencoder RUN.")
     add_train_flags(p)
-    p.set_defaults(run_command=run, autoencoder_command=True)
+    p.set_defaults(run_command=run, method_command="train-autoencoder")
+    p = sub.add_parser("train-clip", help="train a small CLIP, the first part of unCLIP",
+                       description="Train a small CLIP (Radford et al. 2021): an image encoder "
+                       "and a text tower over the frozen MiniLM, symmetric InfoNCE with a "
+                       "learned temperature; write a run directory (its path is the last line "
+                       "of standard output) with zero-shot accuracy and retrieval recall@1 in "
+                       f"metrics.json. Without --preset: {CLIP_PRESET}. Then an unCLIP prior "
+                       "and decoder: difflab train --preset shapes-unclip-prior --clip RUN.")
+    add_train_flags(p)
+    p.set_defaults(run_command=run, method_command="train-clip")
 
 
 def add_train_flags(p) -> None:
@@ -108,11 +121,13 @@ def run(args: argparse.Namespace) -> int:
         if args.extend:
             raise UsageError("--extend goes with --resume RUN --steps N")
         preset = args.preset
-        if args.autoencoder_command:
-            preset = preset or AE_PRESET
-            given.setdefault("method", "autoencoder")
+        command = args.method_command
+        if command:
+            method, default = METHOD_COMMANDS[command]
+            preset = preset or default
+            given.setdefault("method", method)
         cfg = config_from_flags(preset, given)
-        check_paths(cfg, args.autoencoder_command)
+        check_paths(cfg, command)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         check_output_dir(run_dir)
     if (args.processes or 1) > 1:
@@ -158,16 +173,24 @@ def check_extend(args: argparse.Namespace, base, cfg) -> None:
                      "start give); add --extend to continue it so anyway, or train a new run")
 
 
-def check_paths(cfg, autoencoder_command: bool = False) -> None:
+def check_paths(cfg, command: str | None = None) -> None:
     """What the library would only find out deep inside: the method and the directories."""
     if cfg.autoencoder and not Path(cfg.autoencoder).is_dir():
         raise UsageError(f"--autoencoder {cfg.autoencoder}: no such run directory")
     if cfg.method not in TRAINED_METHODS:
         raise UsageError(f"--method {cfg.method} runs are written by '{PROG} distill', not "
                          f"'{PROG} train'")
-    if autoencoder_command and cfg.method != "autoencoder":
-        raise UsageError(f"train-autoencoder trains autoencoders; --method {cfg.method} runs "
-                         f"with '{PROG} train'")
+    if command:  # train-autoencoder, train-clip
+        method = METHOD_COMMANDS[command][0]
+        if cfg.method != method:
+            raise UsageError(f"{command} trains method {method}; --method {cfg.method} runs "
+                             f"with '{PROG} train'")
+    if cfg.method in ("unclip-prior", "unclip-decoder"):
+        if not cfg.clip:
+            raise UsageError(f"an {cfg.method} run needs --clip RUN (a run of '{PROG} "
+                             "train-clip')")
+        if not Path(cfg.clip).is_dir():
+            raise UsageError(f"--clip {cfg.clip}: no such run directory")
     if cfg.dataset == "folder" and not Path(cfg.data).is_dir():
         raise UsageError(f"--data {cfg.data}: no such directory")
 
@@ -178,6 +201,19 @@ def summary(run_dir: Path) -> str:
 
     m = ckpt.read_json(run_dir / ckpt.METRICS)
     head = f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s"
+    if "recall_i2t" in m:  # a CLIP
+        return (f"{head}; zero-shot accuracy {m['zero_shot']:.3f}, recall@1 image→text "
+                f"{m['recall_i2t']:.3f}, text→image {m['recall_t2i']:.3f} (chance "
+                f"{m['recall_chance']:.3f})")
+    if "prior_cos_true" in m:  # an unCLIP prior
+        return (f"{head}; cos(sampled c_i, true c_i) {m['prior_cos_true']:.3f} (random pairs "
+                f"{m['prior_cos_random']:.3f})")
+    if "decoder_cos" in m:  # an unCLIP decoder
+        acc = m.get("prompt_accuracy", m.get("accuracy"))
+        acc = f", accuracy {acc:.3f}" if acc is not None else ""
+        fd = f"FD {m['fd']:.2f}, " if "fd" in m else ""
+        return (f"{head}; test embeddings decoded: {fd}cos(c_i) {m['decoder_cos']:.3f} "
+                f"(random pairs {m['random_cos']:.3f}){acc}")
     if "psnr" in m:  # an autoencoder
         rfd = f", rFD {m['rfd']:.2f}" if "rfd" in m else ""
         usage = f", codebook usage {m['codebook_usage']:.2f}" if "codebook_usage" in m else ""

@@ -20,11 +20,12 @@ EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")
 VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
 LOSSES = ("simple", "hybrid", "vlb")
 T_SAMPLINGS = ("uniform", "importance")
+UNCLIP_METHODS = ("clip", "unclip-prior", "unclip-decoder")  # Weng eq. 34 (difflab.nn.clip)
 CONDS = ("none", "class", "text")  # what the network is conditioned on (difflab.conditioning)
 # how a run's network was made (difflab.distill): trained as a diffusion model or by consistency
 # training (`difflab train --method`), or distilled from a teacher run (`difflab distill`)
 METHODS = ("diffusion", "consistency-training", "progressive", "consistency-distillation",
-           "autoencoder", "dsm", "ssm")
+           "autoencoder", "dsm", "ssm", *UNCLIP_METHODS)
 SCORE_METHODS = ("dsm", "ssm")  # score networks s_θ(x̃, σ) (difflab.ncsn), Langevin-sampled
 CONSISTENCY_METHODS = ("consistency-training", "consistency-distillation")  # f_θ, eq. (30)
 PREDICTIONS = ("eps", "x0", "v")  # what the network outputs (progressive students: x0 or v)
@@ -111,6 +112,7 @@ def validate(cfg: TrainConfig) -> None:
          "needs a conditional run (cond class or text)")
     _check_method(cfg)
     _check_score_matching(cfg)
+    _check_unclip(cfg)
     for key in ("n_train", "T", "hidden", "t_dim", "steps", "batch", "checkpoint_every", "n_eval",
                 "log_every"):
         need(getattr(cfg, key) >= 1, key, "must be at least 1")
@@ -384,3 +386,33 @@ def _ints(cfg: TrainConfig, key: str) -> tuple[int, ...]:
 
 
 VALIDATORS.append(validate)
+
+
+def _check_unclip(cfg: TrainConfig) -> None:
+    """unCLIP's keys, and what its runs need (Weng eq. 34): a CLIP run trains on captions of
+    image data; a prior or decoder run names the CLIP run it uses (``clip``) and trains on
+    captions; a decoder is a U-Net (its extra conditioning lives in
+    :class:`~difflab.nn.unclip_decoder.UnclipDecoder`) in pixel space."""
+
+    def need(ok: bool, key: str, what: str) -> None:
+        _need(cfg, ok, key, what)
+
+    for key in ("clip_dim", "clip_width", "clip_text_width", "prior_width", "prior_depth",
+                "decoder_tokens"):
+        need(getattr(cfg, key) >= 1, key, "must be at least 1")
+    need(cfg.clip_text_width % 4 == 0, "clip_text_width", "must be a multiple of 4 (heads)")
+    need(cfg.prior_width % 4 == 0, "prior_width", "must be a multiple of 4 (heads)")
+    need(0 <= cfg.p_uncond_image < 1, "p_uncond_image", "must lie in [0, 1)")
+    if cfg.method not in UNCLIP_METHODS:
+        need(not cfg.clip, "clip", "is for unclip-prior and unclip-decoder runs")
+        return
+    need(is_image(cfg.dataset) and cfg.dataset != "folder", "dataset",
+         f"must be digits, mnist or shapes for method {cfg.method!r}")
+    need(cfg.cond == "text", "cond", f"must be text for method {cfg.method!r} (it trains on "
+         "captions)")
+    need(not cfg.autoencoder and not cfg.sr_low_res, "method",
+         f"{cfg.method!r} runs in pixel space (no autoencoder, no super-resolution)")
+    need(not cfg.clip or cfg.method != "clip", "clip", "must be empty for a CLIP run (a prior "
+         "or decoder run names its CLIP run here; training checks it is given)")
+    if cfg.method == "unclip-decoder":
+        need(model_kind(cfg) == "unet", "model", "must be unet (or auto) for an unCLIP decoder")

@@ -102,6 +102,17 @@ class TrainConfig:
                                                "diffusers' frequencies): a run trained with "
                                                "diffusers exports exactly to diffusers' "
                                                "DiTTransformer2DModel (difflab export)")
+    # unCLIP (Weng eq. 34; Ramesh et al. 2022): the small CLIP (difflab.nn.clip, method
+    # "clip"), the diffusion prior over its image embeddings (difflab.nn.unclip_prior, method
+    # "unclip-prior") and the decoder's extra conditioning (method "unclip-decoder")
+    clip_dim: int = _model(64, "CLIP: dimension of the shared image/text embedding")
+    clip_width: int = _model(32, "CLIP: base width of the image encoder (a small CNN)")
+    clip_text_width: int = _model(128, "CLIP: width of the text tower over the frozen MiniLM's "
+                                       "tokens")
+    prior_width: int = _model(128, "unCLIP prior: width of its causal transformer")
+    prior_depth: int = _model(4, "unCLIP prior: transformer layers")
+    decoder_tokens: int = _model(4, "unCLIP decoder: extra cross-attention tokens projected "
+                                    "from the CLIP image embedding")
 
     # --- autoencoder: the first stage of latent diffusion (difflab.nn.autoencoder; Rombach et
     # al. 2022). `difflab train-autoencoder` trains one (method "autoencoder"); a diffusion run
@@ -164,10 +175,12 @@ class TrainConfig:
     method: str = _objective("diffusion", "diffusion, consistency-training (Weng eq. 32: a "
                                           "consistency model, sampled with --sampler "
                                           "consistency), autoencoder (the first stage of "
-                                          "latent diffusion; difflab train-autoencoder), or "
+                                          "latent diffusion; difflab train-autoencoder), "
                                           "dsm / ssm (a noise-conditional score network by "
                                           "denoising or sliced score matching, sampled with "
-                                          "--sampler langevin); also --objective")
+                                          "--sampler langevin; also --objective), clip "
+                                          "(difflab train-clip), unclip-prior or "
+                                          "unclip-decoder (Weng eq. 34, with --clip RUN)")
     prediction: str = _objective("eps", "what the network outputs and regresses: eps, v "
                                         "(Salimans & Ho 2022) or x0; v and x0 need loss simple "
                                         "and a fixed variance (also set on students of "
@@ -204,6 +217,12 @@ class TrainConfig:
                                          "(classifier-free guidance)")
     num_classes: int = _conditioning(0, "number of classes (0: the dataset's own)")
     text_tokens: int = _conditioning(32, "caption tokens kept by the text encoder")
+    clip: str = _conditioning("", "unCLIP prior or decoder: the CLIP run (difflab train-clip) "
+                                  "whose embeddings the prior generates and the decoder is "
+                                  "conditioned on")
+    p_uncond_image: float = _conditioning(0.1, "unCLIP decoder: probability of dropping the "
+                                               "CLIP image embedding in training (the caption's "
+                                               "is p_uncond)")
     # super-resolution: a stage of a cascade (Ho et al. 2021; Weng, "Scale up Generation
     # Resolution and Quality"), p(x | z) with z the image average-pooled to sr_low_res and
     # corrupted by the conditioning augmentation sr_augment (difflab.training.super_resolution)

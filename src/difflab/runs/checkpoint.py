@@ -70,6 +70,10 @@ KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
     "controlnet": {"control": ("model", "ema")},  # + its frozen base run in base/
     "dsm": {"denoiser": ("model", "ema")},  # a score network's bare net (difflab.ncsn)
     "ssm": {"denoiser": ("model", "ema")},
+    # unCLIP (Weng eq. 34): a CLIP run; a prior and a decoder run, each with its CLIP run in clip/
+    "clip": {"clip": ("model", "ema")},
+    "unclip-prior": {"prior": ("model", "ema")},
+    "unclip-decoder": {"decoder": ("model", "ema")},
 }
 CONFIG, EMA, MODEL, CHECKPOINT, METRICS = (
     "config.json", "ema.safetensors", "model.safetensors", "checkpoint.safetensors", "metrics.json"
@@ -80,7 +84,9 @@ RUN_FILES = (CONFIG, "denoiser.safetensors", "denoiser.ema.safetensors", CHECKPO
              "reverse_process.png", "reverse_process.gif")
 # the files of other kinds of run (an autoencoder run's, a latent run's frozen autoencoder)
 AUTOENCODER = "autoencoder.safetensors"  # a latent run's frozen autoencoder (runs/latent.py)
-OTHER_FILES = (AUTOENCODER, "autoencoder.ema.safetensors", "reconstructions.png")
+OTHER_FILES = (AUTOENCODER, "autoencoder.ema.safetensors", "reconstructions.png",
+               *(weight_name for c in ("clip", "prior", "decoder")
+                 for weight_name in (f"{c}.safetensors", f"{c}.ema.safetensors")))
 CLASSIFIER = "classifier.safetensors"  # the weights of a noisy-classifier run (classifier_run)
 
 

@@ -143,6 +143,9 @@ def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None
         raise ckpt.CheckpointError(f"{run_dir} is an autoencoder run (the first stage of latent "
                                    "diffusion), not a diffusion model; train one on its latents "
                                    f"with 'difflab train --autoencoder {run_dir}'")
+    if kind in ("clip", "unclip-prior", "unclip-decoder"):
+        raise ckpt.CheckpointError(f"{run_dir} is a {kind} run (unCLIP); draw images with "
+                                   "'difflab unclip DECODER_RUN [--prior PRIOR_RUN]'")
     if "denoiser" not in ckpt.KINDS[kind]:
         raise ckpt.CheckpointError(f"{run_dir} is a {kind} run, which has no model to sample")
     model = load_network(run_dir, cfg, which)

@@ -32,7 +32,9 @@ from .lock import run_lock
 
 LOSS_NAMES = {"diffusion": "L_{loss}", "consistency-training": "L_CT",
               "autoencoder": "autoencoder loss", "dsm": "L_DSM (λ = σ²)",
-              "ssm": "L_SSM-VR (λ = σ²)"}
+              "ssm": "L_SSM-VR (λ = σ²)", "clip": "InfoNCE",
+              "unclip-prior": "prior: x0 MSE", "unclip-decoder": "decoder: L_simple"}
+UNCLIP_STAGES = ("unclip-prior", "unclip-decoder")  # runs with a frozen CLIP in clip/
 
 
 def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, overwrite: bool,
@@ -111,6 +113,14 @@ def train(
     elif cfg.autoencoder:
         cfg, ae_weights = latent.attach(cfg)
         codec = latent.codec_from(cfg, ae_weights)
+    if cfg.method in UNCLIP_STAGES:  # the frozen CLIP: its copy in the run, or the run it names
+        from .clip import CLIP_DIR, attach_clip, load_clip
+
+        if resume:
+            codec = load_clip(run_dir / CLIP_DIR)[1]
+        else:
+            cfg, codec = attach_clip(cfg)
+        codec.to(backend.device)
     if backend.is_main and resume:  # refusals before the lock: none in a refused directory
         ckpt.check_run_dir(run_dir)
     elif backend.is_main:
@@ -130,6 +140,10 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
         open_run_dir(run_dir, cfg, kind, resume=resume, overwrite=overwrite)
         if ae_weights is not None:
             latent.write_autoencoder(run_dir, ae_weights)
+        if kind in UNCLIP_STAGES and not resume:
+            from .clip import copy_clip
+
+            copy_clip(cfg.clip, run_dir)
     backend.barrier()
 
     # torch's global RNG (dropout draws from it) is seeded here and saved in every checkpoint,
@@ -184,6 +198,14 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
                 from .autoencoder import evaluate_after as evaluate_autoencoder
 
                 evaluate_autoencoder(cfg, ema, run_dir, extra)
+            elif kind == "clip":
+                from .clip import evaluate_after as evaluate_clip
+
+                evaluate_clip(cfg, ema, run_dir, extra)
+            elif kind in UNCLIP_STAGES:
+                from .unclip import evaluate_after as evaluate_unclip
+
+                evaluate_unclip(cfg, kind, ema, codec, schedule, run_dir, extra)
             else:
                 write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir,
                                  extra, decode=codec.decode if codec is not None else None)

@@ -2,8 +2,8 @@
 
 :data:`OBJECTIVES` is the registry of what ``difflab train`` can train, by the config's
 ``method``: a factory ``(cfg, schedule, data, conds, backend, codec) -> Objective`` (``codec``:
-the autoencoder of a latent run, or None). Distillation
-objectives (:mod:`.progressive`, :mod:`.consistency`) and the noisy classifier
+the autoencoder of a latent run, the frozen CLIP of an unCLIP prior or decoder run, or None).
+Distillation objectives (:mod:`.progressive`, :mod:`.consistency`) and the noisy classifier
 (:mod:`.classifier`) are built by the run code that loads their teacher or labels.
 """
 
@@ -157,12 +157,64 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
     return ConsistencyTraining(model, data, s1=ct_final_levels(cfg.steps), **kw)
 
 
+def clip_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
+                   backend: Backend, codec=None) -> Objective:
+    """A small CLIP (Radford et al. 2021) on the run's images and captions
+    (:class:`.clip.ClipObjective`): symmetric InfoNCE with a learned temperature."""
+    from .clip import ClipObjective
+
+    return ClipObjective(build_model(cfg), data, conds, batch=cfg.batch, lr=lr_schedule(cfg),
+                         ema_decay=cfg.ema_decay, weight_decay=cfg.weight_decay,
+                         grad_clip=cfg.grad_clip)
+
+
+def unclip_prior_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
+                           backend: Backend, codec=None) -> Objective:
+    """unCLIP's prior P(c_i | y) (Weng eq. 34; :class:`.unclip.PriorObjective`) on the CLIP
+    image embeddings of the training images, scaled to unit variance per dimension; ``codec``
+    is the run's frozen CLIP."""
+    from ..build.unclip import image_embeddings, prior_conditions
+    from .unclip import PriorObjective
+
+    if codec is None:
+        raise ValueError("an unCLIP prior needs its frozen CLIP (the run's --clip)")
+    emb = image_embeddings(codec, data)  # (N, D) unit norm
+    net = build_model(cfg)
+    net.set_scale(emb)
+    return PriorObjective(net, schedule, net.scale(emb), batch=cfg.batch, lr=lr_schedule(cfg),
+                          ema_decay=cfg.ema_decay, conds=prior_conditions(conds, codec),
+                          p_uncond=cfg.p_uncond, weight_decay=cfg.weight_decay,
+                          grad_clip=cfg.grad_clip, backend=backend)
+
+
+def unclip_decoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
+                             backend: Backend, codec=None) -> Objective:
+    """unCLIP's decoder P(x | c_i, y) (Weng eq. 34): L_simple of the U-Net of
+    :class:`~difflab.nn.unclip_decoder.UnclipDecoder` given each image's CLIP embedding
+    (dropped with ``p_uncond_image``) and caption (dropped with ``p_uncond``); ``codec`` is the
+    run's frozen CLIP."""
+    from ..build.unclip import DecoderConditions, image_embeddings
+    from .diffusion import DiffusionObjective
+
+    if codec is None:
+        raise ValueError("an unCLIP decoder needs its frozen CLIP (the run's --clip)")
+    dconds = DecoderConditions(conds, image_embeddings(codec, data), cfg.p_uncond_image)
+    return DiffusionObjective(build_model(cfg), schedule, data, batch=cfg.batch,
+                              lr=lr_schedule(cfg), ema_decay=cfg.ema_decay, conds=dconds,
+                              p_uncond=cfg.p_uncond, levels=data_levels(cfg),
+                              weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
+                              backend=backend)
+
+
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "diffusion": diffusion_objective,
     "consistency-training": ct_objective,
     "autoencoder": autoencoder_objective,
     "dsm": score_objective,
     "ssm": score_objective,
+    "clip": clip_objective,
+    "unclip-prior": unclip_prior_objective,
+    "unclip-decoder": unclip_decoder_objective,
 }
 
 __all__ = ["OBJECTIVES", "SIGMA_DATA", "Backend", "Objective", "ct_final_levels", "fit",
