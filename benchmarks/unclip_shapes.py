@@ -144,7 +144,8 @@ def main() -> None:
     out["clip"] = {key: v for key, v in ckpt.read_json(root / "clip" / ckpt.METRICS).items()
                    if key.startswith(("zero_shot", "recall", "temperature", "train"))}
     out["runs"] = {s: {key: v for key, v in ckpt.read_json(root / s / ckpt.METRICS).items()
-                       if isinstance(v, float | int)} for s in ("prior", "decoder")}
+                       if isinstance(v, float | int)} for s in ("prior", "decoder")
+                   if (root / s / ckpt.METRICS).is_file()}  # a stopped run has none
     out["seconds"] = time.perf_counter() - t0
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
