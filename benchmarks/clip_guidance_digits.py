@@ -16,7 +16,8 @@ s · f(x_0, 1) · g(c) of the samples to their captions (the "CLIP score"; for C
 the quantity being pushed up, so it flatters it — accuracy is the independent judge). DDIM,
 `--eval-steps` steps, means over `--draws` seeds ± their standard error.
 
-    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_guidance_digits.py          # ~25 min, 1 thread
+    # as run for the results (~25 min on one thread of a shared 2-core machine):
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_guidance_digits.py --eval-steps 25
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/clip_guidance_digits.py --quick  # smoke test
 """
 
@@ -99,6 +100,8 @@ def main() -> None:
     p.add_argument("--workdir", type=Path, default=Path("runs/bench-clipg"))
     p.add_argument("--out", type=Path, default=ROOT / "results" / "clip_guidance_digits")
     p.add_argument("--quick", action="store_true", help="smoke test: 20 updates, 1 draw")
+    p.add_argument("--only", choices=("clip", "cfg"), help="measure one kind of guidance and "
+                   "stop (the measurements are kept in <out>_partial.json for the full run)")
     args = p.parse_args()
     torch.set_num_threads(1)
     if args.quick:
@@ -108,10 +111,11 @@ def main() -> None:
     short = ["--steps", str(args.train_steps), "--n-eval", "20", "--eval-steps", "10"]
     wd = args.workdir
     runs = {"uncond": ensure(["train", "--preset", "digits", *short], wd / "uncond"),
-            "text": ensure(["train", "--preset", "digits-text", *short], wd / "text"),
             "noisy-clip": ensure(["train-clip", "--preset", "digits-noisy-clip",
                                   *(["--steps", "50"] if args.quick else [])],
                                  wd / "noisy-clip")}
+    if args.only != "clip":
+        runs["text"] = ensure(["train", "--preset", "digits-text", *short], wd / "text")
     from difflab.runs.clip import load_noisy_clip
 
     clip_cfg, clip = load_noisy_clip(runs["noisy-clip"])
@@ -122,12 +126,22 @@ def main() -> None:
                  "clip_zero_shot_at_t": info["noisy-clip"]["zero_shot_at_t"],
                  "clip_logit_scale": clip.logit_scale, "clip": {}, "cfg": {}}
     kw = dict(draws=args.draws, steps=args.eval_steps, n=args.n)
+    partial = args.out.with_name(args.out.name + "_partial.json")
+    cache = json.loads(partial.read_text()) if partial.exists() else {}
     for w in WEIGHTS:
         for name, run, use_clip in (("clip", "uncond", True), ("cfg", "text", False)):
-            r = measure(runs[run], clip, clip_cfg, w=w, use_clip=use_clip, **kw)
-            res[name][w] = r
+            if args.only not in (None, name):
+                continue
+            key = f"{name} w={w} {kw}"
+            if key not in cache:
+                cache[key] = measure(runs[run], clip, clip_cfg, w=w, use_clip=use_clip, **kw)
+                partial.parent.mkdir(parents=True, exist_ok=True)
+                partial.write_text(json.dumps(cache, indent=1) + "\n")
+            r = res[name][w] = cache[key]
             print(f"{name} w={w}: accuracy {r['accuracy']:.3f}, FD {r['fd']:.1f}, "
                   f"CLIP score {r['clip_score']:.2f} ({r['seconds']:.0f} s)", flush=True)
+    if args.only:
+        return
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(res, runs, args, args.out.with_suffix(".md"))
