@@ -91,6 +91,32 @@ def measure(run: Path, clip, clip_cfg, *, w: float, use_clip: bool, draws: int, 
     return res
 
 
+GRID_WEIGHTS = (0.0, 1.0, 2.0, 4.0)
+
+
+def picture(runs: dict, clip, clip_cfg, steps: int, path: Path) -> None:
+    """A PNG: one row per (guidance, w) of :data:`GRID_WEIGHTS`, CLIP guidance rows first, then
+    classifier-free guidance; columns the digits 0-9 twice (the same seed in every row of a
+    kind, so a column is one x_T along w)."""
+    from difflab.build.conditioning import clip_conditions, guided, sample_conditions
+    from difflab.runs.draw import draw
+    from difflab.runs.load import load_run
+    from difflab.runs.plots import save_image_grid
+
+    rows = []
+    for name, use_clip in (("uncond", True), ("text", False)):
+        cfg, model, schedule = load_run(runs[name])
+        for w in GRID_WEIGHTS:
+            if use_clip:
+                cond = clip_conditions(cfg, clip, clip_cfg, 20)[0]
+                m = guided(model, schedule, cfg, cond, w=w, clip=clip, steps=steps)
+            else:
+                m = guided(model, schedule, cfg, sample_conditions(cfg, 20)[0], w=w, steps=steps)
+            x0 = draw(m, schedule, (20, 1, 8, 8), sampler="ddim", steps=steps, seed=0)[0]
+            rows.append(x0.clamp(-1, 1))
+    save_image_grid(torch.cat(rows), path, nrow=20)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--draws", type=int, default=3)
@@ -145,6 +171,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=2) + "\n")
     write_markdown(res, runs, args, args.out.with_suffix(".md"))
+    picture(runs, clip, clip_cfg, args.eval_steps, args.out.with_suffix(".png"))
     print(args.out.with_suffix(".md"))
 
 
@@ -168,6 +195,9 @@ def write_markdown(res: dict, runs: dict, args, path: Path) -> None:
 
     for w in res["clip"]:
         lines.append(f"| {w} | {cell(res['clip'][w])} | {cell(res['cfg'][w])} |")
+    lines += ["", f"`{path.with_suffix('.png').name}`: rows CLIP guidance at w = "
+              f"{', '.join(map(str, GRID_WEIGHTS))}, then CFG at the same w; columns the "
+              "digits 0-9 twice, one x_T per column and kind."]
     path.write_text("\n".join(lines) + "\n")
 
 
