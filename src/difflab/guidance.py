@@ -10,6 +10,8 @@ variance, v passed through), so every sampler uses it unchanged and wrappers com
   both passes in one batched forward call.
 - :class:`ClassifierGuidance` — eq. (24)-(25), Dhariwal & Nichol 2021, Algorithm 2:
   ε̄ = ε − w √(1−ᾱ_t) ∇_{x_t} log f_φ(y | x_t).
+- :class:`CLIPGuidance` — GLIDE (Nichol et al. 2022, §2.4): eq. (25) with the CLIP logit
+  s · f(x_t, t) · g(c) of a noise-aware CLIP in place of log f_φ(y | x_t).
 - :class:`AncestralClassifierGuidance` — Algorithm 1 of the same paper, μ + s Σ ∇ log f_φ, as the
   ε-shift that gives exactly that mean in :func:`difflab.samplers.ddpm` on the full chain.
 - :class:`Thresholded`, :func:`static_threshold`, :func:`dynamic_threshold` — Imagen (Saharia et
@@ -31,6 +33,7 @@ from .parameterization import Model, eps_from_x0, x0_from_eps
 from .schedules import Schedule
 
 Classifier = Callable[[Tensor, Tensor], Tensor]  # classifier(x_t, t) -> logits (B, K)
+ImageEncoder = Callable[[Tensor, Tensor], Tensor]  # f(x_t, t) -> embeddings (B, D)
 ANCESTRAL_VARIANCES = ("beta_tilde", "beta", "learned")
 
 
@@ -115,24 +118,55 @@ class ClassifierFree(nn.Module):
 # --- classifier guidance -------------------------------------------------------------------
 
 
-def classifier_grad(classifier: Classifier, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
-    """∇_{x_t} log f_φ(y | x_t, t) per sample, shaped like x_t — the gradient of Weng eq. (24).
+def input_grad(fn: Callable[[Tensor, Tensor], Tensor], x_t: Tensor, t: Tensor) -> Tensor:
+    """∇_{x_t} fn(x_t, t) per sample, shaped like x_t, for ``fn`` -> (B,).
 
-    log f_φ(y | x_t) = log_softmax(classifier(x_t, t))[y], with logits (B, K) and y int64 (B,).
     The samples of a batch are independent, so the gradient of the batch sum is each sample's
-    own (true for any classifier that does not mix samples, e.g. no BatchNorm in train mode).
-
+    own (true for any network that does not mix samples, e.g. no BatchNorm in train mode).
     Works inside ``torch.inference_mode`` (every sampler runs there): the gradient is taken
-    outside it, on clones of x_t, t and y — tensors made in inference mode cannot enter autograd.
-    The classifier's parameters receive no gradient.
+    outside it, on clones of x_t and t — tensors made in inference mode cannot enter autograd.
+    The parameters of the networks ``fn`` calls receive no gradient.
     """
     with torch.inference_mode(False), torch.enable_grad():
         x = x_t.detach().clone().requires_grad_(True)
-        tt = t.clone()
-        yy = torch.as_tensor(y, device=x_t.device).long().clone()
-        log_f = classifier(x, tt).log_softmax(-1)  # (B, K)
-        (g,) = torch.autograd.grad(log_f.gather(-1, yy[:, None]).sum(), x)
+        (g,) = torch.autograd.grad(fn(x, t.clone()).sum(), x)
     return g.to(x_t.dtype)
+
+
+def classifier_grad(classifier: Classifier, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+    """∇_{x_t} log f_φ(y | x_t, t) per sample, shaped like x_t — the gradient of Weng eq. (24).
+
+    log f_φ(y | x_t) = log_softmax(classifier(x_t, t))[y], with logits (B, K) and y int64 (B,);
+    see :func:`input_grad` (inference mode, independence of the samples).
+    """
+    with torch.inference_mode(False):
+        yy = torch.as_tensor(y, device=x_t.device).long().clone()  # (B,)
+
+    def log_f(x: Tensor, tt: Tensor) -> Tensor:
+        return classifier(x, tt).log_softmax(-1).gather(-1, yy[:, None])[:, 0]  # (B,)
+
+    return input_grad(log_f, x_t, t)
+
+
+def clip_grad(image_encoder: ImageEncoder, x_t: Tensor, t: Tensor, text: Tensor,
+              scale: float = 1.0) -> Tensor:
+    """∇_{x_t} s · f(x_t, t) · g(c) per sample, shaped like x_t — GLIDE's CLIP guidance
+    gradient (Nichol et al. 2022, §2.4).
+
+    ``image_encoder(x_t, t) -> (B, D)``: the noise-aware CLIP's image embeddings, unit norm
+    (:meth:`difflab.nn.noisy_clip.NoisyCLIP.encode_image`); ``text``: g(c), (B, D) or (1, D),
+    the caption embeddings, unit norm; ``scale``: s, CLIP's learned inverse temperature
+    exp(log τ⁻¹). So the guided quantity is the logit of CLIP's softmax over captions — the dot
+    product of the image and caption encodings of GLIDE's paper, with CLIP's scale, as GLIDE's
+    released code computes it.
+    """
+    with torch.inference_mode(False):
+        g_c = text.detach().clone()  # (B or 1, D)
+
+    def logit(x: Tensor, tt: Tensor) -> Tensor:
+        return scale * (image_encoder(x, tt) * g_c.to(x.dtype)).sum(-1)  # (B,)
+
+    return input_grad(logit, x_t, t)
 
 
 class ClassifierGuidance(nn.Module):
@@ -176,8 +210,40 @@ class ClassifierGuidance(nn.Module):
         if self.w == 0:
             return out
         eps, v = _split(out)
-        g = classifier_grad(self.classifier, x_t, t, y)  # ∇_{x_t} log f_φ(y | x_t), like x_t
+        g = self.guide_grad(x_t, t, y)  # ∇_{x_t} log f_φ(y | x_t), like x_t
         return _join(eps - self._shift_scale(x_t, t, v) * g, v)
+
+    def guide_grad(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """The gradient the guidance follows: ∇_{x_t} log f_φ(y | x_t)."""
+        return classifier_grad(self.classifier, x_t, t, y)
+
+
+class CLIPGuidance(ClassifierGuidance):
+    """ε̄_θ(x_t, t) = ε_θ(x_t, t) − w √(1−ᾱ_t) ∇_{x_t} s f(x_t, t) · g(c) — CLIP guidance
+    (GLIDE, Nichol et al. 2022, §2.4): Weng eq. (25) with a noise-aware CLIP's logit
+    s f(x_t, t) · g(c) (:func:`clip_grad`) in place of log f_φ(y | x_t). For every sampler
+    that reads ε̂.
+
+    ``image_encoder(x_t, t) -> (B, D)`` unit-norm embeddings, ``scale`` = s (CLIP's learned
+    inverse temperature; 1 guides with the cosine similarity alone). The caption embeddings
+    g(c), (B, D) or (1, D) unit norm, are the conditioning keyword ``text_key``, given to the
+    sampler like any condition; the model gets the other keywords. GLIDE writes the update as
+    the mean shift μ + s Σ ∇(f · g) of Dhariwal & Nichol's Algorithm 1; the ε form here is the
+    one every sampler can use (Algorithm 2's). w = 0 returns the model's output unchanged
+    (the CLIP is not called).
+    """
+
+    def __init__(self, model: Model, image_encoder: ImageEncoder, schedule: Schedule,
+                 w: float = 1.0, *, scale: float = 1.0, text_key: str = "clip_text"):
+        super().__init__(model, image_encoder, schedule, w, y_key=text_key)
+        scale = float(scale)
+        if not math.isfinite(scale) or scale <= 0:
+            raise ValueError(f"CLIP guidance's scale must be a finite number > 0, got {scale}")
+        self.scale = scale
+
+    def guide_grad(self, x_t: Tensor, t: Tensor, y: Tensor) -> Tensor:
+        """∇_{x_t} s f(x_t, t) · g(c), g(c) = ``y`` (B, D) or (1, D)."""
+        return clip_grad(self.classifier, x_t, t, y, self.scale)
 
 
 class AncestralClassifierGuidance(ClassifierGuidance):

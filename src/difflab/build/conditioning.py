@@ -34,6 +34,7 @@ from ..guidance import (
     Bound,
     ClassifierFree,
     ClassifierGuidance,
+    CLIPGuidance,
     Thresholded,
     dynamic_threshold,
     static_threshold,
@@ -188,25 +189,53 @@ def shapes_text_conditions(cfg: TrainConfig, n: int, labels: Sequence[int] | Non
     return _text_table(captions, cfg), attributes
 
 
+@torch.no_grad()
+def clip_conditions(cfg: TrainConfig, clip: nn.Module, clip_cfg: TrainConfig, n: int,
+                    labels: Sequence[int] | None = None, prompt: str | None = None
+                    ) -> tuple[dict, Tensor | None]:
+    """The conditions of ``n`` CLIP-guided samples of an unconditional run: the caption
+    embeddings g(c) (n, D) of the noise-aware ``clip`` (its run's config ``clip_cfg``) as
+    ``{"clip_text": …}``, and the labels the samples should show. The captions are those of
+    :func:`sample_conditions` for a text-conditional run of the same data: the ``prompt`` for
+    every sample, or template captions of the labels (digits; default every digit in turn),
+    or the test split's captions (shapes, with their attributes in place of labels)."""
+    text_cfg = replace(cfg, cond="text", text_tokens=clip_cfg.text_tokens)
+    cond, y = sample_conditions(text_cfg, n, labels, prompt)
+    device = next(clip.parameters()).device
+    tokens, mask = cond["context"].to(device), cond["context_mask"].to(device)
+    return {"clip_text": clip.encode_text(tokens, mask)}, y  # (n, D) unit norm
+
+
 def guided(model, schedule: Schedule, cfg: TrainConfig, cond: dict, *, w: float = 0.0,
            classifier=None, threshold: str = "none", threshold_p: float = 0.995,
            sampler: str = "ddim", steps: int | None = None,
-           variance: str | None = None) -> nn.Module:
+           variance: str | None = None, clip=None) -> nn.Module:
     """The ε-model a sampler sees: ``model`` with classifier-free guidance of weight ``w``
     (Weng eq. 26) or, with ``classifier``, classifier guidance of weight ``w`` (eq. 25; for
     ``ddpm`` on the full chain, ``steps`` None or T, Dhariwal & Nichol's Algorithm 1, the mean
     shift with ``variance``), then Imagen's ``threshold``
     ("none", "static", "dynamic", the latter at percentile ``threshold_p``) on x̂_0, bound to
-    ``cond``. w = 0 and no threshold: the plain (conditional) model."""
+    ``cond``. w = 0 and no threshold: the plain (conditional) model.
+
+    With ``clip`` (a noise-aware :class:`~difflab.nn.noisy_clip.NoisyCLIP`): CLIP guidance of
+    weight ``w`` (GLIDE; :class:`~difflab.guidance.CLIPGuidance`) of an unconditional run, the
+    caption embeddings g(c) (n, D) in ``cond["clip_text"]``."""
     if threshold not in THRESHOLDS:
         raise ValueError(f"unknown threshold {threshold!r}; choose one of {', '.join(THRESHOLDS)}")
     from ..samplers.consistency import is_consistency_model
 
-    if is_consistency_model(model) and (w or classifier is not None or threshold != "none"):
+    if is_consistency_model(model) and (w or classifier is not None or clip is not None
+                                            or threshold != "none"):
         raise ValueError("guidance and thresholding act on an ε-model; this run is a "
                          "consistency model (distil the guided teacher instead)")
     m = model
-    if classifier is not None:
+    if clip is not None:
+        if classifier is not None or cfg.cond != "none":
+            raise ValueError("CLIP guidance guides an unconditional run, without a classifier")
+        if "clip_text" not in cond:
+            raise ValueError("CLIP guidance needs the caption embeddings (cond['clip_text'])")
+        m = CLIPGuidance(m, clip.encode_image, schedule, w, scale=clip.logit_scale)
+    elif classifier is not None:
         if "y" not in cond:
             raise ValueError("classifier guidance needs class labels (--class)")
         takes_y = cfg.cond == "class"

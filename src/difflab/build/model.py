@@ -152,12 +152,15 @@ def build_autoencoder(cfg: TrainConfig):
 
 # --- unCLIP (Weng eq. 34; Ramesh et al. 2022) ---------------------------------------------------
 def build_clip(cfg: TrainConfig) -> nn.Module:
-    """The small :class:`~difflab.nn.clip.CLIP` of a CLIP run (method "clip") for its images."""
+    """The small :class:`~difflab.nn.clip.CLIP` of a CLIP run (method "clip") for its images;
+    with ``clip_noisy`` the noise-aware :class:`~difflab.nn.noisy_clip.NoisyCLIP` (GLIDE)."""
     from ..nn.clip import CLIP, CLIPConfig
+    from ..nn.noisy_clip import NoisyCLIP
     from .data import image_shape
 
     c, s, _ = image_shape(cfg)
-    return CLIP(CLIPConfig(in_channels=c, image_size=s, width=cfg.clip_width,
+    net = NoisyCLIP if cfg.clip_noisy else CLIP
+    return net(CLIPConfig(in_channels=c, image_size=s, width=cfg.clip_width,
                            embed_dim=cfg.clip_dim, text_dim=text_dim(),
                            text_width=cfg.clip_text_width, max_tokens=max(64, cfg.text_tokens)))
 

@@ -11,7 +11,8 @@ from ..config import SCORE_METHODS, is_image
 from .common import UsageError, flag, user_errors
 
 THRESHOLD_NAMES = ("none", "static", "dynamic")
-GUIDANCE_FLAGS = ("labels", "prompt", "guidance", "classifier", "threshold", "threshold_p")
+GUIDANCE_FLAGS = ("labels", "prompt", "guidance", "classifier", "clip_guidance", "threshold",
+                  "threshold_p")
 
 
 def add_guidance_flags(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,10 @@ def add_guidance_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classifier", metavar="RUN",
                    help="noisy-classifier run from 'difflab train-classifier' for classifier "
                    "guidance")
+    p.add_argument("--clip-guidance", metavar="CLIP_RUN",
+                   help="noise-aware CLIP run ('difflab train-clip --preset digits-noisy-clip') "
+                   "for CLIP guidance of an unconditional run towards --prompt (or the template "
+                   "captions of --class): eq 25 with the CLIP logit (GLIDE; default --guidance 1)")
     p.add_argument("--threshold", choices=THRESHOLD_NAMES,
                    help="Imagen's thresholding of x̂_0: static (clip to [-1, 1]) or dynamic "
                    "(default: none)")
@@ -76,6 +81,8 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
         _check_flags(args, cfg, given)
     labels, w, classifier = _labels(args), args.guidance, None
     device = model_device(model)
+    if args.clip_guidance is not None:
+        return _clip_guided(args, cfg, model, schedule, sampler, steps, n, labels, device)
     if args.classifier is not None:
         from ..runs.classifier import check_compatible, load_classifier_run
 
@@ -109,11 +116,38 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     return model, y
 
 
+def _clip_guided(args, cfg, model, schedule, sampler: str, steps: int, n: int, labels,
+                 device):
+    """:func:`guided_from_args` with ``--clip-guidance``: GLIDE's CLIP guidance (eq. 25 with
+    the noise-aware CLIP's logit) of an unconditional run towards ``--prompt`` or the template
+    captions of ``--class``."""
+    from ..build.conditioning import clip_conditions, guided
+    from ..runs.classifier import check_compatible
+    from ..runs.clip import load_noisy_clip
+
+    if args.classifier is not None:
+        raise UsageError("--clip-guidance and --classifier are two kinds of guidance; give one")
+    if cfg.cond != "none":
+        raise UsageError("--clip-guidance guides an unconditional run; this one has cond "
+                         f"{cfg.cond!r} (use --guidance alone for classifier-free guidance)")
+    ccfg, clip = load_noisy_clip(args.clip_guidance)
+    with user_errors():
+        check_compatible(ccfg, cfg, what="CLIP", command="train-clip --clip-noisy")
+    clip = clip.to(device)
+    w = 1.0 if args.guidance is None else args.guidance
+    with user_errors():
+        cond, y = clip_conditions(cfg, clip, ccfg, n, labels, args.prompt)
+        model = guided(model, schedule, cfg, cond, w=w, clip=clip,
+                       threshold=args.threshold or "none",
+                       threshold_p=args.threshold_p or 0.995, sampler=sampler, steps=steps)
+    return model, y
+
+
 def weight_used(args, cfg) -> float | None:
     """The guidance weight an eval used (None: no guidance applies)."""
     if args.guidance is not None:
         return args.guidance
-    if args.classifier is not None:
+    if args.classifier is not None or args.clip_guidance is not None:
         return 1.0
     return cfg.eval_guidance if cfg.cond != "none" else None
 
@@ -121,6 +155,8 @@ def weight_used(args, cfg) -> float | None:
 def guidance_record(args, cfg) -> dict:
     """The conditioning flags an eval used, for its JSON."""
     return {k: v for k, v in (("guidance", weight_used(args, cfg)),
-                              ("classifier", args.classifier), ("threshold", args.threshold),
+                              ("classifier", args.classifier),
+                              ("clip_guidance", args.clip_guidance),
+                              ("threshold", args.threshold),
                               ("threshold_p", args.threshold_p), ("prompt", args.prompt),
                               ("class", args.labels)) if v is not None}

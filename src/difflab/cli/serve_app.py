@@ -125,6 +125,7 @@ class RunSampler:
             run=str(self.run_dir), sampler=values["sampler"], steps=values["steps"], eta=None,
             spacing=None, n=n, seed=values["seed"] or 0, labels=values["class"],
             prompt=values["prompt"], guidance=values["guidance"], classifier=None,
+            clip_guidance=None,
             threshold=None, threshold_p=None)
 
     def sample(self, query: dict[str, list[str]]) -> Pictures:

@@ -202,7 +202,9 @@ def summary(run_dir: Path) -> str:
     m = ckpt.read_json(run_dir / ckpt.METRICS)
     head = f"trained {m['train_steps']} steps in {m['train_seconds']:.1f} s"
     if "recall_i2t" in m:  # a CLIP
-        return (f"{head}; zero-shot accuracy {m['zero_shot']:.3f}, recall@1 image→text "
+        at_t = "".join(f", t={t}: {a:.2f}" for t, a in sorted(m.get("zero_shot_at_t", {}).items(),
+                                                           key=lambda kv: int(kv[0])))
+        return (f"{head}; zero-shot accuracy {m['zero_shot']:.3f}{at_t}, recall@1 image→text "
                 f"{m['recall_i2t']:.3f}, text→image {m['recall_t2i']:.3f} (chance "
                 f"{m['recall_chance']:.3f})")
     if "prior_cos_true" in m:  # an unCLIP prior

@@ -403,6 +403,8 @@ def _check_unclip(cfg: TrainConfig) -> None:
     need(cfg.clip_text_width % 4 == 0, "clip_text_width", "must be a multiple of 4 (heads)")
     need(cfg.prior_width % 4 == 0, "prior_width", "must be a multiple of 4 (heads)")
     need(0 <= cfg.p_uncond_image < 1, "p_uncond_image", "must lie in [0, 1)")
+    need(not cfg.clip_noisy or cfg.method == "clip", "clip_noisy", "is for CLIP runs "
+         "(difflab train-clip)")
     if cfg.method not in UNCLIP_METHODS:
         need(not cfg.clip, "clip", "is for unclip-prior and unclip-decoder runs")
         return

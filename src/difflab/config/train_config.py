@@ -109,6 +109,9 @@ class TrainConfig:
     clip_width: int = _model(32, "CLIP: base width of the image encoder (a small CNN)")
     clip_text_width: int = _model(128, "CLIP: width of the text tower over the frozen MiniLM's "
                                        "tokens")
+    clip_noisy: bool = _model(False, "CLIP: a noise-aware image encoder f(x_t, t), trained on "
+                                     "x_t of the run's schedule, for CLIP guidance (GLIDE; "
+                                     "difflab sample --clip-guidance)")
     prior_width: int = _model(128, "unCLIP prior: width of its causal transformer")
     prior_depth: int = _model(4, "unCLIP prior: transformer layers")
     decoder_tokens: int = _model(4, "unCLIP decoder: extra cross-attention tokens projected "

@@ -116,14 +116,16 @@ def load_classifier_run(run_dir: str | Path) -> tuple[TrainConfig, nn.Module]:
     return cfg, net.eval().requires_grad_(False)
 
 
-def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
-    """ValueError unless the classifier was trained on the run's noise (schedule, T) and
-    images (dataset, size, channels): its x_t must be the sampler's x_t."""
+def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig, *,
+                     what: str = "classifier", command: str = "train-classifier") -> None:
+    """ValueError unless the classifier (or the noise-aware CLIP, ``what``) was trained on the
+    run's noise (schedule, T) and images (dataset, size, channels): its x_t must be the
+    sampler's x_t. ``command`` trains one."""
     from ..config import image_size
 
     if cfg.autoencoder:
-        raise ConfigError("classifier guidance of a latent run needs a noisy classifier of its "
-                          "latents, which 'difflab train-classifier' does not train; use "
+        raise ConfigError(f"{what} guidance of a latent run needs a noisy {what} of its "
+                          f"latents, which 'difflab {command}' does not train; use "
                           "classifier-free guidance (a run trained with --cond class)")
     for key, a, b in (("schedule", classifier_cfg.schedule, cfg.schedule),
                       ("T", classifier_cfg.T, cfg.T),
@@ -131,5 +133,5 @@ def check_compatible(classifier_cfg: TrainConfig, cfg: TrainConfig) -> None:
                       ("image size", image_size(classifier_cfg), image_size(cfg)),
                       ("channels", classifier_cfg.channels, cfg.channels)):
         if a != b:
-            raise ConfigError(f"the classifier was trained with {key} {a!r} but the run has "
-                             f"{b!r}; train one to match with 'difflab train-classifier'")
+            raise ConfigError(f"the {what} was trained with {key} {a!r} but the run has "
+                             f"{b!r}; train one to match with 'difflab {command}'")

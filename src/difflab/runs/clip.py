@@ -74,6 +74,9 @@ def attach_clip(cfg: TrainConfig) -> tuple[TrainConfig, CLIP]:
         raise ConfigError(f"--clip {source} was trained on {clip_cfg.dataset} at image size "
                           f"{clip_cfg.image_size or 'default'}; this run is {cfg.dataset} at "
                           f"{cfg.image_size or 'default'}")
+    if clip_cfg.clip_noisy:
+        raise ConfigError(f"--clip {source} is a noise-aware CLIP (for CLIP guidance); unCLIP "
+                          "needs a CLIP of clean images")
     return replace(cfg, **{k: getattr(clip_cfg, k) for k in COPIED}), clip
 
 
@@ -181,7 +184,47 @@ def evaluate_clip(cfg: TrainConfig, clip: CLIP) -> dict[str, float]:
         m.update(zero_shot_shapes(clip, img, test.attributes[:n], caps, cfg.text_tokens))
     else:
         m.update(zero_shot_digits(clip, img, test.y[:n], cfg.text_tokens))
+    if cfg.clip_noisy:
+        m["zero_shot_at_t"] = zero_shot_at_t(cfg, clip, test, n, caps)
     return m
+
+
+NOISY_TS = (1, 100, 250, 500, 750, 1000)  # as fractions of T = 1000, as a noisy classifier's
+
+
+def zero_shot_at_t(cfg: TrainConfig, clip: CLIP, test, n: int, caps: list[str]
+                   ) -> dict[str, float]:
+    """A noise-aware CLIP's zero-shot accuracy on x_t of the first n test images (one fixed ε
+    per image) at t = :data:`NOISY_TS` · T / 1000, as {str(t): accuracy}."""
+    from ..build.model import build_schedule
+
+    schedule = build_schedule(cfg)
+    x0 = test.x[:n]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    device = next(clip.parameters()).device
+    out = {}
+    for t in sorted({max(1, k * cfg.T // 1000) for k in NOISY_TS}):
+        tt = torch.full((n,), t, dtype=torch.long)
+        x_t = schedule.q_sample(x0, tt, eps)  # Weng eq. (3)
+        img = torch.cat([clip.encode_image(xb.to(device), tb.to(device)).cpu()
+                         for xb, tb in zip(x_t.split(500), tt.split(500), strict=True)])
+        if cfg.dataset == "shapes":
+            acc = zero_shot_shapes(clip, img, test.attributes[:n], caps, cfg.text_tokens)
+        else:
+            acc = zero_shot_digits(clip, img, test.y[:n], cfg.text_tokens)
+        out[str(t)] = acc["zero_shot"]
+    return out
+
+
+def load_noisy_clip(run_dir: str | Path, device: str | None = None
+                    ) -> tuple[TrainConfig, CLIP]:
+    """:func:`load_clip` of a noise-aware CLIP run (``clip_noisy``), for CLIP guidance."""
+    cfg, clip = load_clip(run_dir, device)
+    if not cfg.clip_noisy:
+        raise ConfigError(f"{run_dir} is a CLIP of clean images; CLIP guidance needs a "
+                          "noise-aware one (difflab train-clip --preset digits-noisy-clip, or "
+                          "--clip-noisy)")
+    return cfg, clip
 
 
 def evaluate_after(cfg: TrainConfig, clip: CLIP, run_dir: Path, extra: dict) -> None:

@@ -160,12 +160,16 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
 def clip_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                    backend: Backend, codec=None) -> Objective:
     """A small CLIP (Radford et al. 2021) on the run's images and captions
-    (:class:`.clip.ClipObjective`): symmetric InfoNCE with a learned temperature."""
+    (:class:`.clip.ClipObjective`): symmetric InfoNCE with a learned temperature; with
+    ``clip_noisy`` on x_t of the run's schedule (:class:`.noisy_clip.NoisyClipObjective`, GLIDE)."""
     from .clip import ClipObjective
+    from .noisy_clip import NoisyClipObjective
 
-    return ClipObjective(build_model(cfg), data, conds, batch=cfg.batch, lr=lr_schedule(cfg),
-                         ema_decay=cfg.ema_decay, weight_decay=cfg.weight_decay,
-                         grad_clip=cfg.grad_clip)
+    kw = dict(batch=cfg.batch, lr=lr_schedule(cfg), ema_decay=cfg.ema_decay,
+              weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+    if cfg.clip_noisy:
+        return NoisyClipObjective(build_model(cfg), schedule, data, conds, **kw)
+    return ClipObjective(build_model(cfg), data, conds, **kw)
 
 
 def unclip_prior_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
