@@ -2,7 +2,26 @@
 
 from __future__ import annotations
 
+import functools
+
+import pytest
+
 from difflab.runs import checkpoint as ckpt
+
+
+@functools.cache
+def has_text() -> bool:
+    """Whether the frozen MiniLM text encoder (the `text` extra and its weights) loads."""
+    try:
+        from difflab.nn.text_encoder import load_text_encoder
+
+        load_text_encoder()
+        return True
+    except ImportError:
+        return False
+
+
+needs_text = pytest.mark.skipif(not has_text(), reason="the `text` extra is not installed")
 
 
 def part_of(state: ckpt.TrainState, name: str) -> dict:

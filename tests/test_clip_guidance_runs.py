@@ -11,20 +11,9 @@ import numpy as np
 import pytest
 
 from difflab.runs import checkpoint as ckpt
-from helpers import one_error_line, run_cli
+from helpers import needs_text, one_error_line, run_cli
 
-
-def _has_text() -> bool:
-    try:
-        from difflab.nn.text_encoder import load_text_encoder
-
-        load_text_encoder()
-        return True
-    except ImportError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_text(), reason="the `text` extra is not installed")
+pytestmark = needs_text
 # cosine: at T = 50 x_T is pure noise (the linear schedule of T = 50 keeps ᾱ_T ≈ 0.6)
 NOISE = ["--T", "50", "--schedule", "cosine", "--eval-steps", "2", "--no-progress"]
 

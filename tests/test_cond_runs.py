@@ -21,6 +21,7 @@ from difflab.guidance import ClassifierFree, Thresholded, dynamic_threshold
 from difflab.runs import checkpoint as ckpt
 from difflab.runs.load import read_run_config
 from difflab.runs.train import train
+from helpers import needs_text
 
 TINY = ["--dataset", "digits", "--steps", "8", "--batch", "16", "--model-channels", "8",
         "--num-res-blocks", "1", "--attention", "", "--warmup", "2", "--eval-sampler", "ddim",
@@ -34,17 +35,6 @@ def run(capsys, *argv) -> tuple[int, str, str]:
     return code, out, err
 
 
-def _has_text() -> bool:
-    try:
-        from difflab.nn.text_encoder import load_text_encoder
-
-        load_text_encoder()
-        return True
-    except ImportError:
-        return False
-
-
-needs_text = pytest.mark.skipif(not _has_text(), reason="the `text` extra is not installed")
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from difflab.cli import build_parser
 from difflab.cli.serve_app import RunSampler, make_server
 from difflab.config import load_config
 from difflab.runs.train import train
-from helpers import one_error_line, run_cli
+from helpers import needs_text, one_error_line, run_cli
 
 DIGITS = dict(dataset="digits", steps=8, batch=16, model_channels=8, num_res_blocks=1,
               attention="", warmup=2, eval_sampler="ddim", eval_steps=4, T=100, threads=1,
@@ -221,14 +221,9 @@ def test_serve_command_serves_until_ctrl_c(runs, capsys):
         proc.stderr.close()
 
 
+@needs_text
 def test_a_text_run_samples_from_a_prompt(tmp_path):
     """A text-conditional run: the prompt changes the samples."""
-    try:
-        from difflab.nn.text_encoder import load_text_encoder
-
-        load_text_encoder()
-    except ImportError:
-        pytest.skip("the `text` extra is not installed")
     run = tmp_path / "text"
     values = {**DIGITS, "cond": "text", "text_tokens": 8}
     train(load_config(None, values), run, progress=False, evaluate_after=False)

@@ -13,20 +13,9 @@ from difflab.config.preset_files import load_config
 from difflab.runs import checkpoint as ckpt
 from difflab.runs.clip import evaluate_clip
 from difflab.runs.train import train
-from helpers import one_error_line, run_cli
+from helpers import needs_text, one_error_line, run_cli
 
-
-def _has_text() -> bool:
-    try:
-        from difflab.nn.text_encoder import load_text_encoder
-
-        load_text_encoder()
-        return True
-    except ImportError:
-        return False
-
-
-pytestmark = pytest.mark.skipif(not _has_text(), reason="the `text` extra is not installed")
+pytestmark = needs_text
 CLIP_FLAGS = ["--preset", "digits-clip", "--steps", "40", "--batch", "64", "--warmup", "5",
               "--checkpoint-every", "100", "--no-progress"]
 STAGE_FLAGS = ["--steps", "4", "--batch", "16", "--eval-steps", "2", "--n-eval", "8", "--T",

@@ -50,6 +50,7 @@ from .dit_blocks import (
     xavier_linears,
 )
 from .embedding import (
+    check_aug_level,
     check_labels,
     diffusers_timestep_embedding,
     timestep_embedding,
@@ -229,13 +230,8 @@ class DiT(nn.Module):
         cfg = self.config
         features = TIME_FEATURES[cfg.time_features]
         t_emb = self.t_embedder(features(t, cfg.freq_dim))  # (B, D)
-        if aug_level is not None and not cfg.aug_embedding:
-            raise ValueError("aug_level given to a network without aug_embedding")
-        if cfg.aug_embedding:
-            s = torch.zeros_like(t) if aug_level is None else aug_level
-            if s.shape != t.shape:
-                raise ValueError(f"expected aug_level of shape {tuple(t.shape)}, got "
-                                 f"{tuple(s.shape)}")
+        s = check_aug_level(aug_level, cfg.aug_embedding, t)  # (B,) or None
+        if s is not None:
             t_emb = t_emb + self.aug_embedder(timestep_embedding(s, cfg.freq_dim))  # (B, D)
         if y is not None and not cfg.num_classes:
             raise ValueError("y given to an unconditional network (num_classes = 0)")

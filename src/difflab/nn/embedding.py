@@ -79,6 +79,20 @@ def check_labels(y: Tensor | None, num_classes: int, t: Tensor) -> Tensor:
 
 
 
+def check_aug_level(aug_level: Tensor | None, enabled: bool, t: Tensor) -> Tensor | None:
+    """The augmentation level s (B,) of a cascade's super-resolution network (Saharia et al.
+    2022: embedded like t), 0 where None; None for a network without ``enabled`` aug embedding.
+    One-line ValueErrors for an unexpected or misshapen s."""
+    if not enabled:
+        if aug_level is not None:
+            raise ValueError("aug_level given to a network without aug_embedding")
+        return None
+    s = torch.zeros_like(t) if aug_level is None else aug_level
+    if s.shape != t.shape:
+        raise ValueError(f"expected aug_level of shape {tuple(t.shape)}, got {tuple(s.shape)}")
+    return s
+
+
 def with_low_res(x_t: Tensor, low_res: Tensor | None, channels: int) -> Tensor:
     """x_t (B, C, H, W), and for a super-resolution network (``channels`` = C_z > 0)
     [x_t, up(z)] (B, C + C_z, H, W): z = ``low_res`` (B, C_z, h, w) upsampled bilinearly to

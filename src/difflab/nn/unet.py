@@ -66,7 +66,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .embedding import TimestepEmbedding, check_labels, with_low_res
+from .embedding import TimestepEmbedding, check_aug_level, check_labels, with_low_res
 from .unet_blocks import (
     SQRT_HALF,
     Conditioning,
@@ -278,13 +278,8 @@ class UNet(nn.Module):
         their mask (B, L) for cross-attention. A condition left None is ∅."""
         emb = self.time_embed(t)  # (B, E)
         cfg = self.config
-        if aug_level is not None and not cfg.aug_embedding:
-            raise ValueError("aug_level given to a network without aug_embedding")
-        if cfg.aug_embedding:
-            s = torch.zeros_like(t) if aug_level is None else aug_level
-            if s.shape != t.shape:
-                raise ValueError(f"expected aug_level of shape {tuple(t.shape)}, got "
-                                 f"{tuple(s.shape)}")
+        s = check_aug_level(aug_level, cfg.aug_embedding, t)  # (B,) or None
+        if s is not None:
             emb = emb + self.aug_embed(s)  # (B, E)
         if y is not None and not cfg.num_classes:
             raise ValueError("y given to an unconditional network (num_classes = 0)")
