@@ -50,7 +50,7 @@ beat DDIM at every budget in SWD, which is why it was the default.)
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -162,16 +162,29 @@ def dpm_solver_pp(
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
+
+    def step(x, x0s, lams, ab_t, ab_s, i):
+        k = min(order, i + 1, len(ts) - i)  # warm-up at the start, lower order at the end
+        return _update(x, x0s, lams, half_log_snr(ab_s), ab_s, ab_t, k)
+
+    return multistep(model, schedule, x_T, ts, order, step, progress=progress,
+                     callback=callback, cond=cond, desc=f"dpm++{order}m")
+
+
+def multistep(model: Model, schedule: Schedule, x_T: Tensor, ts: list[int], history: int,
+              step: Callable, *, progress: bool = False, callback: Callback | None = None,
+              cond: dict | None = None, desc: str = "multistep") -> Tensor:
+    """The loop of the multistep data-prediction solvers: at each visited t (``ts``,
+    decreasing; then 0) one model evaluation gives x̂_0, the newest ``history`` of them and
+    their λ are kept (newest first), and ``step(x, x0s, lams, ᾱ_t, ᾱ_s, i)`` returns x at the
+    next timestep s. x_T: (B, …)."""
     ab = alpha_bar_table(schedule)
-    S = len(ts)
     x, x0s, lams = x_T, [], []
-    for i, (t, s) in enumerate(loop(list(zip(ts, ts[1:] + [0], strict=True)), progress,
-                                    f"dpm++{order}m")):
+    for i, (t, s) in enumerate(loop(list(zip(ts, ts[1:] + [0], strict=True)), progress, desc)):
         x0s.insert(0, predict(model, x, t, ab[t], cond)[1])  # x̂_0 at t, like x
         lams.insert(0, half_log_snr(ab[t]))
-        del x0s[order:], lams[order:]
-        k = min(order, i + 1, S - i)  # warm-up at the start, lower order at the end
-        x = _update(x, x0s, lams, half_log_snr(ab[s]), ab[s], ab[t], k)
+        del x0s[history:], lams[history:]
+        x = step(x, x0s, lams, ab[t], ab[s], i)
         if callback is not None:
             callback(i, t, x)
     return x

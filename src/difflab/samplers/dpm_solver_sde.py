@@ -45,8 +45,8 @@ from torch import Tensor
 
 from ..parameterization import Model
 from ..schedules import Schedule
-from ._common import Callback, alpha_bar_table, loop, noise_like, predict
-from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr
+from ._common import Callback, noise_like
+from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr, multistep
 
 
 def sde_update(x: Tensor, x0s: list[Tensor], lams: list[float], ab_t: float, ab_s: float,
@@ -83,19 +83,12 @@ def dpm_solver_pp_sde(
     ``lambda_min``: as :func:`~difflab.samplers.dpm_solver.dpm_solver_pp` (the module notes)."""
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2 for the SDE solver, got {order!r}")
-    ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
-    ab = alpha_bar_table(schedule)
-    x, x0s, lams = x_T, [], []
-    for i, (t, s) in enumerate(loop(list(zip(ts, ts[1:] + [0], strict=True)), progress,
-                                    f"dpm++{order}m-sde")):
-        x0s.insert(0, predict(model, x, t, ab[t], cond)[1])  # x̂_0 at t, like x
-        lams.insert(0, half_log_snr(ab[t]))
-        del x0s[order:], lams[order:]
-        if s == 0:  # λ_0 = ∞: x_0 = x̂_0, no noise
-            x = x0s[0]
-        else:
-            x = sde_update(x, x0s, lams, ab[t], ab[s], min(order, i + 1),
-                           noise_like(x, generator))
-        if callback is not None:
-            callback(i, t, x)
-    return x
+
+    def step(x, x0s, lams, ab_t, ab_s, i):
+        if ab_s >= 1.0:  # s = 0: λ_0 = ∞, x_0 = x̂_0, no noise
+            return x0s[0]
+        return sde_update(x, x0s, lams, ab_t, ab_s, min(order, i + 1), noise_like(x, generator))
+
+    return multistep(model, schedule, x_T, dpm_timesteps(schedule, steps, spacing, lambda_min)
+                     .tolist(), order, step, progress=progress, callback=callback, cond=cond,
+                     desc=f"dpm++{order}m-sde")
