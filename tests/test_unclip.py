@@ -1,6 +1,7 @@
 """unCLIP's prior and decoder (Weng eq. 34): the prior's x0-parameterisation, its objective and
 classifier-free guidance; the decoder's embedding pathways (zero embedding = the caption-only
-network); the independent condition dropout; the pipeline's interpolation endpoints."""
+network); the independent condition dropout; the pipeline's interpolation endpoints, and its
+variations keeping their source's CLIP embedding (with an exact retrieval decoder)."""
 
 from __future__ import annotations
 
@@ -229,3 +230,54 @@ def test_interpolation_endpoints_reproduce_the_two_decodings():
     # variations: one embedding, fresh noise each → different images
     v = u.variations(x_a, 3, torch.Generator().manual_seed(1))
     assert v.shape == (3, 1, 8, 8) and not torch.allclose(v[0], v[1], atol=1e-3)
+
+
+class RetrievalDecoder(nn.Module):
+    """The exact ε-model of P(x | c) = Σ_j π_j(c) N(x_j, s² I) with π_j(c) ∝ exp(cos(c, c_j)/τ)
+    over reference images x_j with embeddings c_j (∅ = 0: uniform π): a decoder that is right
+    by construction, so that only the pipeline's handling of the embedding is under test."""
+
+    def __init__(self, images, clip, schedule, s: float = 0.05, tau: float = 0.05):
+        super().__init__()
+        self.mu = nn.Parameter(images.flatten(1).double(), requires_grad=False)  # (J, P)
+        with torch.no_grad():
+            self.c = torch.nn.functional.normalize(clip.encode_image(images), dim=1).double()
+        self.schedule, self.s, self.tau = schedule, s, tau
+
+    def forward(self, x_t, t, clip_emb=None, context=None, context_mask=None):
+        B, mu = x_t.shape[0], self.mu
+        x = x_t.flatten(1).double()  # (B, P)
+        ab = self.schedule.alpha_bar_at(t).double().view(B, 1, 1)  # (B, 1, 1)
+        logit = torch.zeros(B, mu.shape[0], dtype=torch.float64)
+        if clip_emb is not None:
+            logit = clip_emb.double() @ self.c.T / self.tau  # (B, J); ∅ rows → 0 → uniform
+        var = ab * self.s**2 + 1 - ab  # Var(x_t | j) per pixel
+        diff = x[:, None] - ab.sqrt() * mu[None]  # (B, J, P)
+        w = (logit.log_softmax(1) - diff.pow(2).sum(-1) / (2 * var[:, :, 0])).softmax(1)
+        x0 = (w[..., None] * (mu[None] + ab.sqrt() * self.s**2 / var * diff)).sum(1)  # E[x_0|x_t]
+        eps = (x - ab[:, 0].sqrt() * x0) / (1 - ab[:, 0]).sqrt()
+        return eps.view_as(x_t).to(x_t.dtype)
+
+
+def test_variations_keep_the_clip_embedding_of_their_source():
+    """Ramesh et al. 2022, §3.1: the variations of an image decode ITS c_i, so their own c_i stay
+    close to it (closer than random pairs of images), while the fresh noise makes them differ."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.rand(60, 1, 8, 8, generator=g) * 2 - 1  # the decoder's images x_j
+    src = torch.rand(6, 1, 8, 8, generator=g) * 2 - 1  # held-out sources
+    clip, s = FakeClip(), schedules.linear(1000)
+    u = Unclip(clip, None, None, RetrievalDecoder(ref, clip, s), s, (1, 8, 8),
+               decoder_steps=50, decoder_guidance=0.0)
+    v = u.variations(src, 8, torch.Generator().manual_seed(1))  # (48, 1, 8, 8)
+    c_src = u.image_embeddings(src).repeat_interleave(8, 0)  # (48, D)
+    keep = float((u.image_embeddings(v) * c_src).sum(1).mean())
+    c_ref = u.image_embeddings(ref)
+    pairs = torch.randperm(60, generator=g)
+    random_pairs = float((c_ref * c_ref[pairs]).sum(1).mean())
+    assert keep > random_pairs + 0.4, (keep, random_pairs)
+    d = (v.view(6, 8, -1)[:, :, None] - v.view(6, 8, -1)[:, None]).norm(dim=-1)  # (6, 8, 8)
+    assert float(d.sum() / (6 * 8 * 7)) > 1.0, float(d.sum() / (6 * 8 * 7))  # they differ
+    # the same pipeline given ∅ for c_i loses it: the test can fail
+    null = u.decode(torch.zeros(48, D), None, torch.Generator().manual_seed(1))
+    lost = float((u.image_embeddings(null) * c_src).sum(1).mean())
+    assert lost < random_pairs + 0.2, (lost, random_pairs)

@@ -111,3 +111,36 @@ def test_a_prior_run_resumes_bit_identically_from_its_own_clip_copy(runs, tmp_pa
     a = ckpt.load_tensors(part / "prior.ema.safetensors")[0]
     b = ckpt.load_tensors(runs["prior"] / "prior.ema.safetensors")[0]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_v_prediction_decoder_is_sampled_through_its_eps_wrapper(runs, tmp_path, capsys):
+    """A decoder trained with ``--prediction v`` (what shapes-unclip-decoder uses: an ε-decoder
+    of 32×32 shapes diverged, results/unclip_shapes_linear.md) is decoded, by its own
+    evaluation and by load_unclip, as the ε-model ε̂ = √(1−ᾱ) x_t + √ᾱ v̂ of its network."""
+    from difflab.parameterization import eps_from_v
+    from difflab.runs.unclip import load_unclip
+
+    out = tmp_path / "v"
+    code, _, err = run_cli(capsys, "train", "--preset", "digits-unclip-decoder", *STAGE_FLAGS,
+                           "--model-channels", "8", "--num-res-blocks", "1", "--prediction",
+                           "v", "--clip", runs["clip"], "--out", out)
+    assert code == 0, err
+    cfg, u = load_unclip(out)
+    assert cfg.prediction == "v"
+    net = build_model(cfg)
+    net.load_state_dict(ckpt.load_weights(out, "ema", "decoder"))
+    net.eval()
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(6, 1, 8, 8, generator=g), torch.randint(1, 51, (6,), generator=g)
+    c_i = torch.nn.functional.normalize(torch.randn(6, cfg.clip_dim, generator=g), dim=1)
+    ab = u.decoder_schedule.alpha_bar_at(t).view(6, 1, 1, 1).float()
+    with torch.no_grad():
+        torch.testing.assert_close(u.decoder(x, t, clip_emb=c_i),
+                                   eps_from_v(x, net(x, t, clip_emb=c_i), ab))
+    assert "decoder_cos" in ckpt.read_json(out / ckpt.METRICS)
+
+
+def test_prediction_v_is_refused_for_a_prior_in_one_line(runs, capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", "--preset", "digits-unclip-prior", *STAGE_FLAGS,
+                           "--prediction", "v", "--clip", runs["clip"], "--out", tmp_path / "p")
+    assert one_error_line(code, err) and "unclip-decoder" in err, err

@@ -325,11 +325,13 @@ def _check_method(cfg: TrainConfig) -> None:
     if cfg.ct_init_from and cfg.method != "consistency-training":
         raise ConfigError("config key 'ct_init_from' needs config key 'method' = "
                           "'consistency-training'")
-    trained = cfg.method == "diffusion" and cfg.loss == "simple" and cfg.variance != "learned"
+    trained = (cfg.method in ("diffusion", "unclip-decoder") and cfg.loss == "simple"
+               and cfg.variance != "learned")
     if cfg.prediction != "eps" and not (progressive or v_consistency or trained):
         raise ConfigError(f"config key 'prediction' = {cfg.prediction!r} needs config key "
-                          "'method' = 'diffusion' with loss 'simple' and a fixed variance (or "
-                          "a distilled student); use prediction 'eps' otherwise")
+                          "'method' = 'diffusion' or 'unclip-decoder' with loss 'simple' and a "
+                          "fixed variance (or a distilled student); use prediction 'eps' "
+                          "otherwise")
     if progressive and not 1 <= cfg.distilled_steps <= cfg.T // 2:
         raise ConfigError(f"config key 'distilled_steps' must lie in 1..T/2 for a progressive "
                           f"student, got {cfg.distilled_steps!r}")

@@ -74,7 +74,7 @@ def score_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ScoreMo
 
 
 # how each kind of run's network is presented to the samplers (absent: as it is, an ε-model)
-SAMPLING_MODELS = {"diffusion": _student, "progressive": _student,
+SAMPLING_MODELS = {"diffusion": _student, "progressive": _student, "unclip-decoder": _student,
                    "consistency-training": consistency_model,
                    "consistency-distillation": consistency_model, "dsm": score_model,
                    "ssm": score_model}

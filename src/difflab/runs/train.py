@@ -205,7 +205,8 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
             elif kind in UNCLIP_STAGES:
                 from .unclip import evaluate_after as evaluate_unclip
 
-                evaluate_unclip(cfg, kind, ema, codec, schedule, run_dir, extra)
+                evaluate_unclip(cfg, kind, sampling_model(cfg, ema, schedule), codec, schedule,
+                                run_dir, extra)
             else:
                 write_evaluation(cfg, sampling_model(cfg, ema, schedule), schedule, run_dir,
                                  extra, decode=codec.decode if codec is not None else None)

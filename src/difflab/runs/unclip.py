@@ -31,12 +31,13 @@ from ..pipelines.unclip import Captions, Unclip, cosine
 from ..schedules import Schedule
 from . import checkpoint as ckpt
 from .clip import CLIP_DIR, load_clip
-from .load import load_network, read_run
+from .load import load_network, read_run, sampling_model
 
 
 def load_stage(run_dir: str | Path, kind: str, device: str | None = None
                ) -> tuple[TrainConfig, nn.Module, Schedule]:
-    """(config, EMA network in eval mode, schedule) of a prior or decoder run."""
+    """(config, EMA network in eval mode, schedule) of a prior or decoder run; a decoder that
+    predicts v or x_0 comes as its ε-model (``runs.load.sampling_model``)."""
     found, cfg, _ = read_run(run_dir)
     if found != kind:
         raise ConfigError(f"{run_dir} is a {found} run, not an {kind} run")
@@ -46,7 +47,8 @@ def load_stage(run_dir: str | Path, kind: str, device: str | None = None
         from ..training.backend import resolve_device
 
         net.to(resolve_device(device))
-    return cfg, net, build_schedule(cfg)
+    schedule = build_schedule(cfg)
+    return cfg, sampling_model(cfg, net, schedule), schedule
 
 
 def same_weights(a: nn.Module, b: nn.Module) -> bool:

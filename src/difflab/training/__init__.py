@@ -195,8 +195,8 @@ def unclip_decoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor,
                              backend: Backend, codec=None) -> Objective:
     """unCLIP's decoder P(x | c_i, y) (Weng eq. 34): L_simple of the U-Net of
     :class:`~difflab.nn.unclip_decoder.UnclipDecoder` given each image's CLIP embedding
-    (dropped with ``p_uncond_image``) and caption (dropped with ``p_uncond``); ``codec`` is the
-    run's frozen CLIP."""
+    (dropped with ``p_uncond_image``) and caption (dropped with ``p_uncond``), regressing
+    ``cfg.prediction`` (ε, v or x_0); ``codec`` is the run's frozen CLIP."""
     from ..build.unclip import DecoderConditions, image_embeddings
     from .diffusion import DiffusionObjective
 
@@ -207,7 +207,7 @@ def unclip_decoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor,
                               lr=lr_schedule(cfg), ema_decay=cfg.ema_decay, conds=dconds,
                               p_uncond=cfg.p_uncond, levels=data_levels(cfg),
                               weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip,
-                              backend=backend)
+                              backend=backend, prediction=cfg.prediction)
 
 
 OBJECTIVES: dict[str, Callable[..., Objective]] = {
