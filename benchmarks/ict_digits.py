@@ -11,7 +11,9 @@ batch 128, lr 2e-3), each given the same training wall time W (``--minutes``):
   EMA (decay 0.999, warmed up) is sampled in 1 and 2 steps;
 - **original CT** (Song et al. 2023 Alg. 3; ``--no-original`` skips it) at the same budget;
 - **iCT warm**: half of W diffusion, then half of W iCT from that network (read as a v-network,
-  `--ct-init-from`), so the pair costs W too.
+  `--ct-init-from`), so the pair costs W too (``--no-warm`` skips it);
+- with ``--s1 1280,160,…``, one iCT run per final number of levels s1 (the paper's 1280 was
+  chosen for 400k updates; a run of a few hundred spends most stages at N in the hundreds).
 
 The steps of each are planned from a timing of a few updates (its lr schedule and curriculum
 are laid out for them), and training stops when the clock reaches W if the plan has not ended
@@ -33,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import statistics
 import time
 from pathlib import Path
@@ -128,8 +131,10 @@ def diffusion(cfg, schedule, data, backend, seconds: float):
     return obj.modules()["ema"].eval(), done, clock.seconds()
 
 
-def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, init=None):
-    """iCT (or the original CT) for ``seconds``; FD (1 step) at each stage's end."""
+def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, init=None,
+                s1: int = 1280):
+    """iCT (or the original CT) for ``seconds``; FD (1 step) at each stage's end. ``s1``: iCT's
+    final number of levels (the curriculum doubles N from 10 to s1 in equal stages)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         net = build_model(cfg)
@@ -146,11 +151,12 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
 
             return ConsistencyTraining(model, data, s1=ct_final_levels(iters), iters=iters, **kw)
         return ImprovedConsistencyTraining(model, data, ema_decay=cfg.ema_decay, iters=iters,
-                                           **kw)
+                                           s1=s1, **kw)
 
     steps = max(int(seconds / per_step(make(100), backend)), 16)
     obj = make(steps)
-    marks = {max(steps * k // 8, 1) for k in range(1, 9)}
+    stages = 8 if kind == "original" else int(math.log2(s1 // 10)) + 1  # as ict_num_levels
+    marks = {max(steps * k // stages, 1) for k in range(1, stages + 1)}
     curve, clock = [], Clock()
 
     def on(step, _):
@@ -179,6 +185,9 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-original", action="store_true", help="skip the original CT at W")
+    p.add_argument("--no-warm", action="store_true", help="skip iCT warm-started at W/2")
+    p.add_argument("--s1", default="1280",
+                   help="iCT's final numbers of levels, comma-separated: one iCT run at W each")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_digits")
     p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
     args = p.parse_args()
@@ -207,31 +216,34 @@ def main() -> None:
     eps, d_steps, d_sec = diffusion(cfg, schedule, data, backend, W)
     for s in (50, 10, 2):
         row("diffusion", eps, "ddim", s, d_steps, d_sec)
-    print(f"iCT, {W:.0f} s", flush=True)
-    f, c_steps, c_sec, curves["ict"] = consistency("improved", cfg, schedule, data, backend, W,
-                                                   fd, args.draws)
-    for s in (1, 2):
-        row("iCT", f, "consistency", s, c_steps, c_sec)
+    for s1 in (int(v) for v in args.s1.split(",")):
+        name, label = ("ict", "iCT") if s1 == 1280 else (f"ict_s1_{s1}", f"iCT (s1 = {s1})")
+        print(f"{label}, {W:.0f} s", flush=True)
+        f, c_steps, c_sec, curves[name] = consistency("improved", cfg, schedule, data, backend,
+                                                      W, fd, args.draws, s1=s1)
+        for s in (1, 2):
+            row(label, f, "consistency", s, c_steps, c_sec)
     if not args.no_original:
         f, o_steps, o_sec, curves["ct"] = consistency("original", cfg, schedule, data, backend,
                                                       W, fd, args.draws)
         for s in (1, 2):
             row("CT (original)", f, "consistency", s, o_steps, o_sec)
-    print(f"iCT warm: diffusion {W / 2:.0f} s + iCT {W / 2:.0f} s", flush=True)
-    eps_half, h_steps, h_sec = diffusion(cfg, schedule, data, backend, W / 2)
-    row("diffusion (W/2)", eps_half, "ddim", 50, h_steps, h_sec)
-    f, w_steps, w_sec, curves["ict_warm"] = consistency("improved", cfg, schedule, data,
-                                                        backend, W / 2, fd, args.draws,
-                                                        init=eps_half)
-    for s in (1, 2):
-        row("iCT warm (W/2 + W/2)", f, "consistency", s, w_steps, h_sec + w_sec)
+    if not args.no_warm:
+        print(f"iCT warm: diffusion {W / 2:.0f} s + iCT {W / 2:.0f} s", flush=True)
+        eps_half, h_steps, h_sec = diffusion(cfg, schedule, data, backend, W / 2)
+        row("diffusion (W/2)", eps_half, "ddim", 50, h_steps, h_sec)
+        f, w_steps, w_sec, curves["ict_warm"] = consistency("improved", cfg, schedule, data,
+                                                            backend, W / 2, fd, args.draws,
+                                                            init=eps_half)
+        for s in (1, 2):
+            row("iCT warm (W/2 + W/2)", f, "consistency", s, w_steps, h_sec + w_sec)
     prior = {}
     old = ROOT / "results" / "distill_digits.json"
     if old.exists():
         for r in json.loads(old.read_text()).get("rows", []):
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
-    out = {"minutes": args.minutes, "draws": args.draws, "threads": args.threads,
+    out = {"minutes": args.minutes, "draws": args.draws, "threads": args.threads, "s1": args.s1,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
            "seconds": time.perf_counter() - t_all}
     args.out.parent.mkdir(parents=True, exist_ok=True)
