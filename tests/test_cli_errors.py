@@ -256,3 +256,13 @@ def test_launch_command_and_argument_stripping():
     cmd = launch_command(4, ["train", "--steps", "9"])
     assert cmd[-4:] == ["difflab", "train", "--steps", "9"]
     assert "--cpu" not in cmd  # Accelerate's --cpu would start one process only
+
+
+def test_a_nan_stop_in_distill_names_what_distill_can_do(trained, tmp_path, capsys):
+    """distill --resume refuses --lr (it continues a distillation as it was started), so a
+    non-finite stop in distill must not suggest 'resume with a lower --lr' as train's does."""
+    code, _, err = run(capsys, "distill", trained, "--method", "consistency", "--iters", "6",
+                       "--lr", "1e30", "--checkpoint-every", "2", "--out", tmp_path / "cd",
+                       "--no-progress")
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
+    assert "distill --resume cannot change --lr" in err and "--skip-nonfinite" not in err

@@ -39,6 +39,7 @@ from ..schedules import Schedule
 from ..training import fit
 from ..training.backend import Backend, torch_threads
 from ..training.consistency import ConsistencyDistillation
+from ..training.faults import NonFiniteError
 from ..training.losslog import LossLog
 from ..training.progressive import ProgressiveDistillation
 from . import checkpoint as ckpt
@@ -69,6 +70,17 @@ class EpsOnly(nn.Module):
         out = self.model(x_t, t, **cond)
         return out[0] if isinstance(out, tuple) else out
 
+
+DISTILL_NONFINITE_HINT = ("distill --resume cannot change --lr: start the distillation again "
+                          "with a lower --lr (--overwrite replaces OUT)")
+
+
+def fit_distill(*args, **kw):
+    """``training.loop.fit``, its stop on a non-finite update naming what distill can do."""
+    try:
+        return fit(*args, **kw)
+    except NonFiniteError as err:
+        raise err.with_hint(DISTILL_NONFINITE_HINT) from None
 
 def load_teacher(run: str | Path, threads: int | None = None
              ) -> tuple[TrainConfig, nn.Module, Schedule]:
@@ -340,11 +352,11 @@ def _run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: 
             cond_data=cond_data(t_cfg), on_round=save_round)
         state = ckpt.load_checkpoint(out) if resume else None
         g = torch.Generator().manual_seed(job["seed"])
-        result = fit(objective, steps=objective.steps, generator=g, backend=backend, log=log,
-                     resume=state, max_steps=max_steps,
-                     checkpoint_every=job["checkpoint_every"],
-                     save=saver(out, "progressive-distillation", log), progress=progress,
-                     desc="distill")
+        result = fit_distill(objective, steps=objective.steps, generator=g, backend=backend,
+                             log=log, resume=state, max_steps=max_steps,
+                             checkpoint_every=job["checkpoint_every"],
+                             save=saver(out, "progressive-distillation", log),
+                             progress=progress, desc="distill")
     return [d for d, r in zip(dirs, range(len(dirs)), strict=True)
             if (r + 1) * spr <= result.step]
 
@@ -426,11 +438,12 @@ def _run_consistency(out: Path, job: dict[str, Any], *, resume: bool, progress: 
             iters=job["iters"], lr=job["lr"], lr_decay=True, grad_clip=cfg.grad_clip,
             cond_data=cond_data(t_cfg), distance=distance_fn(job["distance"], cfg))
         state = ckpt.load_checkpoint(out) if resume else None
-        result = fit(objective, steps=job["iters"], generator=torch.Generator().manual_seed(
-                     job["seed"]), backend=backend, log=log, resume=state,
-                     max_steps=max_steps, checkpoint_every=job["checkpoint_every"],
-                     save=saver(out, "consistency-distillation", log), progress=progress,
-                     desc="consistency distillation")
+        result = fit_distill(objective, steps=job["iters"],
+                             generator=torch.Generator().manual_seed(job["seed"]),
+                             backend=backend, log=log, resume=state, max_steps=max_steps,
+                             checkpoint_every=job["checkpoint_every"],
+                             save=saver(out, "consistency-distillation", log),
+                             progress=progress, desc="consistency distillation")
     if result.step < job["iters"] or not backend.is_main:
         return out, {}
     extra = {"method": cfg.method, "teacher": job["teacher"], "solver": job["solver"],

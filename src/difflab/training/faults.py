@@ -47,15 +47,23 @@ class NonFiniteError(DifflabError):
     """An update whose loss or gradient is NaN or infinite (the message is one line and names
     the update and the checkpoint that is kept)."""
 
-    def __init__(self, step: int, what: str, value: float, saved: int | None, in_a_row: int = 1):
+    HINT = ("resume with a lower --lr, or add --skip-nonfinite K to skip up to K such updates "
+            "in a row")
+
+    def __init__(self, step: int, what: str, value: float, saved: int | None, in_a_row: int = 1,
+                 hint: str | None = None):
         self.step, self.what, self.value, self.saved = step, what, value, saved
+        self.in_a_row = in_a_row
         kept = (f"the checkpoint of step {saved} is kept" if saved is not None else
                 "no checkpoint was written yet")
         row = f" ({in_a_row} such updates in a row)" if in_a_row > 1 else ""
         super().__init__(
             f"step {step}: the {what} is {value}{row}; training stopped without applying "
-            f"it and {kept}; resume with a lower --lr, or add --skip-nonfinite K to skip up to "
-            "K such updates in a row")
+            f"it and {kept}; {hint or self.HINT}")
+
+    def with_hint(self, hint: str) -> NonFiniteError:
+        """The same error with another way out (for commands whose flags differ)."""
+        return NonFiniteError(self.step, self.what, self.value, self.saved, self.in_a_row, hint)
 
 
 class TrainingInterrupted(KeyboardInterrupt):
