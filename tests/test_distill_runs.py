@@ -1,5 +1,6 @@
 """Distillations are runs of the one loop: checkpoints inside a round and exact resume
-(``runs/distill.py``: ``distill_progressive``, ``distill_consistency``, ``resume_distillation``)."""
+(``runs/distill_progressive.py``, ``runs/distill_consistency.py``, ``runs/distill.py``'s
+``resume_distillation``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 
 from difflab.config import TrainConfig
 from difflab.runs import checkpoint as ckpt
-from difflab.runs.distill import distill_consistency, distill_progressive, resume_distillation
+from difflab.runs.distill import resume_distillation
+from difflab.runs.distill_consistency import distill_consistency
+from difflab.runs.distill_progressive import distill_progressive
 from difflab.runs.train import train
 
 
