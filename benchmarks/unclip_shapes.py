@@ -8,9 +8,11 @@ on a CLIP, a prior and a decoder run trained by the CLI (this script trains noth
         --out runs/unclip-bench/decoder
     python benchmarks/unclip_shapes.py --runs runs/unclip-bench
 
-results/unclip_shapes_linear.md holds the shapes measurement (the preset's decoder, 1500
-updates of 32: not converged). On digits (results/unclip_digits.md; class accuracy by the
-committed digits classifier in place of the attributes)::
+results/unclip_shapes.md holds the shapes measurement (the preset's v-prediction decoder, 2000
+updates of 32); results/unclip_shapes_linear.md and unclip_shapes_3500.md the earlier
+ε-prediction decoders, which diverged (results/shapes_eps_vs_v.md). On digits
+(results/unclip_digits.md; class accuracy by the committed digits classifier in place of the
+attributes)::
 
     difflab train-clip --preset digits-clip --threads 1 --out runs/unclip-digits/clip
     difflab train --preset digits-unclip-prior --clip runs/unclip-digits/clip --threads 1 \
@@ -27,8 +29,9 @@ committed digits classifier in place of the attributes)::
    images (n = P·k, so read it against the floor: n real training images), diversity (the mean
    RMS pixel distance between two samples of one prompt) and the CLIP score cos(c_i(x), c_t).
 2. Variations keep semantics: for V test images, k variations each (their c_i decoded without
-   the caption): the attribute accuracy of the variations against their source's attributes,
-   pixel diversity among them, and cos(c_i(variation), c_i(source)) against random pairs.
+   the caption): the attribute accuracy of the variations against their source's attributes
+   (all and per attribute) beside that against another source's (the chance level), pixel
+   diversity among them, and cos(c_i(variation), c_i(source)) against random pairs.
 3. The CLIP run's zero-shot accuracy and retrieval recall@1 (its metrics.json).
 
 Writes benchmarks/results/unclip_shapes.{json,md}.
@@ -132,9 +135,16 @@ def main() -> None:
     src = test.x[P:P + V]
     var = torch.cat([u.variations(src[s:s + 20], k, g).cpu() for s in range(0, V, 20)])
     c_src = u.image_embeddings(src).cpu()
+    src_att = (test.attributes if is_shapes else test.y)[P:P + V]
+    own = accuracy(var, src_att.repeat_interleave(k, 0))
+    shuffled = torch.roll(src_att, 1, 0).repeat_interleave(k, 0)  # another source's attributes
+    other = accuracy(var, shuffled)
     out["variations"] = {
-        "attribute_accuracy": accuracy(var, (test.attributes if is_shapes else test.y)[
-            P:P + V].repeat_interleave(k, 0))["prompt_accuracy"],
+        "attribute_accuracy": own["prompt_accuracy"],
+        "per_attribute": {a[4:]: v for a, v in own.items() if a.startswith("acc_")},
+        "attribute_accuracy_other_source": other["prompt_accuracy"],
+        "per_attribute_other_source": {a[4:]: v for a, v in other.items()
+                                       if a.startswith("acc_")},
         "pixel_diversity": diversity(var, k),
         "real_pair_pixel_distance": diversity(src[: (V // k) * k], k),
         "cos_to_source": float(cosine(u.image_embeddings(var).cpu(),
@@ -178,7 +188,13 @@ def markdown(r: dict) -> str:
               f"{real['clip_score']:.3f} |", "", "## 2. Variations", ""]
     v = r["variations"]
     lines += [f"- attribute accuracy of the variations against their source's attributes: "
-              f"{v['attribute_accuracy']:.3f}",
+              f"{v['attribute_accuracy']:.3f} (against another source's, the chance level: "
+              f"{v['attribute_accuracy_other_source']:.3f})"]
+    if v.get("per_attribute"):
+        lines.append("- per attribute, own source / another source: " + ", ".join(
+            f"{a} {x:.2f} / {v['per_attribute_other_source'][a]:.2f}"
+            for a, x in v["per_attribute"].items()))
+    lines += [
               f"- pixel diversity among the variations of one image: {v['pixel_diversity']:.3f} "
               f"(two different test images: {v['real_pair_pixel_distance']:.3f})",
               f"- cos(c_i(variation), c_i(source)) {v['cos_to_source']:.3f}, random pairs of "
