@@ -36,7 +36,11 @@ schedules, both metrics and NFE 5-20 is 0.39, the lowest of every configuration 
 DPM-Solver++ "auto": 0.48): order 3 is worse at 5-10 steps (its extrapolation over the first,
 unequal λ steps), bh1 is much worse at 5 steps on the logsnr grid (1.3-2.2× DDIM), and on
 the cosine schedule "logsnr" at 5 steps spends three evaluations at t ≥ 970. On the held-out
-targets at 20 steps its mode error is 0.17-0.87× DDIM's (0.93-2.7× DDPM-1000's).
+targets at 20 steps its mode error is 0.17-0.87× DDIM's (0.93-2.7× DDPM-1000's). No
+deterministic sampler can go below the probability-flow ODE's own limit on the T = 1000 grid
+(DDIM and UniPC at 999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's
+sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach
+DDPM-1000.
 """
 
 from __future__ import annotations
