@@ -115,6 +115,22 @@ def test_skipped_updates_apart_do_not_add_up():
 
 
 # --- signals -----------------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def sigint_raises():
+    """SIGINT as a terminal's program gets it (KeyboardInterrupt), even where this test process
+    was started with it ignored (a script's background job), which difflab leaves ignored."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_a_sigint_the_process_was_started_ignoring_stays_ignored():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job inherits it
+    result, saved = run(Toy(signal_at=7), checkpoint_every=100)
+    assert result.step == 12 and list(saved) == [12]
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+
+
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_checkpoints_the_current_step_and_resume_is_exact(signum, code):
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}

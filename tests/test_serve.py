@@ -204,7 +204,10 @@ def test_serve_command_serves_until_ctrl_c(runs, capsys):
     proc = subprocess.Popen([sys.executable, "-m", "difflab", "serve", str(runs["points"]),
                              "--port", "0", "--device", "cpu"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            # Ctrl-C as in a terminal, even where these tests run as a background
+                            # job (started with SIGINT ignored, which the child would inherit)
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         line = proc.stdout.readline()  # "serving RUN at http://127.0.0.1:PORT/ (Ctrl-C stops)"
         assert line.startswith("serving ") and "http://127.0.0.1:" in line, line

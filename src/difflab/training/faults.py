@@ -140,7 +140,9 @@ def grad_norm(params: Iterable[nn.Parameter], clip: float) -> Tensor:
 class StopSignals:
     """Inside the block, the first SIGINT or SIGTERM sets :attr:`signum` instead of stopping the
     process, and puts the handler that was there back (so a second one acts at once). Off the
-    main thread, where Python cannot handle signals, it does nothing."""
+    main thread, where Python cannot handle signals, it does nothing; a signal the process was
+    started with ignored (SIG_IGN: a shell's background job without job control, ``nohup``) stays
+    ignored, as Python itself leaves it."""
 
     def __init__(self) -> None:
         self.signum = 0
@@ -159,7 +161,8 @@ class StopSignals:
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():
             for signum in SIGNALS:
-                self._old[signum] = signal.signal(signum, self._handle)
+                if signal.getsignal(signum) is not signal.SIG_IGN:
+                    self._old[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
