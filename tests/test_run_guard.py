@@ -107,6 +107,34 @@ def test_a_stale_lock_is_taken_over(stopped, capsys, stale):
     assert not (stopped / lock.LOCK_FILE).exists()
 
 
+def test_a_stale_lock_another_trainer_took_over_first_is_left_to_it(tmp_path, monkeypatch):
+    """Two trainers judge the same stale lock at once: the first replaces it with its own lock
+    before the second acts on its judgment. The second must then refuse, not remove the first's
+    fresh lock and take the run too."""
+    run = tmp_path / "run"
+    run.mkdir()
+    write_lock(run, pid=dead_pid())  # stale
+    parent = os.getppid()  # the first trainer: a live process that is not this one
+    fresh = json.dumps({"pid": parent, "host": socket.gethostname(),
+                        "start": lock.process_start(parent)})
+    real, calls = lock.holder, []
+
+    def holder(run_dir):
+        calls.append(run_dir)
+        if len(calls) == 1:  # judged stale; meanwhile the first trainer takes it over
+            assert real(run_dir) is None
+            (run / lock.LOCK_FILE).unlink()
+            (run / lock.LOCK_FILE).write_text(fresh)
+            return None
+        return real(run_dir)
+
+    monkeypatch.setattr(lock, "holder", holder)
+    with pytest.raises(lock.RunLockedError, match=f"pid {parent} on this host"):
+        lock.acquire(run)
+    assert (run / lock.LOCK_FILE).read_text() == fresh  # the first trainer's lock, untouched
+    assert sorted(p.name for p in run.iterdir()) == [lock.LOCK_FILE]  # nothing left aside
+
+
 # --- failing writes ----------------------------------------------------------------------------
 def failing_fsync(name: str, code: int):
     """``os.fsync`` that fails with ``code`` on the temporary files of ``name`` (Linux)."""

@@ -7,9 +7,10 @@ system tells (Linux), the process's start time, so that a pid reused by another 
 not taken for the owner. A second trainer finds the file and refuses in one line
 (:class:`RunLockedError`) — unless the owner is gone: a lock written on this host by a process
 that no longer runs (or whose pid now belongs to a process started later) is stale, e.g. left by
-a trainer killed with SIGKILL, and is taken over. A lock from another host cannot be checked
-from here; the message says which host and pid hold it, and to delete the file if that trainer
-is known to be gone.
+a trainer killed with SIGKILL, and is taken over (:func:`remove_stale`: only the lock that was
+judged stale is removed, never a fresh one another trainer wrote in the meantime). A lock from
+another host cannot be checked from here; the message says which host and pid hold it, and to
+delete the file if that trainer is known to be gone.
 
 The file appears atomically with its content (written to a temporary file, then hard-linked to
 its name, which fails if the name exists), so a reader never sees a half-written lock; a lock
@@ -142,9 +143,28 @@ def create(path: Path, data: bytes) -> bool:
             os.unlink(tmp)
 
 
+def remove_stale(path: Path, seen: bytes) -> None:
+    """Remove the lock file ``path`` if it still holds ``seen``, the stale lock that was judged.
+    Two trainers may judge the same stale lock at once; the first replaces it with its own, and
+    the second must not remove that: the file is moved aside atomically first, and put back if it
+    is not the one judged."""
+    aside = path.with_name(f".{path.name}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return
+    try:
+        if aside.read_bytes() != seen:  # another trainer's fresh lock: give it back
+            with contextlib.suppress(FileExistsError):
+                os.link(aside, path)
+    finally:
+        with contextlib.suppress(OSError):
+            aside.unlink()
+
+
 def acquire(run_dir: str | os.PathLike) -> Path:
     """Take the lock of ``run_dir`` (created if missing): RunLockedError if a live trainer
-    holds it; a stale lock is replaced. Returns the lock file's path."""
+    holds it; a stale lock is replaced (:func:`remove_stale`). Returns the lock file's path."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK_FILE
     data = json.dumps(me()).encode()
@@ -152,14 +172,16 @@ def acquire(run_dir: str | os.PathLike) -> Path:
         try:
             if create(path, data):
                 return path
+            seen = path.read_bytes()
+        except FileNotFoundError:
+            continue  # released in between: try again
         except OSError as err:
             raise RunDirError(f"cannot write in run directory {run_dir}: "
                               f"{err.strerror or err}") from None
         record = holder(run_dir)
         if record is not None:
             raise refusal(run_dir, record)
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()  # stale (or our own from before): take it over
+        remove_stale(path, seen)  # stale (or our own from before): take it over
     raise RunLockedError(f"cannot take the lock {path}: other trainers keep taking it")
 
 
