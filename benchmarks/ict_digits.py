@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import statistics
 import time
 from pathlib import Path
@@ -48,6 +47,7 @@ from difflab.build.model import build_model, build_schedule
 from difflab.config import load_config
 from difflab.data.fd import FDEvaluator
 from difflab.distill.consistency import ConsistencyModel
+from difflab.distill.consistency_training import ict_num_stages
 from difflab.training import OBJECTIVES, SIGMA_DATA
 from difflab.training.backend import Backend
 from difflab.training.consistency import ConsistencyTraining, ImprovedConsistencyTraining
@@ -155,7 +155,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
 
     steps = max(int(seconds / per_step(make(100), backend)), 16)
     obj = make(steps)
-    stages = 8 if kind == "original" else int(math.log2(s1 // 10)) + 1  # as ict_num_levels
+    stages = 8 if kind == "original" else ict_num_stages(10, s1)
     marks = {max(steps * k // stages, 1) for k in range(1, stages + 1)}
     curve, clock = [], Clock()
 

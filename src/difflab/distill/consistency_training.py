@@ -132,10 +132,15 @@ def ct_ema_decay(k: int, K: int, s0: int = 2, s1: int = 150, mu0: float = 0.9) -
 
 
 # --- improved consistency training, Song & Dhariwal 2023 ------------------------------------
+def ict_num_stages(s0: int = 10, s1: int = 1280) -> int:
+    """⌊log2(s1/s0)⌋ + 1, the curriculum's stages of :func:`ict_num_levels` (8 for 10 → 1280)."""
+    return int(math.log2(s1 // s0)) + 1
+
+
 def ict_num_levels(k: int, K: int, s0: int = 10, s1: int = 1280) -> int:
     """N(k) = min(s0 · 2^⌊k/K'⌋, s1) + 1, K' = ⌊K / (⌊log2(s1/s0)⌋ + 1)⌋ — Song & Dhariwal
     2023, eq. (8): s0 = 10 levels doubling to s1 = 1280 in equal stages of the K updates."""
-    stage = max(K // (int(math.log2(s1 // s0)) + 1), 1)
+    stage = max(K // ict_num_stages(s0, s1), 1)
     return min(s0 * 2 ** (k // stage), s1) + 1
 
 
