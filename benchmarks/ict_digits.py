@@ -6,7 +6,8 @@ batch 128, lr 2e-3), each given the same training wall time W (``--minutes``):
 
 - **diffusion**: L_simple, the preset's cosine lr and EMA, sampled with DDIM-50 (and 10, 2);
 - **iCT**: :class:`difflab.training.consistency.ImprovedConsistencyTraining` from a fresh F_θ
-  (EDM preconditioning, σ_d = 0.5): no EMA target, pseudo-Huber (c = 0.00054·√64), lognormal
+  (EDM preconditioning, σ_d = 0.5, c_noise = s · ln σ with the preset's s = 250, or
+  ``--ct-noise-scale``): no EMA target, pseudo-Huber (c = 0.00054·√64), lognormal
   levels, N doubling 10 → 1280 in 8 equal stages of the run, weight 1/(σ_{n+1} − σ_n); its
   EMA (decay 0.999, warmed up) is sampled in 1 and 2 steps;
 - **original CT** (Song et al. 2023 Alg. 3; ``--no-original`` skips it) at the same budget;
@@ -46,7 +47,7 @@ from difflab.build.data import training_set
 from difflab.build.model import build_model, build_schedule
 from difflab.config import load_config
 from difflab.data.fd import FDEvaluator
-from difflab.distill.consistency import ConsistencyModel
+from difflab.distill.consistency import ConsistencyModel, log_sigma_noise
 from difflab.distill.consistency_training import ict_num_stages
 from difflab.training import OBJECTIVES, SIGMA_DATA
 from difflab.training.backend import Backend
@@ -140,9 +141,14 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
         net = build_model(cfg)
     if init is not None:
         net.load_state_dict(init.state_dict())
-        model = ConsistencyModel.v_from_schedule(net, schedule)
-    else:
-        model = ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+
+    def wrap(net):  # f_θ around F_θ, as `difflab train --method consistency-training` does
+        if init is not None:
+            return ConsistencyModel.v_from_schedule(net, schedule)
+        return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA,
+                                              c_noise=log_sigma_noise(cfg.ct_noise_scale))
+
+    model = wrap(net)
     kw = dict(batch=cfg.batch, lr=cfg.lr, lr_decay=True, grad_clip=cfg.grad_clip)
 
     def make(iters):
@@ -163,8 +169,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
         if step in marks:
             t0 = time.perf_counter()
             ema = obj.modules()["ema"]
-            f = (ConsistencyModel.v_from_schedule(ema, schedule) if init is not None else
-                 ConsistencyModel.from_schedule(ema, schedule, SIGMA_DATA)).eval()
+            f = wrap(ema).eval()
             v, se = fd_of(fd, sample(f, schedule, "consistency", 1, N_FD * draws))
             curve.append({"step": step, "seconds": round(clock.seconds(), 1), "fd_1step": v,
                           "fd_se": se})
@@ -174,8 +179,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
 
     done = fit_for(obj, seconds, steps, clock, backend, cfg.seed, hook=on)
     ema = obj.modules()["ema"]
-    f = (ConsistencyModel.v_from_schedule(ema, schedule) if init is not None else
-         ConsistencyModel.from_schedule(ema, schedule, SIGMA_DATA)).eval()
+    f = wrap(ema).eval()
     return f, done, clock.seconds(), curve
 
 
@@ -188,6 +192,9 @@ def main() -> None:
     p.add_argument("--no-warm", action="store_true", help="skip iCT warm-started at W/2")
     p.add_argument("--s1", default="1280",
                    help="iCT's final numbers of levels, comma-separated: one iCT run at W each")
+    p.add_argument("--ct-noise-scale", type=float, default=None,
+                   help="iCT's c_noise(σ) = s · ln σ (default: the digits preset's, 250; the "
+                        "results before ct_noise_scale existed used 10)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_digits")
     p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
     args = p.parse_args()
@@ -195,7 +202,8 @@ def main() -> None:
         args.minutes, args.draws = 0.1, 1
         args.out = args.out.with_name(args.out.name + "_quick")
     torch.set_num_threads(args.threads)
-    cfg = load_config("digits", {"threads": args.threads})
+    over = {} if args.ct_noise_scale is None else {"ct_noise_scale": args.ct_noise_scale}
+    cfg = load_config("digits", {"threads": args.threads, **over})
     backend = Backend(torch.device("cpu"))
     data, cfg, _ = training_set(cfg)
     schedule = build_schedule(cfg)
@@ -243,7 +251,8 @@ def main() -> None:
         for r in json.loads(old.read_text()).get("rows", []):
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
-    out = {"minutes": args.minutes, "draws": args.draws, "threads": args.threads, "s1": args.s1,
+    out = {"minutes": args.minutes, "ct_noise_scale": cfg.ct_noise_scale, "draws": args.draws,
+           "threads": args.threads, "s1": args.s1,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
            "seconds": time.perf_counter() - t_all}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -251,8 +260,9 @@ def main() -> None:
     ddim50 = next(r["fd"] for r in rows if r["label"] == "diffusion" and r["steps"] == 50)
     lines = ["## Improved consistency training on digits (benchmarks/ict_digits.py)", "",
              f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
-             f"machine); FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} draws. Total "
-             f"{out['seconds']:.0f} s.", "",
+             f"machine); FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} draws; iCT from "
+             f"scratch with c_noise = {cfg.ct_noise_scale:g} ln σ. Total {out['seconds']:.0f} s.",
+             "",
              "| model | sampler | NFE | FD | ÷ DDIM-50 FD | train steps | train s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:

@@ -188,3 +188,40 @@ def test_warm_start_from_a_diffusion_run(tmp_path, capsys):
                  "--ct-init-from", str(ct), "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "diffusion run" in err
+
+
+def test_the_noise_input_scale_is_saved_and_old_runs_read_theirs(tmp_path):
+    """``ct_noise_scale`` s sets c_noise(σ) = s · ln σ of a fresh F_θ in training and in
+    ``load_run``; a run saved before the field existed (no key in config.json) was trained with
+    10 ln σ and is read so (the default); s ≤ 0 is refused in one line."""
+    import json
+
+    import pytest
+
+    from difflab.config import load_config
+    from difflab.errors import ConfigError
+    from difflab.runs import checkpoint as ckpt
+    from difflab.runs.load import load_run
+    from difflab.runs.train import train
+
+    small = {"hidden": 16, "depth": 1, "t_dim": 8, "batch": 64, "n_train": 1000, "n_eval": 50,
+             "eval_steps": 2, "warmup": 1, "steps": 3, "method": "consistency-training"}
+    assert load_config(None, small).ct_noise_scale == 10.0  # the MLP presets'
+    assert load_config("mnist-base16").ct_noise_scale == 250.0  # Song et al.'s 1000 · ¼ ln σ
+    run = tmp_path / "ct"
+    train(load_config(None, {**small, "ct_noise_scale": 40.0}), run, progress=False)
+    cfg, f, _ = load_run(run)
+    sigma = torch.tensor([0.01, 0.5, 80.0], dtype=torch.float64)
+    assert cfg.ct_noise_scale == 40.0
+    assert torch.allclose(f.c_noise(sigma), 40.0 * sigma.log())
+    x = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    new = f(x, sigma)
+
+    raw = json.loads((run / ckpt.CONFIG).read_text())
+    del raw["config"]["objective"]["ct_noise_scale"]
+    (run / ckpt.CONFIG).write_text(json.dumps(raw))
+    cfg, f, _ = load_run(run)
+    assert cfg.ct_noise_scale == 10.0 and torch.allclose(f.c_noise(sigma), 10.0 * sigma.log())
+    assert not torch.allclose(f(x, sigma), new)  # the same weights, another noise input
+    with pytest.raises(ConfigError, match="ct_noise_scale.*positive"):
+        load_config(None, {**small, "ct_noise_scale": 0.0})

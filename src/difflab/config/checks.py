@@ -322,6 +322,9 @@ def _check_method(cfg: TrainConfig) -> None:
     if cfg.ct_variant not in ("improved", "original"):
         raise ConfigError(f"config key 'ct_variant' must be improved or original, got "
                           f"{cfg.ct_variant!r}")
+    if not (math.isfinite(cfg.ct_noise_scale) and cfg.ct_noise_scale > 0):
+        raise ConfigError(f"config key 'ct_noise_scale' must be a positive number, got "
+                          f"{cfg.ct_noise_scale!r}")
     if cfg.ct_init_from and cfg.method != "consistency-training":
         raise ConfigError("config key 'ct_init_from' needs config key 'method' = "
                           "'consistency-training'")

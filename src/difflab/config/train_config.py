@@ -197,6 +197,10 @@ class TrainConfig:
                                              "2023: no EMA target, pseudo-Huber, lognormal "
                                              "levels, N doubling 10 → 1280) or original (Song "
                                              "et al. 2023, Alg. 3)")
+    ct_noise_scale: float = _objective(10.0, "consistency training from a fresh F_θ: "
+                                             "c_noise(σ) = scale · ln σ, the network's noise "
+                                             "input (the digits and mnist presets set 250, "
+                                             "Song et al.'s 1000 · ¼ ln σ)")
     ct_init_from: str = _objective("", "consistency training: a diffusion run directory whose "
                                        "EMA network F_θ starts from (same model fields; read as "
                                        "a v-network); empty: a fresh F_θ")

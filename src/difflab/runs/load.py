@@ -18,11 +18,10 @@ from torch import nn
 from ..build.model import build_model, build_schedule
 from ..build.score import score_ladder
 from ..config import TrainConfig
-from ..distill.consistency import ConsistencyModel
 from ..distill.progressive import EPS, X0, Prediction, V
 from ..ncsn import ScoreModel
 from ..schedules import Schedule
-from ..training import SIGMA_DATA
+from ..training import consistency_model
 from ..training.backend import resolve_device
 from . import checkpoint as ckpt
 from .controlnet_model import load_controlled
@@ -36,7 +35,9 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def config_from_json(values: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`config_to_json`; also reads the flat config of older runs."""
+    """Inverse of :func:`config_to_json`; also reads the flat config of older runs (a field
+    they lack takes its default: ``ct_noise_scale`` 10, what consistency training used before
+    the field existed)."""
     return TrainConfig.from_sections(values)
 
 
@@ -53,15 +54,6 @@ def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:
 def read_run_config(run_dir: str | Path) -> TrainConfig:
     """The TrainConfig saved in a run directory (CheckpointError if missing or invalid)."""
     return read_run(run_dir)[1]
-
-
-def consistency_model(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> ConsistencyModel:
-    """f_θ around the network F_θ of a consistency run: EDM's preconditioning with σ_d = 0.5
-    (``prediction = "eps"``, the default: F_θ is a fresh network) or the v-preconditioning in
-    the schedule's own coordinates (``prediction = "v"``: F_θ started as the teacher's copy)."""
-    if cfg.prediction == "v" or cfg.ct_init_from:  # CD's copy of the teacher, CT's warm start
-        return ConsistencyModel.v_from_schedule(net, schedule)
-    return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
 
 
 def _student(cfg: TrainConfig, net: nn.Module, schedule: Schedule) -> nn.Module:

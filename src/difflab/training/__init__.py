@@ -128,6 +128,23 @@ def score_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                                   weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
 
 
+def consistency_model(cfg: TrainConfig, net: torch.nn.Module, schedule: Schedule):
+    """f_θ around the network F_θ of a consistency run (Weng eq. 30): the v-preconditioning in
+    the schedule's own coordinates where F_θ started as a diffusion network (CD with
+    ``prediction = "v"``, CT with ``ct_init_from``); else EDM's preconditioning with σ_d = 0.5,
+    with c_noise(σ) = ``ct_noise_scale`` · ln σ for consistency training (10 by default, 250 in
+    the digits and mnist presets: benchmarks/results/ict_noise_input_*.md) and 10 ln σ for
+    distillation's fresh F_θ (:func:`~difflab.distill.consistency.log_sigma_noise`: why)."""
+    from ..distill.consistency import ConsistencyModel, log_sigma_noise
+
+    if cfg.prediction == "v" or cfg.ct_init_from:
+        return ConsistencyModel.v_from_schedule(net, schedule)
+    if cfg.method == "consistency-training":
+        return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA,
+                                              c_noise=log_sigma_noise(cfg.ct_noise_scale))
+    return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA)
+
+
 def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                  backend: Backend, codec=None) -> Objective:
     """Consistency training of f_θ: ``ct_variant = "improved"`` (Song & Dhariwal 2023,
@@ -138,17 +155,13 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
     ``lr_schedule = "constant"``. With ``ct_init_from`` F_θ is read as a v-network of the
     schedule (``ConsistencyModel.v_from_schedule``); the run code copies the diffusion run's
     network into it."""
-    from ..distill.consistency import ConsistencyModel
-
     cond_data = None
     if conds is not None:  # class labels, never dropped (no guidance for consistency models)
         if set(conds.table) != {"y"}:
             raise ValueError("consistency training of a text-conditional run is not "
                              "implemented; use --cond class or none")
         cond_data = {"y": conds.table["y"][conds.choices[:, 0]]}
-    net = build_model(cfg)
-    model = (ConsistencyModel.v_from_schedule(net, schedule) if cfg.ct_init_from else
-             ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA))
+    model = consistency_model(cfg, build_model(cfg), schedule)
     kw = dict(batch=cfg.batch, iters=cfg.steps, lr=cfg.lr,
               lr_decay=cfg.lr_schedule != "constant", weight_decay=cfg.weight_decay,
               grad_clip=cfg.grad_clip, cond_data=cond_data)
