@@ -148,10 +148,12 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     per update shared by both branches. The "ema" module is the sampled EMA of θ.
 
     Measured on digits (benchmarks/results/ict_digits.md; 180 s of training on one thread of a
-    shared CPU, the digits U-Net, ~500 updates): FD 204 in 1 step and 139 in 2, against
-    1297 and 529 for the original CT (:class:`ConsistencyTraining`) at the same wall time, and
-    62 for a diffusion model's DDIM-50 — hence ``ct_variant = "improved"`` is the default. A
-    warm start from a diffusion run trained for half the time (``ct_init_from``): 181 and 116.
+    shared CPU, the digits U-Net, ~500 updates, c_noise = 10 ln σ): FD 204 in 1 step and 139 in
+    2, against 1297 and 529 for the original CT (:class:`ConsistencyTraining`) at the same wall
+    time, and 62 for a diffusion model's DDIM-50 — hence ``ct_variant = "improved"`` is the
+    default. A warm start from a diffusion run trained for half the time (``ct_init_from``):
+    181 and 116. With the digits preset's c_noise = 250 ln σ (``ct_noise_scale``), 240 s on an
+    idle core: 114 in 1 step against the diffusion model's 50 (results/ict_digits_noise250.md).
     """
 
     def __init__(self, model: ConsistencyModel, data: Tensor, *, s0: int = 10, s1: int = 1280,
