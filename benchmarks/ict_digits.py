@@ -195,6 +195,8 @@ def main() -> None:
     p.add_argument("--ct-noise-scale", type=float, default=None,
                    help="iCT's c_noise(σ) = s · ln σ (default: the digits preset's, 250; the "
                         "results before ct_noise_scale existed used 10)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seed of every model's initialisation and draws (default: the preset's, 0)")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_digits")
     p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
     args = p.parse_args()
@@ -203,6 +205,8 @@ def main() -> None:
         args.out = args.out.with_name(args.out.name + "_quick")
     torch.set_num_threads(args.threads)
     over = {} if args.ct_noise_scale is None else {"ct_noise_scale": args.ct_noise_scale}
+    if args.seed is not None:
+        over["seed"] = args.seed
     cfg = load_config("digits", {"threads": args.threads, **over})
     backend = Backend(torch.device("cpu"))
     data, cfg, _ = training_set(cfg)
@@ -251,7 +255,8 @@ def main() -> None:
         for r in json.loads(old.read_text()).get("rows", []):
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
-    out = {"minutes": args.minutes, "ct_noise_scale": cfg.ct_noise_scale, "draws": args.draws,
+    out = {"minutes": args.minutes, "seed": cfg.seed, "ct_noise_scale": cfg.ct_noise_scale,
+           "draws": args.draws,
            "threads": args.threads, "s1": args.s1,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
            "seconds": time.perf_counter() - t_all}
@@ -260,8 +265,9 @@ def main() -> None:
     ddim50 = next(r["fd"] for r in rows if r["label"] == "diffusion" and r["steps"] == 50)
     lines = ["## Improved consistency training on digits (benchmarks/ict_digits.py)", "",
              f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
-             f"machine); FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} draws; iCT from "
-             f"scratch with c_noise = {cfg.ct_noise_scale:g} ln σ. Total {out['seconds']:.0f} s.",
+             f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} "
+             f"draws; iCT from scratch with c_noise = {cfg.ct_noise_scale:g} ln σ. Total "
+             f"{out['seconds']:.0f} s.",
              "",
              "| model | sampler | NFE | FD | ÷ DDIM-50 FD | train steps | train s |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
