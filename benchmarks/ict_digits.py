@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import statistics
 import time
@@ -47,9 +48,8 @@ from difflab.build.data import training_set
 from difflab.build.model import build_model, build_schedule
 from difflab.config import load_config
 from difflab.data.fd import FDEvaluator
-from difflab.distill.consistency import ConsistencyModel, log_sigma_noise
 from difflab.distill.consistency_training import ict_num_stages
-from difflab.training import OBJECTIVES, SIGMA_DATA
+from difflab.training import OBJECTIVES, consistency_model
 from difflab.training.backend import Backend
 from difflab.training.consistency import ConsistencyTraining, ImprovedConsistencyTraining
 from difflab.training.loop import fit
@@ -142,11 +142,13 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
     if init is not None:
         net.load_state_dict(init.state_dict())
 
-    def wrap(net):  # f_θ around F_θ, as `difflab train --method consistency-training` does
-        if init is not None:
-            return ConsistencyModel.v_from_schedule(net, schedule)
-        return ConsistencyModel.from_schedule(net, schedule, SIGMA_DATA,
-                                              c_noise=log_sigma_noise(cfg.ct_noise_scale))
+    # f_θ around F_θ as `difflab train --method consistency-training [--ct-init-from RUN]` builds
+    # it (the warm start's RUN is the in-memory diffusion model, so any non-empty name will do)
+    ct_cfg = dataclasses.replace(cfg, method="consistency-training", eval_sampler="consistency",
+                                 ct_init_from="" if init is None else "<diffusion (W/2)>")
+
+    def wrap(net):
+        return consistency_model(ct_cfg, net, schedule)
 
     model = wrap(net)
     kw = dict(batch=cfg.batch, lr=cfg.lr, lr_decay=True, grad_clip=cfg.grad_clip)
@@ -256,8 +258,7 @@ def main() -> None:
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
     out = {"minutes": args.minutes, "seed": cfg.seed, "ct_noise_scale": cfg.ct_noise_scale,
-           "draws": args.draws,
-           "threads": args.threads, "s1": args.s1,
+           "draws": args.draws, "threads": args.threads, "s1": args.s1,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
            "seconds": time.perf_counter() - t_all}
     args.out.parent.mkdir(parents=True, exist_ok=True)
