@@ -9,7 +9,11 @@ batch 128, lr 2e-3), each given the same training wall time W (``--minutes``):
   (EDM preconditioning, σ_d = 0.5, c_noise = s · ln σ with the preset's s = 250, or
   ``--ct-noise-scale``): no EMA target, pseudo-Huber (c = 0.00054·√64), lognormal
   levels, N doubling 10 → 1280 in 8 equal stages of the run, weight 1/(σ_{n+1} − σ_n); its
-  EMA (decay 0.999, warmed up) is sampled in 1 and 2 steps;
+  EMA (decay 0.999, warmed up) is sampled in 1 and 2 steps, the 2-step sample re-noised to
+  the default level (σ ≈ 3.4, DDIM's midpoint) and to the level that a search finds
+  (:func:`difflab.samplers.consistency_levels.search_levels`, as ``difflab eval
+  --search-levels``: FD to the train split on draws of its own, not the reported ones;
+  ``--no-search`` skips it);
 - **original CT** (Song et al. 2023 Alg. 3; ``--no-original`` skips it) at the same budget;
 - **iCT warm**: half of W diffusion, then half of W iCT from that network (read as a v-network,
   `--ct-init-from`), so the pair costs W too (``--no-warm`` skips it);
@@ -49,6 +53,7 @@ from difflab.build.model import build_model, build_schedule
 from difflab.config import load_config
 from difflab.data.fd import FDEvaluator
 from difflab.distill.consistency_training import ict_num_stages
+from difflab.samplers.consistency_levels import search_levels
 from difflab.training import OBJECTIVES, consistency_model
 from difflab.training.backend import Backend
 from difflab.training.consistency import ConsistencyTraining, ImprovedConsistencyTraining
@@ -97,11 +102,27 @@ def fd_of(fd: FDEvaluator, x: torch.Tensor) -> tuple[float, float]:
 
 
 @torch.no_grad()
-def sample(model, schedule, sampler: str, steps: int, n: int) -> torch.Tensor:
-    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1234))
+def sample(model, schedule, sampler: str, steps: int, n: int, levels=None,
+           seed: int = 1234) -> torch.Tensor:
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
     if sampler == "consistency":
-        return samplers.consistency(model, schedule, x_T, steps)
+        return samplers.consistency(model, schedule, x_T, steps,
+                                    torch.Generator().manual_seed(seed + 1), sigmas=levels)
     return samplers.SAMPLERS[sampler](model, schedule, x_T, steps)
+
+
+SEARCH_SEED = 99  # the level search's x_T and noise: not the reported draws' (1234)
+
+
+def searched_levels(f, schedule, fd: FDEvaluator, n: int) -> tuple[list[float], float]:
+    """The 2-step re-noising level that minimises FD to the train split
+    (:func:`difflab.samplers.consistency_levels.search_levels`, as ``difflab eval
+    --search-levels``), on draws of its own; the reported FD is then measured on the usual
+    ones."""
+    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(SEARCH_SEED))
+    levels, value, _ = search_levels(f, schedule, x_T, lambda x: fd_of(fd, x)[0], 2,
+                                     seed=SEARCH_SEED + 1)
+    return levels, value
 
 
 def per_step(objective, backend, n: int = 6) -> float:
@@ -133,7 +154,7 @@ def diffusion(cfg, schedule, data, backend, seconds: float):
 
 
 def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, init=None,
-                s1: int = 1280):
+                s1: int = 1280, batch: int | None = None):
     """iCT (or the original CT) for ``seconds``; FD (1 step) at each stage's end. ``s1``: iCT's
     final number of levels (the curriculum doubles N from 10 to s1 in equal stages)."""
     with torch.random.fork_rng(devices=[]):
@@ -151,7 +172,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
         return consistency_model(ct_cfg, net, schedule)
 
     model = wrap(net)
-    kw = dict(batch=cfg.batch, lr=cfg.lr, lr_decay=True, grad_clip=cfg.grad_clip)
+    kw = dict(batch=batch or cfg.batch, lr=cfg.lr, lr_decay=True, grad_clip=cfg.grad_clip)
 
     def make(iters):
         if kind == "original":
@@ -192,6 +213,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-original", action="store_true", help="skip the original CT at W")
     p.add_argument("--no-warm", action="store_true", help="skip iCT warm-started at W/2")
+    p.add_argument("--ict-batch", type=int, default=None,
+                   help="iCT's batch (default: the preset's, 128, as the diffusion model's)")
+    p.add_argument("--no-search", action="store_true",
+                   help="skip the 2-step rows at the searched re-noising level")
     p.add_argument("--s1", default="1280",
                    help="iCT's final numbers of levels, comma-separated: one iCT run at W each")
     p.add_argument("--ct-noise-scale", type=float, default=None,
@@ -218,13 +243,21 @@ def main() -> None:
     t_all = time.perf_counter()
     rows, curves = [], {}
 
-    def row(label, model, sampler, steps, train_steps, seconds):
+    def row(label, model, sampler, steps, train_steps, seconds, levels=None):
         t0 = time.perf_counter()
-        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD * args.draws))
+        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD * args.draws, levels))
         rows.append({"label": label, "sampler": sampler, "steps": steps, "fd": v, "fd_se": se,
                      "train_steps": train_steps, "train_seconds": round(seconds, 1),
-                     "sample_seconds": round(time.perf_counter() - t0, 1)})
+                     "sample_seconds": round(time.perf_counter() - t0, 1), "levels": levels})
         print(f"[{label}] {sampler} {steps}: FD {v:.1f} ± {se:.1f}", flush=True)
+
+    def consistency_rows(label, f, train_steps, seconds):
+        for s in (1, 2):
+            row(label, f, "consistency", s, train_steps, seconds)
+        if not args.no_search:
+            levels, _ = searched_levels(f, schedule, fd, N_FD * args.draws)
+            row(f"{label}, searched τ = {levels[0]:.2f}", f, "consistency", 2, train_steps,
+                seconds, levels)
 
     print(f"diffusion, {W:.0f} s", flush=True)
     eps, d_steps, d_sec = diffusion(cfg, schedule, data, backend, W)
@@ -234,14 +267,13 @@ def main() -> None:
         name, label = ("ict", "iCT") if s1 == 1280 else (f"ict_s1_{s1}", f"iCT (s1 = {s1})")
         print(f"{label}, {W:.0f} s", flush=True)
         f, c_steps, c_sec, curves[name] = consistency("improved", cfg, schedule, data, backend,
-                                                      W, fd, args.draws, s1=s1)
-        for s in (1, 2):
-            row(label, f, "consistency", s, c_steps, c_sec)
+                                                      W, fd, args.draws, s1=s1,
+                                                      batch=args.ict_batch)
+        consistency_rows(label, f, c_steps, c_sec)
     if not args.no_original:
         f, o_steps, o_sec, curves["ct"] = consistency("original", cfg, schedule, data, backend,
                                                       W, fd, args.draws)
-        for s in (1, 2):
-            row("CT (original)", f, "consistency", s, o_steps, o_sec)
+        consistency_rows("CT (original)", f, o_steps, o_sec)
     if not args.no_warm:
         print(f"iCT warm: diffusion {W / 2:.0f} s + iCT {W / 2:.0f} s", flush=True)
         eps_half, h_steps, h_sec = diffusion(cfg, schedule, data, backend, W / 2)
@@ -249,8 +281,7 @@ def main() -> None:
         f, w_steps, w_sec, curves["ict_warm"] = consistency("improved", cfg, schedule, data,
                                                             backend, W / 2, fd, args.draws,
                                                             init=eps_half)
-        for s in (1, 2):
-            row("iCT warm (W/2 + W/2)", f, "consistency", s, w_steps, h_sec + w_sec)
+        consistency_rows("iCT warm (W/2 + W/2)", f, w_steps, h_sec + w_sec)
     prior = {}
     old = ROOT / "results" / "distill_digits.json"
     if old.exists():
@@ -259,6 +290,7 @@ def main() -> None:
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
     out = {"minutes": args.minutes, "seed": cfg.seed, "ct_noise_scale": cfg.ct_noise_scale,
            "draws": args.draws, "threads": args.threads, "s1": args.s1,
+           "ict_batch": args.ict_batch or cfg.batch,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,
            "seconds": time.perf_counter() - t_all}
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -267,7 +299,8 @@ def main() -> None:
     lines = ["## Improved consistency training on digits (benchmarks/ict_digits.py)", "",
              f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
              f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} "
-             f"draws; iCT from scratch with c_noise = {cfg.ct_noise_scale:g} ln σ. Total "
+             f"draws; iCT from scratch with c_noise = {cfg.ct_noise_scale:g} ln σ, batch "
+             f"{out['ict_batch']}. Total "
              f"{out['seconds']:.0f} s.",
              "",
              "| model | sampler | NFE | FD | ÷ DDIM-50 FD | train steps | train s |",

@@ -144,6 +144,42 @@ def test_consistency_distillation_samples_in_1_and_2_steps(consistency, tmp_path
                "--out", tmp_path / "x.gif")[0] == 0  # frames from the callback
 
 
+def test_consistency_levels_given_or_searched(consistency, tmp_path, capsys):
+    cfg, model, schedule = load_run(consistency)
+    code, out, err = run(capsys, "eval", consistency, "--steps", "2", "-n", "200",
+                         "--search-levels")
+    assert code == 0, err
+    m = json.loads(out)
+    found = m["levels_search"]
+    assert m["levels"] == found["levels"] and len(found["levels"]) == 1
+    assert model.sigma_min <= found["levels"][0] <= model.sigma_max
+    assert found["score"] <= found["default_score"] and found["seed"] == 1
+    assert found["probes"] == 10 + 1 + 1 and found["metric"].startswith("sliced W1")
+    # --levels alone sets the steps, and the eval reports the levels it used
+    code, out, err = run(capsys, "eval", consistency, "-n", "200", "--levels", "3.0,0.5")
+    assert code == 0, err
+    m = json.loads(out)
+    assert (m["steps"], m["levels"]) == (3, [3.0, 0.5])
+    assert run(capsys, "sample", consistency, "-n", "8", "--levels", "1.5",
+               "--out", tmp_path / "x.npy")[0] == 0
+    for argv, says in ((["--levels", "0.5,3"], "must decrease"),
+                       (["--levels", "1,x"], "comma-separated numbers"),
+                       (["--steps", "3", "--levels", "1"], "give 2, or leave --steps out"),
+                       (["--levels", "1e6"], "outside this model's"),
+                       (["--steps", "1", "--search-levels"], "needs --steps 2"),
+                       (["--levels", "1", "--search-levels"], "not both"),
+                       (["--nll", "--levels", "1"], "does not apply to --nll")):
+        code, _, err = run(capsys, "eval", consistency, *argv)
+        assert code != 0 and says in err and len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_levels_need_the_consistency_sampler(teacher, capsys):
+    code, _, err = run(capsys, "eval", teacher, "--levels", "1.0")
+    assert code != 0 and "--levels applies to --sampler consistency only" in err
+    code, _, err = run(capsys, "eval", teacher, "--steps", "2", "--search-levels")
+    assert code != 0 and "--search-levels applies to --sampler consistency only" in err
+
+
 def test_consistency_student_starts_as_the_teachers_network(progressive, teacher, tmp_path,
                                                            capsys):
     """--init copy (auto for an ε or v teacher): F_θ is the teacher's network read as a v-model

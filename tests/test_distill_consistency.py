@@ -25,6 +25,8 @@ from difflab.distill import (
     sigma_table,
 )
 from difflab.nn.mlp import MLPDenoiser
+from difflab.samplers.consistency import default_levels
+from difflab.samplers.consistency_levels import golden_section, search_levels
 from difflab.training.consistency import consistency_distill, consistency_train
 from difflab.training.ema import ema_
 
@@ -232,11 +234,64 @@ def test_sampler_contract_and_levels():
     table = sigma_table(LINEAR)
     assert sig == [157.0] + [float(table[t]) for t in (667, 333)]  # trailing steps 1000, 667, 333
     with pytest.raises(ValueError, match="outside"):
-        consistency_sample(f, LINEAR, torch.zeros(3, 1), sigmas=[500.0])
+        consistency_sample(f, LINEAR, torch.zeros(3, 1), 2, sigmas=[500.0])
+    with pytest.raises(ValueError, match="re-noises 2 times; got 1"):
+        consistency_sample(f, LINEAR, torch.zeros(3, 1), 3, sigmas=[5.0])
+    with pytest.raises(ValueError, match="must decrease"):
+        consistency_sample(f, LINEAR, torch.zeros(3, 1), 3, sigmas=[1.0, 5.0])
     import inspect
 
     params = list(inspect.signature(consistency_sample).parameters)
     assert params[:5] == ["model", "schedule", "x_T", "steps", "generator"]
+
+
+def test_golden_section_finds_a_parabolas_minimum_with_one_evaluation_per_iteration():
+    calls = []
+
+    def fn(u):
+        calls.append(u)
+        return (u - 0.7) ** 2
+
+    best, value = golden_section(fn, -3.0, 5.0, iters=20)
+    assert len(calls) == 21 and len(set(calls)) == 21  # two probes, then one per iteration
+    assert abs(best - 0.7) < 8 * 0.618**20 and value == (best - 0.7) ** 2
+    assert golden_section(fn, -3.0, 5.0, iters=0)[0] == 1.0  # no iteration: the middle
+
+
+class ExactBelow(ExactConsistency):
+    """The exact consistency function at σ ≤ σ_c, and the data mean above: a model that learned
+    the low levels only. Its 1-step sample has no spread; a 2-step sample re-noised to τ ≤ σ_c
+    has std √(τ² − σ_min²) · √((s² + σ_min²)/(s² + τ²)), which grows with τ towards s, and
+    none above σ_c: the best level is σ_c itself."""
+
+    is_consistency_model = True
+
+    def __init__(self, sigma_c: float, *args):
+        super().__init__(*args)
+        self.sigma_c = sigma_c
+
+    def __call__(self, x, sigma, **cond):
+        return super().__call__(x, sigma) if sigma <= self.sigma_c else torch.full_like(x, MU)
+
+
+def test_level_search_finds_the_highest_level_the_model_has_learned():
+    table = sigma_table(LINEAR)
+    f = ExactBelow(2.0, float(table[1]), float(table[-1]))
+    x_T = torch.randn(20_000, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+
+    def score(x):
+        return abs(x.std().item() - SD)
+
+    levels, value, history = search_levels(f, LINEAR, x_T, score, 2, iters=12)
+    width = math.log(f.sigma_max / f.sigma_min) * 0.618**12  # the final bracket in ln σ
+    assert 2.0 * math.exp(-2 * width) < levels[0] <= 2.0, levels
+    # the default level (σ_500 ≈ 3.4 > σ_c) collapses the sample; the search is scored too
+    assert history[-1][0] == default_levels(f, LINEAR, 2) and history[-1][1] > 0.29
+    assert value < 0.01 and len(history) == 12 + 1 + 1
+    three, value3, _ = search_levels(f, LINEAR, x_T, score, 3, iters=8)
+    assert three[0] <= 2.0 and f.sigma_min <= three[1] < three[0] and value3 < 0.02
+    with pytest.raises(ValueError, match="steps in 2"):
+        search_levels(f, LINEAR, x_T, score, 1)
 
 
 # --- training ----------------------------------------------------------------------------------

@@ -225,3 +225,24 @@ def test_the_noise_input_scale_is_saved_and_old_runs_read_theirs(tmp_path):
     assert not torch.allclose(f(x, sigma), new)  # the same weights, another noise input
     with pytest.raises(ConfigError, match="ct_noise_scale.*positive"):
         load_config(None, {**small, "ct_noise_scale": 0.0})
+
+
+def test_an_image_runs_levels_are_searched_by_fd(tmp_path, capsys):
+    """``eval --search-levels`` on a consistency-trained digits U-Net: FD to the train split on
+    draws of seed + 1 picks the level; the eval then uses it, and reports both."""
+    import json
+
+    from difflab.cli import main
+
+    run = tmp_path / "ct"
+    assert main(["train", "--dataset", "digits", "--steps", "4", "--batch", "16",
+                 "--model-channels", "8", "--num-res-blocks", "1", "--attention", "",
+                 "--warmup", "1", "--method", "consistency-training", "--n-eval", "20",
+                 "--eval-steps", "1", "--no-progress", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--steps", "2", "-n", "30", "--search-levels"]) == 0
+    m = json.loads(capsys.readouterr().out)
+    found = m["levels_search"]
+    assert found["metric"] == "fd to the train split" and found["n"] == 30
+    assert found["score"] <= found["default_score"] and m["levels"] == found["levels"]
+    assert m["fd"] > 0 and m["steps"] == 2

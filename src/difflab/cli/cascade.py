@@ -19,7 +19,8 @@ from .common import UsageError, check_output_file, flag, user_errors, writing
 STAGE_FLAGS = {"stage_sampler": ("sampler", str), "stage_steps": ("steps", int),
                "stage_guidance": ("guidance", float)}
 SHARED = ("sampler", "steps", "eta", "spacing", "guidance", "threshold")
-NOT_FOR_CASCADES = ("classifier", "threshold_p", "hint", "hint_from_data", "control_scale")
+NOT_FOR_CASCADES = ("classifier", "threshold_p", "hint", "hint_from_data", "control_scale",
+                    "levels")
 
 
 def add_cascade_flags(p: argparse.ArgumentParser) -> None:
@@ -140,9 +141,11 @@ def run_sr_eval(args: argparse.Namespace) -> int:
     low-resolution images (and on the base's samples) as JSON."""
     from ..runs.cascade import evaluate_super_resolution
 
-    for name in ("classifier", "threshold_p", "labels", "prompt"):
+    for name in ("classifier", "threshold_p", "labels", "prompt", "levels"):
         if getattr(args, name, None) is not None:
             raise UsageError(f"{flag(name)} does not apply to a super-resolution run's eval")
+    if getattr(args, "search_levels", False):
+        raise UsageError("--search-levels does not apply to a super-resolution run's eval")
     opts = {k: getattr(args, k) for k in SHARED if getattr(args, k, None) is not None}
     with user_errors():
         metrics = evaluate_super_resolution(args.run, base_run=args.base, n=args.n,

@@ -245,11 +245,54 @@ def add_sampling_flags(p: argparse.ArgumentParser, n_help: str) -> None:
                    "sampling (default: the run's eval_spacing; see difflab.samplers.timesteps)")
     p.add_argument("-n", type=int, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
+    add_levels_flag(p)
     add_progress_flag(p)
     add_device_flags(p)
 
 
-SAMPLING_FLAGS = ("sampler", "steps", "eta", "spacing")
+SAMPLING_FLAGS = ("sampler", "steps", "eta", "spacing", "levels")
+
+
+# --- --levels: a consistency sample's re-noising levels (eval --search-levels: cli/levels.py) ---
+def add_levels_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--levels", metavar="SIGMAS",
+                   help="consistency sampler: the re-noising levels σ of a multistep sample, "
+                   "comma-separated and decreasing, one fewer than --steps (which they set "
+                   "when it is not given); default: σ at DDIM's trailing timesteps (σ ≈ 3.4 "
+                   "for 2 steps on the linear schedule); 'difflab eval --search-levels' "
+                   "searches for better ones")
+
+
+def parse_levels(text: str | None) -> list[float] | None:
+    """--levels "3.0,0.8" → [3.0, 0.8]; UsageError unless positive, finite and decreasing."""
+    if text is None:
+        return None
+    try:
+        levels = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--levels must be comma-separated numbers (σ's), got {text!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in levels):
+        raise UsageError(f"--levels must be positive σ's, got {text!r}")
+    if any(b >= a for a, b in zip(levels, levels[1:], strict=False)):
+        raise UsageError(f"--levels must decrease (Song et al.'s τ_1 > τ_2 > …), got {text!r}")
+    return levels
+
+
+def levels_for(args, sampler: str, steps: int | None) -> tuple[list[float] | None, int | None]:
+    """(levels, steps) from --levels and --steps: the levels set the steps when --steps is not
+    given; UsageError for another sampler or a count that does not fit."""
+    levels = parse_levels(getattr(args, "levels", None))
+    if levels is None:
+        return None, steps
+    if sampler != "consistency":
+        raise UsageError(f"--levels applies to --sampler consistency only, not {sampler}")
+    if steps is None:
+        return levels, len(levels) + 1
+    if steps != len(levels) + 1:
+        raise UsageError(f"--steps {steps} re-noises {steps - 1} times; --levels gives "
+                         f"{len(levels)} level(s): give {steps - 1}, or leave --steps out")
+    return levels, steps
+
 
 
 def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str | None]:
@@ -271,7 +314,8 @@ def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str 
     if cfg.method in SCORE_METHODS and sampler != "langevin":
         raise UsageError(f"this run is a score network (method {cfg.method}); sample it with "
                          f"--sampler langevin, not {sampler!r}")
-    steps = cfg.eval_steps if args.steps is None else args.steps
+    steps = levels_for(args, sampler, args.steps)[1]  # --levels imply --steps
+    steps = cfg.eval_steps if steps is None else steps
     if not 1 <= steps <= cfg.T:
         raise UsageError(f"--steps must lie in 1..T (T = {cfg.T} for this run), got {steps}")
     eta = (cfg.eval_eta if sampler == cfg.eval_sampler else 0.0) if args.eta is None else args.eta

@@ -17,11 +17,13 @@ from .common import (
     add_sampling_flags,
     autocast_network,
     flag,
+    parse_levels,
     sampling_args,
     show_progress,
     user_errors,
 )
 from .guidance_flags import GUIDANCE_FLAGS, add_guidance_flags, guidance_record, guided_from_args
+from .levels import add_search_flag, check_levels_fit, check_search, search_record
 
 NLL_N_IMAGES, NLL_N_POINTS, NLL_ODE_STEPS = 64, 1000, 100  # eval --nll defaults
 NLL_FLAGS = ("ode_steps", "hutchinson_samples")
@@ -44,6 +46,7 @@ def add_parser(sub) -> None:
                    help=f"with --nll: timesteps of the ODE's grid, 1..T (default {NLL_ODE_STEPS})")
     p.add_argument("--hutchinson-samples", type=int, metavar="K",
                    help="with --nll: Hutchinson probes per item (default 1)")
+    add_search_flag(p)
     add_eval_flags(p)
     p.set_defaults(run_command=run)
 
@@ -64,32 +67,44 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"{flag('base' if args.base else 'aug_level')} applies to a "
                          "super-resolution run only")
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, cfg.n_eval)
+    check_search(args, sampler, steps)
+    levels = parse_levels(args.levels)
+    check_levels_fit(levels, model)
     model = autocast_network(model, args.precision)
     model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)
-    if is_image(cfg.dataset):
-        from ..runs.draw import model_device
-        from ..runs.evaluate import evaluate_images
-        from ..runs.latent import load_codec
+    from ..runs.draw import model_device
+    from ..runs.latent import load_codec
 
-        codec = load_codec(args.run, cfg, model_device(model))  # a latent run: decode
-        if n < 2:
-            raise UsageError(f"FD needs at least 2 samples, got -n {n}")
+    codec = load_codec(args.run, cfg, model_device(model))  # a latent run: decode
+    decode = codec.decode if codec is not None else None
+    if is_image(cfg.dataset) and n < 2:
+        raise UsageError(f"FD needs at least 2 samples, got -n {n}")
+    search = None
+    if args.search_levels:  # on x_T and noise of seed + 1, then evaluated as usual at seed
+        with torch_threads(cfg.threads):
+            search = search_record(model, schedule, cfg, steps=steps, n=n, seed=args.seed + 1,
+                                   decode=decode)
+        levels = search["levels"]
+    if is_image(cfg.dataset):
+        from ..runs.evaluate import evaluate_images
+
         with torch_threads(cfg.threads):
             metrics = evaluate_images(model, schedule, cfg, sampler=sampler, steps=steps, eta=eta,
                                       spacing=spacing, n=n, seed=args.seed,
                                       variance=cfg.variance, progress=show_progress(args),
-                                      labels=labels,
-                                      decode=codec.decode if codec is not None else None)[0]
+                                      labels=labels, decode=decode, levels=levels)[0]
         metrics.update(guidance_record(args, cfg))
-        print(json.dumps(metrics, indent=2, sort_keys=True))
-        return 0
-    from ..runs.evaluate import evaluate
+    else:
+        from ..runs.evaluate import evaluate
 
-    with torch_threads(cfg.threads):
-        result = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps, eta=eta,
-                          spacing=spacing, n=n, seed=args.seed, data_seed=cfg.seed,
-                          variance=cfg.variance, progress=show_progress(args))
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+        with torch_threads(cfg.threads):
+            metrics = evaluate(model, schedule, cfg.dataset, sampler=sampler, steps=steps,
+                               eta=eta, spacing=spacing, n=n, seed=args.seed,
+                               data_seed=cfg.seed, variance=cfg.variance,
+                               progress=show_progress(args), levels=levels).metrics
+    if search is not None:
+        metrics["levels_search"] = search
+    print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 
@@ -103,6 +118,9 @@ def run_nll(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             raise UsageError(f"{flag(name)} does not apply to --nll (it scores test data, it "
                              "does not sample)")
+    if args.search_levels:
+        raise UsageError("--search-levels does not apply to --nll (it scores test data, it "
+                         "does not sample)")
     if args.precision != "fp32":
         raise UsageError("--precision does not apply to --nll (bits/dim are computed in fp32)")
     cfg, model, schedule = load_run(args.run, device=args.device)

@@ -15,12 +15,14 @@ from .common import (
     add_sampling_flags,
     autocast_network,
     check_output_file,
+    parse_levels,
     sampling_args,
     show_progress,
     writing,
 )
 from .controlnet import add_hint_flags, bind_hint, default_n, hint_from_args
 from .guidance_flags import add_guidance_flags, guided_from_args
+from .levels import check_levels_fit
 
 OUT_SUFFIXES = (".npy", ".png", ".gif")
 GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 10_000  # sample --out x.gif
@@ -69,6 +71,8 @@ def run(args: argparse.Namespace) -> int:
     check_plain_run(args, cfg)  # a super-resolution run samples in a cascade
     hints = hint_from_args(args, cfg, model)  # a ControlNet run's hints (N, C_h, H, W), or None
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, default_n(args, N_DEFAULT))
+    levels = parse_levels(args.levels)  # a consistency sample's re-noising levels, or None
+    check_levels_fit(levels, model)
     image = is_image(cfg.dataset)
     shape = model_shape(cfg) if image else (2,)  # a latent run: its latents'
     codec = load_codec(args.run, cfg, model_device(model))
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     with torch_threads(cfg.threads):
         x0 = draw(model, schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
                   spacing=spacing, seed=args.seed, variance=cfg.variance, frames=frames,
-                  progress=show_progress(args),
+                  progress=show_progress(args), levels=levels,
                   decode=codec.decode if codec is not None else None)[0]  # (n, 2) or (n, C, H, W)
     x0 = x0.detach().float().cpu()
     if image and args.clip:

@@ -4,7 +4,7 @@ a few snapshots for a strip (as in Weng Fig. 3) and evenly spaced frames for an 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -37,7 +37,8 @@ class Frames:
 def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler: str,
          steps: int, eta: float = 0.0, spacing: str | None = None, seed: int = 0, keep: int = 0,
          variance: str | None = None, frames: Frames | None = None,
-         progress: bool = False, decode: Callable[[Tensor], Tensor] | None = None
+         progress: bool = False, decode: Callable[[Tensor], Tensor] | None = None,
+         levels: Sequence[float] | None = None
          ) -> tuple[Tensor, list[tuple[str, Tensor]], float]:
     """Run the sampler named ``sampler`` from x_T ~ N(0, I) of ``shape`` (seeded), the one place
     where a sampler is picked by name. With ``keep`` > 0 it also pictures the first ``keep``
@@ -47,6 +48,8 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
     returns (ε̂, v)); the other samplers use ε̂ alone. ``decode``: a latent run's decoder
     (:meth:`difflab.pipelines.LatentCodec.decode`): the sampler runs on latents of ``shape``,
     and x_0, the snapshots and the frames come back as images (the seconds include decoding).
+    ``levels``: the ``consistency`` sampler's ``steps`` − 1 re-noising levels σ (None: its
+    default; :func:`difflab.samplers.consistency_levels.search_levels` finds better ones).
 
     Returns (x_0, snapshots [(label, x[:keep])] from x_T to x_0, sampling seconds).
     """
@@ -56,6 +59,11 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
         kwargs["spacing"] = spacing
     if sampler == "ddpm" and variance is not None:
         kwargs["variance"] = variance
+    if levels is not None:
+        if sampler != "consistency":
+            raise ValueError(f"re-noising levels apply to the consistency sampler only, not "
+                             f"{sampler!r}")
+        kwargs["sigmas"] = [float(s) for s in levels]
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(*shape, generator=g).to(model_device(model))  # (n, …), drawn on the CPU
     levels = callback_count(model, sampler, steps)  # the sampler's callbacks
@@ -166,6 +174,19 @@ def grid_used(sampler: str, steps: int, spacing: str | None = None) -> str | Non
 
         return auto_spacing(steps)
     return used
+
+
+def levels_used(model, schedule: Schedule, sampler: str, steps: int,
+                levels: Sequence[float] | None = None) -> list[float] | None:
+    """The re-noising levels σ a ``consistency`` sample of ``steps`` visits (``levels``, or
+    its default); None for any other sampler. What metrics record as ``levels``."""
+    if sampler != "consistency":
+        return None
+    if levels is not None:
+        return [float(s) for s in levels]
+    from ..samplers.consistency import default_levels, unbind
+
+    return default_levels(unbind(model)[0], schedule, steps)
 
 
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,

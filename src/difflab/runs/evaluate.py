@@ -9,7 +9,7 @@ with as many samples."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ from ..data.shapes_eval import prompt_accuracy
 from ..metrics import swd, swd_floor
 from ..schedules import Schedule
 from . import checkpoint as ckpt
-from .draw import Frames, draw, grid_used, spacing_used
+from .draw import Frames, draw, grid_used, levels_used, spacing_used
 
 # --- evaluation ---
 # The SWD of two independent 10,000-point swiss rolls ranges over 0.010-0.025 between seeds
@@ -43,18 +43,19 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
              steps: int = 50, eta: float = 0.0, spacing: str | None = None,
              n: int = 10_000, seed: int = 0, data_seed: int = 0,
              variance: str | None = None, frames: Frames | None = None,
-             progress: bool = False) -> Evaluation:
+             progress: bool = False, levels: Sequence[float] | None = None) -> Evaluation:
     """Sample ``n`` points and measure SWD to ``n`` held-out points, beside the two-sample floor.
 
     The held-out set is the test half of ``toy2d.train_test(dataset, ·, n, data_seed)``, which
     no training run has seen; the floor is the mean SWD of ``FLOOR_REPEATS`` pairs of fresh
-    samples of the same size. ``variance`` and ``frames``: see :func:`difflab.draw.draw`.
+    samples of the same size. ``variance``, ``frames`` and ``levels`` (a consistency sample's
+    re-noising levels): see :func:`difflab.runs.draw.draw`.
     """
     keep = min(n, 2000)
     x0, snapshots, seconds = draw(model, schedule, (n, 2), sampler=sampler, steps=steps,
                                   eta=eta, spacing=spacing, seed=seed, keep=keep,
-                                  variance=variance, frames=frames,
-                                  progress=progress)  # (n, 2); Weng Fig. 3, bottom row
+                                  variance=variance, frames=frames, progress=progress,
+                                  levels=levels)  # (n, 2); Weng Fig. 3, bottom row
     held_out = toy2d.train_test(dataset, 1, n, data_seed)[1]  # (n, 2)
     value = swd(x0, held_out)
     floor = swd_floor(lambda m, s: toy2d.sample(dataset, m, s), n, repeats=FLOOR_REPEATS)
@@ -62,6 +63,8 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
                "steps": steps, "eta": eta, "spacing": spacing_used(sampler, spacing),
                "grid": grid_used(sampler, steps, spacing), "n_eval": n,
                "sample_seed": seed, "sample_seconds": seconds}
+    if sampler == "consistency":
+        metrics["levels"] = levels_used(model, schedule, sampler, steps, levels)
     return Evaluation(metrics, x0, held_out, snapshots)
 
 
@@ -71,7 +74,8 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
                     n_strip: int = 8, variance: str | None = None,
                     frames: Frames | None = None, progress: bool = False,
                     labels: Tensor | None = None,
-                    decode: Callable[[Tensor], Tensor] | None = None):
+                    decode: Callable[[Tensor], Tensor] | None = None,
+                    levels: Sequence[float] | None = None):
     """Sample ``n`` images; FD to the real train split and its floor (real test vs train).
 
     Returns (metrics, samples (n, C, H, W), snapshots [(label, x (n_strip, C, H, W))] from x_T
@@ -83,19 +87,23 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     ``prompt_accuracy`` is the fraction of samples that show all their prompt says, with its
     parts ``prompt_count``, ``prompt_shape``, … (:mod:`difflab.data.shapes_eval`). ``decode``: a
     latent run's decoder; ``model`` then samples latents of the run's :func:`model_shape`.
+    ``levels``: a consistency sample's re-noising levels (:func:`difflab.runs.draw.draw`).
     """
     if n < 2:
         raise ValueError(f"FD needs at least 2 samples, got n = {n}")
     x0, snapshots, seconds = draw(model, schedule, (n, *model_shape(cfg)), sampler=sampler,
                                   steps=steps, eta=eta, spacing=spacing, seed=seed,
                                   keep=n_strip, variance=variance, frames=frames,
-                                  progress=progress, decode=decode)  # (n, C, H, W)
+                                  progress=progress, decode=decode,
+                                  levels=levels)  # (n, C, H, W)
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta,
                "spacing": spacing_used(sampler, spacing),
                "grid": grid_used(sampler, steps, spacing), "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
+    if sampler == "consistency":
+        metrics["levels"] = levels_used(model, schedule, sampler, steps, levels)
     if cfg.dataset in DEFAULT_SIZE:  # a committed classifier exists (not for folders)
         from .cascade import fd_evaluator  # MNIST 16 (a cascade's base): through the 32's
 

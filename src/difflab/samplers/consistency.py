@@ -64,13 +64,20 @@ def consistency_sample(model, schedule: Schedule, x_T: Tensor,
     N(0, I) noise of difflab's samplers, read as the variance-preserving state at σ_max
     (ᾱ = 1/(1 + σ_max²)); in VE coordinates that is x̃_T = √(1 + σ_max²) · x_T (std ≈ σ_max, as
     the paper's x_T ~ N(0, σ_max² I)). ``sigmas``: the S − 1 re-noising levels, decreasing
-    (Alg. 1's τ_1 > … > τ_{N−1}); by default :func:`default_levels` of ``steps``.
+    (Alg. 1's τ_1 > … > τ_{N−1}), as many as ``steps`` − 1; by default :func:`default_levels`
+    of ``steps``; :func:`difflab.samplers.consistency_levels.search_levels` searches them.
     ``callback(i, σ, x)`` after each evaluation. Returns x_0 (B, …).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= schedule.T:
         raise ValueError(f"steps must be an integer in 1..T (T={schedule.T}), got {steps!r}")
     cond = cond or {}
     levels = list(sigmas) if sigmas is not None else default_levels(model, schedule, steps)
+    if sigmas is not None and len(levels) != steps - 1:
+        raise ValueError(f"a {steps}-step sample re-noises {steps - 1} times; got "
+                         f"{len(levels)} levels")
+    if sigmas is not None and any(b >= a for a, b in zip(levels, levels[1:], strict=False)):
+        raise ValueError(f"the re-noising levels must decrease (Alg. 1's τ_1 > … > τ_(S−1)), "
+                         f"got {levels}")
     x = model(x_T * math.sqrt(1 + model.sigma_max**2), model.sigma_max, **cond)  # (B, …)
     if callback is not None:
         callback(0, model.sigma_max, x)
