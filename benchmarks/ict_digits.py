@@ -20,9 +20,12 @@ batch 128, lr 2e-3), each given the same training wall time W (``--minutes``):
 - with ``--s1 1280,160,…``, one iCT run per final number of levels s1 (the paper's 1280 was
   chosen for 400k updates; a run of a few hundred spends most stages at N in the hundreds).
 
-The steps of each are planned from a timing of a few updates (its lr schedule and curriculum
-are laid out for them), and training stops when the clock reaches W if the plan has not ended
-(on a shared machine the timing drifts); the steps made and seconds are reported.
+The steps of each are planned from the fastest of three timings of a few updates (its lr
+schedule and curriculum are laid out for them), and training stops when the clock reaches W if
+the plan has not ended (on a shared machine the timing drifts); the steps made and seconds are
+reported. Before 2026-11-30 the plan came from one timing, and a run timed at a slow moment
+could end well before W (the diffusion model of ``ict_digits_batch64_seed*.md`` trained 201-208
+s of 240).
 FD as benchmarks/distill_digits.py:
 Fréchet distance in the committed digits classifier's features against the train split, n = 180
 per draw, mean ± s.e. over ``--draws`` draws; the FD curve of iCT (1 step) is measured at the
@@ -125,20 +128,26 @@ def searched_levels(f, schedule, fd: FDEvaluator, n: int) -> tuple[list[float], 
     return levels, value
 
 
-def per_step(objective, backend, n: int = 6) -> float:
-    """Seconds an update of ``objective`` takes (a throw-away copy, timed after one warm-up)."""
+def per_step(objective, backend, n: int = 6, repeats: int = 3) -> float:
+    """Seconds an update of ``objective`` takes: the fastest of ``repeats`` timings of ``n``
+    updates of a throw-away copy, each after one warm-up. The fastest, because a plan made from
+    a slow moment ends before W (the model then trains for less time than its rival), while a
+    plan too long is cut at W with its cosine lr nearly at its floor."""
     import copy
 
-    obj = copy.deepcopy(objective)
-    t0 = [0.0]
+    times = []
+    for _ in range(repeats):
+        obj = copy.deepcopy(objective)
+        t0 = [0.0]
 
-    def on(step, _):
-        if step == 1:
-            t0[0] = time.perf_counter()
+        def on(step, _, t0=t0):
+            if step == 1:
+                t0[0] = time.perf_counter()
 
-    fit(obj, steps=n + 1, generator=torch.Generator().manual_seed(0), backend=backend,
-        on_update=on)
-    return (time.perf_counter() - t0[0]) / n
+        fit(obj, steps=n + 1, generator=torch.Generator().manual_seed(0), backend=backend,
+            on_update=on)
+        times.append((time.perf_counter() - t0[0]) / n)
+    return min(times)
 
 
 def diffusion(cfg, schedule, data, backend, seconds: float):

@@ -154,7 +154,7 @@ def test_consistency_levels_given_or_searched(consistency, tmp_path, capsys):
     assert m["levels"] == found["levels"] and len(found["levels"]) == 1
     assert model.sigma_min <= found["levels"][0] <= model.sigma_max
     assert found["score"] <= found["default_score"] and found["seed"] == 1
-    assert found["probes"] == 10 + 1 + 1 and found["metric"].startswith("sliced W1")
+    assert found["probes"] == 10 + 6 + 1 + 1 and found["metric"].startswith("sliced W1")
     # --levels alone sets the steps, and the eval reports the levels it used
     code, out, err = run(capsys, "eval", consistency, "-n", "200", "--levels", "3.0,0.5")
     assert code == 0, err

@@ -282,16 +282,19 @@ def test_level_search_finds_the_highest_level_the_model_has_learned():
     def score(x):
         return abs(x.std().item() - SD)
 
-    levels, value, history = search_levels(f, LINEAR, x_T, score, 2, iters=12)
-    width = math.log(f.sigma_max / f.sigma_min) * 0.618**12  # the final bracket in ln σ
+    levels, value, history = search_levels(f, LINEAR, x_T, score, 2, grid=8, iters=12)
+    cell = math.log(f.sigma_max / f.sigma_min) / 8  # the grid's spacing in ln σ
+    width = 2 * cell * 0.618**12  # the final bracket
     assert 2.0 * math.exp(-2 * width) < levels[0] <= 2.0, levels
     # the default level (σ_500 ≈ 3.4 > σ_c) collapses the sample; the search is scored too
     assert history[-1][0] == default_levels(f, LINEAR, 2) and history[-1][1] > 0.29
-    assert value < 0.01 and len(history) == 12 + 1 + 1
-    three, value3, _ = search_levels(f, LINEAR, x_T, score, 3, iters=8)
+    assert value < 0.01 and len(history) == 8 + 12 + 1 + 1
+    three, value3, _ = search_levels(f, LINEAR, x_T, score, 3, iters=4)
     assert three[0] <= 2.0 and f.sigma_min <= three[1] < three[0] and value3 < 0.02
     with pytest.raises(ValueError, match="steps in 2"):
         search_levels(f, LINEAR, x_T, score, 1)
+    with pytest.raises(ValueError, match="grid >= 1"):
+        search_levels(f, LINEAR, x_T, score, 2, grid=0)
 
 
 # --- training ----------------------------------------------------------------------------------

@@ -8,17 +8,15 @@ import argparse
 
 from .common import UsageError
 
-SEARCH_ITERS = 10  # golden-section iterations per level: the bracket shrinks to 0.8 %
-
 
 def add_search_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--search-levels", action="store_true",
                    help="consistency sampler, --steps >= 2: first search the re-noising levels "
                    "that minimise the metric (FD to the train split, or a 2-D run's sliced W1 "
-                   "to its training points), one level at a time by golden-section search "
-                   "(Song et al. 2023), on x_T and noise of --seed + 1; then evaluate with the "
-                   "levels found, as usual, at --seed, and report them and the search under "
-                   "'levels_search'")
+                   "to its training points), one level at a time (Song et al. 2023) by a grid "
+                   "in ln σ refined by golden-section search, on x_T and noise of --seed + 1; "
+                   "then evaluate with the levels found, as usual, at --seed, and report them "
+                   "and the search under 'levels_search'")
 
 
 def check_levels_fit(levels: list[float] | None, model) -> None:
@@ -82,8 +80,7 @@ def search_record(model, schedule, cfg, *, steps: int, n: int, seed: int, decode
         metric, shape = "sliced W1 to training points", (2,)
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(n, *shape, generator=g).to(model_device(model))  # (n, …)
-    levels, value, history = search_levels(model, schedule, x_T, score, steps,
-                                           iters=SEARCH_ITERS, seed=seed)
+    levels, value, history = search_levels(model, schedule, x_T, score, steps, seed=seed)
     default = default_levels(unbind(model)[0], schedule, steps)
     default_score = next(v for lv, v in history if lv == default)
     return {"levels": levels, "score": value, "default_levels": default,
