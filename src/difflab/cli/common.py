@@ -294,7 +294,6 @@ def levels_for(args, sampler: str, steps: int | None) -> tuple[list[float] | Non
     return levels, steps
 
 
-
 def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str | None]:
     """Check the sampling flags against the run's config; return
     (sampler, steps, eta, n, spacing)."""

@@ -152,9 +152,10 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     2, against 1297 and 529 for the original CT (:class:`ConsistencyTraining`) at the same wall
     time, and 62 for a diffusion model's DDIM-50 — hence ``ct_variant = "improved"`` is the
     default. A warm start from a diffusion run trained for half the time (``ct_init_from``):
-    181 and 116. With the digits preset's c_noise = 250 ln σ (``ct_noise_scale``), 240 s on an
-    idle core: 114 and 178 in 1 step against the diffusion model's 50 and 59 (seeds 0 and 1,
-    results/ict_digits_noise250*.md).
+    181 and 116. With the digits preset's c_noise = 250 ln σ (``ct_noise_scale``), 240 s of one
+    core, four seeds: 97-127 in 1 step against the diffusion model's 43-51 (1.9-2.8×), and 68-95
+    in 2 steps re-noised to the level :func:`difflab.samplers.consistency_levels.search_levels`
+    finds (results/ict_digits_search_seed*.md).
     """
 
     def __init__(self, model: ConsistencyModel, data: Tensor, *, s0: int = 10, s1: int = 1280,
