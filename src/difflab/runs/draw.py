@@ -66,10 +66,10 @@ def draw(model: Callable, schedule: Schedule, shape: tuple[int, ...], *, sampler
         kwargs["sigmas"] = [float(s) for s in levels]
     g = torch.Generator().manual_seed(seed)
     x_T = torch.randn(*shape, generator=g).to(model_device(model))  # (n, …), drawn on the CPU
-    levels = callback_count(model, sampler, steps)  # the sampler's callbacks
-    marks = snapshot_marks(schedule, sampler, levels, spacing=spacing) if keep else {}
+    calls = callback_count(model, sampler, steps)  # the sampler's callbacks
+    marks = snapshot_marks(schedule, sampler, calls, spacing=spacing) if keep else {}
     snapshots = [(f"x_T (t = {schedule.T})", _host(x_T[:keep]))] if keep else []
-    frame_marks = frames.marks(levels) if frames is not None else {}
+    frame_marks = frames.marks(calls) if frames is not None else {}
     if frames is not None:
         frames.frames.append((0.0, _host(x_T[:frames.keep])))
 
