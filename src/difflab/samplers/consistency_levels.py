@@ -11,15 +11,15 @@ level alone, not by the draw.
 
 A ternary search alone assumes one minimum. FD from a few hundred samples is not that smooth:
 on a small digits model (500 iCT updates; n = 540) FD against ln τ had its minimum near
-τ ≈ 1.3 (FD 101) and smaller dips at 0.2 and 0.07, where a golden-section search from the
-whole range settled (FD 135). So each level is first scanned on an even grid in ln τ, and the
-golden-section search (a ternary search that reuses one of its two probes at each step) then
-refines between the best grid point's neighbours.
+τ ≈ 1.3 (FD 101), a smaller dip at 0.2 (126) and a flat stretch below 0.1 (135-141), where a
+golden-section search over the whole range settled (σ 0.10, FD 135). So each level is first
+scanned on an even grid in ln τ, and the golden-section search (a ternary search that reuses
+one of its two probes at each step) then refines between the best grid point's neighbours.
 
-Which level is best depends on the model: on small consistency-trained models the best 2-step
-level ranged over 0.8-3.0 (DDIM's midpoint, the default of
-:func:`difflab.samplers.consistency.default_levels`, is σ ≈ 3.4 on the linear schedule); see
-``benchmarks/consistency_levels.py``.
+Which level is best depends on the model. For 2 steps it was σ 0.6-1.3 on small
+consistency-trained U-Nets (digits, MNIST 16×16) and 2-18 on 2-D MLPs. DDIM's midpoint, the
+default of :func:`difflab.samplers.consistency.default_levels`, is σ ≈ 3.4 on the linear
+schedule; see ``benchmarks/consistency_levels.py``.
 """
 
 from __future__ import annotations
