@@ -347,12 +347,12 @@ def test_distill_help(capsys):
     assert code == 0 and "distill" in out
 
 
-def _class_teacher(run_dir: Path) -> Path:
+def _class_teacher(run_dir: Path, *extra: str) -> Path:
     """A tiny class-conditional digits run (T = 64)."""
     assert main(["train", "--dataset", "digits", "--cond", "class", "--steps", "3", "--batch",
                  "8", "--model-channels", "8", "--num-res-blocks", "1", "--attention", "",
                  "--warmup", "1", "--T", "64", "--n-eval", "10", "--eval-steps", "2",
-                 "--no-progress", "--out", str(run_dir)]) == 0
+                 "--no-progress", "--out", str(run_dir), *extra]) == 0
     return run_dir
 
 
@@ -376,11 +376,15 @@ def test_progressive_distils_a_class_conditional_teacher_with_cfg(tmp_path, caps
 
 
 def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path, capsys):
-    teacher = _class_teacher(tmp_path / "cond")
+    # the teacher evaluates itself with guidance w = 1; the student, a consistency model, is
+    # sampled without (guidance acts on ε-models), so it must not inherit the teacher's w
+    teacher = _class_teacher(tmp_path / "cond", "--eval-guidance", "1")
     out = tmp_path / "cd"
     assert main(["distill", str(teacher), "--method", "consistency", "--iters", "2",
                  "--batch", "8", "--N", "4", "--out", str(out), "--no-progress"]) == 0
     assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
+    assert read_run_config(teacher).eval_guidance == 1.0
+    assert read_run_config(out).eval_guidance == 0.0
     capsys.readouterr()
     x = tmp_path / "x.npy"
     assert main(["sample", str(out), "--class", "5", "-n", "3", "--out", str(x)]) == 0

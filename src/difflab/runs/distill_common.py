@@ -27,7 +27,7 @@ from .lock import LOCK_FILE
 CHECKPOINT_EVERY = 500  # updates between checkpoints of a distillation
 # what a distilled or consistency run keeps of its teacher's config, and what it resets
 STUDENT_RESET = {"variance": "beta_tilde", "loss": "simple", "t_sampling": "uniform",
-                 "eval_eta": 0.0, "out": ""}
+                 "eval_eta": 0.0, "eval_guidance": 0.0, "out": ""}
 
 
 class EpsOnly(nn.Module):

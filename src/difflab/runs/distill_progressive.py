@@ -140,8 +140,7 @@ def _student_config(t_cfg: TrainConfig, job: dict[str, Any]) -> TrainConfig:
         t_cfg, **STUDENT_RESET, method="progressive", prediction=job["prediction"],
         distilled_steps=n, eval_sampler="ddim", eval_steps=n, eval_spacing="trailing",
         steps=job["steps_per_round"], lr=job["lr"], batch=job["batch"], seed=job["seed"],
-        eval_guidance=0.0, device=job["device"], precision=job["precision"],
-        compile=job["compile"])
+        device=job["device"], precision=job["precision"], compile=job["compile"])
 
 
 def run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
