@@ -385,6 +385,15 @@ def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path, capsy
     assert 0 <= json.loads((out / "metrics.json").read_text())["accuracy"] <= 1
     assert read_run_config(teacher).eval_guidance == 1.0
     assert read_run_config(out).eval_guidance == 0.0
+    # a student distilled before that fix kept the teacher's w in its config: it still samples
+    raw = json.loads((out / "config.json").read_text())
+    for section in raw["config"].values():
+        if "eval_guidance" in section:
+            section["eval_guidance"] = 1.0
+    (out / "config.json").write_text(json.dumps(raw))
+    assert read_run_config(out).eval_guidance == 1.0
+    capsys.readouterr()
+    assert main(["eval", str(out), "-n", "10"]) == 0
     capsys.readouterr()
     x = tmp_path / "x.npy"
     assert main(["sample", str(out), "--class", "5", "-n", "3", "--out", str(x)]) == 0
