@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from ..config import CONSISTENCY_METHODS, SCORE_METHODS, is_image
+from ..config import SCORE_METHODS, is_image
 from .common import UsageError, flag, user_errors
 
 THRESHOLD_NAMES = ("none", "static", "dynamic")
@@ -99,9 +99,8 @@ def guided_from_args(args, cfg, model, schedule, sampler: str, steps: int, n: in
     elif cfg.cond == "none" and (labels is not None or w):
         raise UsageError("this run is unconditional: --class and --guidance need a conditional "
                          "run (train with --cond class or text) or a --classifier")
-    elif w is None:  # a consistency model is never guided; a w in its config is its teacher's
-        # (consistency students distilled before 2026-11-30 inherited it)
-        w = 0.0 if cfg.method in CONSISTENCY_METHODS else cfg.eval_guidance
+    elif w is None:
+        w = cfg.eval_guidance
     if cfg.cond == "text" and args.prompt is None and cfg.dataset == "folder":
         raise UsageError("a text-conditional folder run needs --prompt")
     try:

@@ -9,6 +9,7 @@ consistency models (Weng eq. 30).
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from torch import nn
 
 from ..build.model import build_model, build_schedule
 from ..build.score import score_ladder
-from ..config import TrainConfig
+from ..config import CONSISTENCY_METHODS, TrainConfig
 from ..distill.progressive import EPS, X0, Prediction, V
 from ..ncsn import ScoreModel
 from ..schedules import Schedule
@@ -42,13 +43,19 @@ def config_from_json(values: dict[str, Any]) -> TrainConfig:
 
 
 def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:
-    """(kind, config, job) of a run directory (CheckpointError if missing or invalid)."""
+    """(kind, config, job) of a run directory (CheckpointError if missing or invalid).
+
+    A consistency model is never guided (guidance acts on ε-models), so its ``eval_guidance``
+    reads as 0: consistency students distilled before 2026-11-30 kept their teacher's w."""
     kind, values, job = ckpt.read_run_config(run_dir)
     try:
-        return kind, config_from_json(values), job
+        cfg = config_from_json(values)
     except ValueError as err:
         raise ckpt.CheckpointError(f"{Path(run_dir) / ckpt.CONFIG} is invalid: "
                                    f"{ckpt.one_line(err)}") from None
+    if cfg.method in CONSISTENCY_METHODS and cfg.eval_guidance:
+        cfg = dataclasses.replace(cfg, eval_guidance=0.0)
+    return kind, cfg, job
 
 
 def read_run_config(run_dir: str | Path) -> TrainConfig:
