@@ -17,13 +17,12 @@ from .common import (
     add_sampling_flags,
     autocast_network,
     flag,
-    parse_levels,
     sampling_args,
     show_progress,
     user_errors,
 )
 from .guidance_flags import GUIDANCE_FLAGS, add_guidance_flags, guidance_record, guided_from_args
-from .levels import add_search_flag, check_levels_fit, check_search, search_record
+from .levels import add_search_flag, check_search, levels_arg, search_record
 
 NLL_N_IMAGES, NLL_N_POINTS, NLL_ODE_STEPS = 64, 1000, 100  # eval --nll defaults
 NLL_FLAGS = ("ode_steps", "hutchinson_samples")
@@ -68,8 +67,7 @@ def run(args: argparse.Namespace) -> int:
                          "super-resolution run only")
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, cfg.n_eval)
     check_search(args, sampler, steps)
-    levels = parse_levels(args.levels)
-    check_levels_fit(levels, model)
+    levels = levels_arg(args, model)
     model = autocast_network(model, args.precision)
     model, labels = guided_from_args(args, cfg, model, schedule, sampler, steps, n)
     from ..runs.draw import model_device

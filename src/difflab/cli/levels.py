@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import UsageError
+from .common import UsageError, parse_levels
 
 
 def add_search_flag(p: argparse.ArgumentParser) -> None:
@@ -19,10 +19,12 @@ def add_search_flag(p: argparse.ArgumentParser) -> None:
                    "and the search under 'levels_search'")
 
 
-def check_levels_fit(levels: list[float] | None, model) -> None:
-    """UsageError unless every level lies in the consistency model's [σ_min, σ_max]."""
+def levels_arg(args, model) -> list[float] | None:
+    """--levels of ``sample``/``eval`` (None when not given), checked to lie in the consistency
+    model's [σ_min, σ_max]; :func:`~difflab.cli.common.sampling_args` has checked the rest."""
+    levels = parse_levels(args.levels)
     if levels is None:
-        return
+        return None
     from ..samplers.consistency import unbind
 
     f = unbind(model)[0]
@@ -30,6 +32,7 @@ def check_levels_fit(levels: list[float] | None, model) -> None:
     if bad:
         raise UsageError(f"--levels {bad} outside this model's [σ_min, σ_max] = "
                          f"[{f.sigma_min:.4g}, {f.sigma_max:.4g}]")
+    return levels
 
 
 def check_search(args, sampler: str, steps: int) -> None:

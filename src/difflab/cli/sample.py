@@ -15,14 +15,13 @@ from .common import (
     add_sampling_flags,
     autocast_network,
     check_output_file,
-    parse_levels,
     sampling_args,
     show_progress,
     writing,
 )
 from .controlnet import add_hint_flags, bind_hint, default_n, hint_from_args
 from .guidance_flags import add_guidance_flags, guided_from_args
-from .levels import check_levels_fit
+from .levels import levels_arg
 
 OUT_SUFFIXES = (".npy", ".png", ".gif")
 GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 10_000  # sample --out x.gif
@@ -71,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
     check_plain_run(args, cfg)  # a super-resolution run samples in a cascade
     hints = hint_from_args(args, cfg, model)  # a ControlNet run's hints (N, C_h, H, W), or None
     sampler, steps, eta, n, spacing = sampling_args(args, cfg, default_n(args, N_DEFAULT))
-    levels = parse_levels(args.levels)  # a consistency sample's re-noising levels, or None
-    check_levels_fit(levels, model)
+    levels = levels_arg(args, model)  # a consistency sample's re-noising levels, or None
     image = is_image(cfg.dataset)
     shape = model_shape(cfg) if image else (2,)  # a latent run: its latents'
     codec = load_codec(args.run, cfg, model_device(model))
