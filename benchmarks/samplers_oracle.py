@@ -18,17 +18,23 @@ Both have a floor (what a true sample scores), printed beside them; "× DDPM" di
 DDPM-1000's (ancestral, β̃, every step) score from the same x_T.
 
 Samplers (one evaluation per step: steps = NFE): DDIM (η = 0, its default linspace grid),
-DPM-Solver++ (order 2, 3 × grid trailing, logsnr, karras), UniPC (order 2, 3 × bh2 × the same
-grids, and bh1 on logsnr) and SDE-DPM-Solver++ 2M (trailing, logsnr, auto; noise seeded the same
-in every cell); see :func:`configs`. The default
-of each sampler is the configuration with the lowest geometric mean of its error ÷ DDIM's at the
-same NFE over the tuning targets, both schedules, both metrics and NFE 5, 10, 20 (per schedule
-when the two schedules disagree); the held-out targets are then scored with that default only.
+DPM-Solver++ (order 2, 3), UniPC (order 2, 3 × bh2, and bh1 on logsnr) and SDE-DPM-Solver++ 2M
+(noise seeded the same in every cell), each on the grids of ``GRIDS`` (dpm_solver.dpm_timesteps:
+trailing, logsnr, karras, auto, angle, and "blend" with weights 0.3, 0.5, 0.7, 0.85; no karras
+for the SDE); see :func:`configs`. The blend weight is one constant of the library, so it is
+chosen first, over every configuration that uses it; then the default of each sampler is the
+configuration with the lowest geometric mean of its error ÷ DDIM's at the same NFE over the
+tuning targets, both schedules, both metrics and NFE 5, 10, 20 (per schedule when the two
+schedules disagree); the held-out targets are then scored with that default, beside the
+default before it (``BEFORE``).
 
-    python benchmarks/samplers_oracle.py            # n = 10000; ~17 min on 1 thread
+    python benchmarks/samplers_oracle.py --jobs 2   # n = 10000; ~25 min on two cores
     python benchmarks/samplers_oracle.py --quick    # smoke test: n = 2000, two targets, NFE 10
     python benchmarks/samplers_oracle.py --reuse benchmarks/results/samplers_oracle_round1.json
                                                     # recompute only the cells not in it
+
+(The committed results reuse the earlier runs' cells; the angle and blend cells took 381 s
+with ``--jobs 2``.)
 
 Writes benchmarks/results/samplers_oracle{,_quick}.{md,json}.
 """
@@ -39,6 +45,7 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import platform
 import time
 from pathlib import Path
@@ -46,6 +53,7 @@ from pathlib import Path
 import torch
 
 from difflab import metrics, oracle, samplers, schedules
+from difflab.samplers.dpm_solver import dpm_timesteps
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NFES = (5, 10, 20, 50)
@@ -130,18 +138,45 @@ def configs(schedule_name: str) -> dict[str, tuple]:
     schedule, worse or equal everywhere, and UniPC's bh1 on every grid: worse than bh2 but on
     the logsnr grid, which is kept.)"""
     out = {"ddim": (samplers.ddim, {})}
-    for order, spacing in itertools.product((2, 3), ("trailing", "logsnr", "karras", "auto")):
+    for order, spacing in itertools.product((2, 3), GRIDS):
         out[f"dpm++ {order}M {spacing}"] = (samplers.dpm_solver_pp,
-                                            {"order": order, "spacing": spacing})
-    for order, variant, spacing in [(o, "bh2", g) for o in (2, 3)
-                                    for g in ("trailing", "logsnr", "karras", "auto")] + \
+                                            {"order": order, **grid_kw(spacing)})
+    for order, variant, spacing in [(o, "bh2", g) for o in (2, 3) for g in GRIDS] + \
             [(2, "bh1", "logsnr"), (3, "bh1", "logsnr")]:
         out[f"unipc {order} {variant} {spacing}"] = (
-            samplers.unipc, {"order": order, "variant": variant, "spacing": spacing})
-    for spacing in ("trailing", "logsnr", "auto"):  # stochastic: seeded afresh in each cell
-        out[f"dpm++sde 2M {spacing}"] = (samplers.dpm_solver_pp_sde,
-                                         {"order": 2, "spacing": spacing, "seed": 4})
+            samplers.unipc, {"order": order, "variant": variant, **grid_kw(spacing)})
+    for spacing in GRIDS:  # stochastic: seeded afresh in each cell
+        if spacing != "karras":
+            out[f"dpm++sde 2M {spacing}"] = (samplers.dpm_solver_pp_sde,
+                                             {"order": 2, **grid_kw(spacing), "seed": 4})
     return out
+
+
+# each sampler's default before the "blend" grid (issue #17's first round), shown beside it
+BEFORE = {"dpm++": "dpm++ 2M auto", "unipc": "unipc 2 bh2 auto", "dpm++sde": "dpm++sde 2M auto"}
+# the grids of dpm_timesteps tried; "blend.5" is "blend" with w = 0.5 (BLEND is the chosen one)
+GRIDS = ("trailing", "logsnr", "karras", "auto", "angle", "blend.3", "blend.5", "blend.7",
+         "blend.85")
+
+
+def grid_kw(name: str) -> dict:
+    """A grid's sampler keywords: {"spacing": name}, or for "blend.W" {"spacing": "blend",
+    "blend": 0.W} (turned into an explicit list of timesteps by :func:`sample_cell`)."""
+    if name.startswith("blend."):
+        return {"spacing": "blend", "blend": float("0." + name.split(".")[1])}
+    return {"spacing": name}
+
+
+def sample_cell(fn, model, sched, x_T, nfe: int, kw: dict) -> torch.Tensor:
+    """One cell's samples: ``fn`` at ``nfe`` steps with ``kw`` (a "seed" becomes a generator;
+    a "blend" weight becomes the explicit timesteps of that grid)."""
+    args = dict(kw)
+    if "seed" in args:
+        args["generator"] = torch.Generator().manual_seed(args.pop("seed"))
+    steps = nfe
+    if "blend" in args:
+        steps = dpm_timesteps(sched, nfe, args.pop("spacing"), blend=args.pop("blend")).tolist()
+    return fn(model, sched, x_T, steps, **args)
 
 
 def family(name: str) -> str:
@@ -153,77 +188,85 @@ def score_cell(mix, x, truth) -> dict[str, float]:
     return {"swd": metrics.swd(x, truth) if ok else math.inf, "mode": mode_error(mix, x)}
 
 
-def run(n: int, quick: bool, reuse: dict | None = None) -> dict:
+def run(n: int, quick: bool, reuse: dict | None = None, jobs: int = 1) -> dict:
     """Every cell; those in ``reuse`` (an earlier run's results at the same n: the cells are
-    deterministic, same x_T and exact model) are copied instead of recomputed."""
-    tg = targets()
+    deterministic, same x_T and exact model) are copied instead of recomputed. ``jobs``
+    processes take a target each (one thread apiece)."""
     names = ("ring8-2d", "five-3d") if quick else TUNING + HELD_OUT
     nfes = (10,) if quick else NFES
-    out: dict = {"n": n, "nfes": list(nfes), "targets": {}}
-    for tname in names:
-        mix = tg[tname]
-        truth = mix.sample(n, torch.Generator().manual_seed(1))
-        floor = score_cell(mix, mix.sample(n, torch.Generator().manual_seed(2)), truth)
-        x_T = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(0))
-        per_sched = {}
-        for sname, make in SCHEDULES.items():
-            sched = make(1000)
-            model = oracle.ExactDenoiser(mix, sched)
-            t0 = time.perf_counter()
-            old = {}
-            if reuse is not None and reuse.get("n") == n:
-                old = reuse["targets"].get(tname, {}).get("schedules", {}).get(sname, {})
-            if "ddpm-1000" in old:
-                cells = {"ddpm-1000": old["ddpm-1000"]}
-            else:
-                ref = samplers.ddpm(model, sched, x_T, None, torch.Generator().manual_seed(3))
-                cells = {"ddpm-1000": score_cell(mix, ref, truth)}
-            for cname, (fn, kw) in configs(sname).items():
-                for nfe in nfes:
-                    key = f"{cname} @{nfe}"
-                    if key in old:
-                        cells[key] = old[key]
-                        continue
-                    args = dict(kw)
-                    if "seed" in args:
-                        args["generator"] = torch.Generator().manual_seed(args.pop("seed"))
-                    x = fn(model, sched, x_T, nfe, **args)
-                    cells[key] = score_cell(mix, x, truth)
-            per_sched[sname] = cells
-            print(f"{tname:12s} {sname:6s} {time.perf_counter() - t0:6.1f}s  ddpm-1000 "
-                  f"swd {cells['ddpm-1000']['swd']:.4f} mode {cells['ddpm-1000']['mode']:.4f}"
-                  f"  floor swd {floor['swd']:.4f} mode {floor['mode']:.4f}", flush=True)
-        out["targets"][tname] = {"floor": floor, "schedules": per_sched}
-    return out
+    olds = [reuse["targets"].get(t, {}) if reuse is not None and reuse.get("n") == n else {}
+            for t in names]
+    work = [(t, n, nfes, old) for t, old in zip(names, olds, strict=True)]
+    if jobs > 1:
+        with multiprocessing.get_context("spawn").Pool(jobs) as pool:
+            done = pool.starmap(run_target, work, chunksize=1)
+    else:
+        done = [run_target(*w) for w in work]
+    return {"n": n, "nfes": list(nfes), "targets": dict(zip(names, done, strict=True))}
+
+
+def run_target(tname: str, n: int, nfes, old_target: dict) -> dict:
+    """One target's floor and cells, both schedules; cells in ``old_target`` are copied."""
+    torch.set_num_threads(1)
+    mix = targets()[tname]
+    truth = mix.sample(n, torch.Generator().manual_seed(1))
+    floor = score_cell(mix, mix.sample(n, torch.Generator().manual_seed(2)), truth)
+    x_T = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(0))
+    per_sched = {}
+    for sname, make in SCHEDULES.items():
+        sched = make(1000)
+        model = oracle.ExactDenoiser(mix, sched)
+        t0 = time.perf_counter()
+        old = old_target.get("schedules", {}).get(sname, {})
+        if "ddpm-1000" in old:
+            cells = {"ddpm-1000": old["ddpm-1000"]}
+        else:
+            ref = samplers.ddpm(model, sched, x_T, None, torch.Generator().manual_seed(3))
+            cells = {"ddpm-1000": score_cell(mix, ref, truth)}
+        for cname, (fn, kw) in configs(sname).items():
+            for nfe in nfes:
+                key = f"{cname} @{nfe}"
+                cells[key] = old[key] if key in old else score_cell(
+                    mix, sample_cell(fn, model, sched, x_T, nfe, kw), truth)
+        per_sched[sname] = cells
+        print(f"{tname:12s} {sname:6s} {time.perf_counter() - t0:6.1f}s  ddpm-1000 "
+              f"swd {cells['ddpm-1000']['swd']:.4f} mode {cells['ddpm-1000']['mode']:.4f}"
+              f"  floor swd {floor['swd']:.4f} mode {floor['mode']:.4f}", flush=True)
+    return {"floor": floor, "schedules": per_sched}
 
 
 def choose_defaults(res: dict) -> dict[str, dict[str, str]]:
     """Per family and schedule, the configuration with the lowest geometric mean of error ÷
-    DDIM's over the tuning targets, both metrics and NFE 5, 10, 20."""
-    best: dict[str, dict[str, str]] = {}
-    both: dict[str, list[float]] = {}
+    DDIM's over the tuning targets, both metrics and NFE 5, 10, 20. The "blend" grid's weight
+    is one constant shared by the three samplers (dpm_solver.BLEND), so it is chosen first:
+    the "blend.W" whose configurations (every family and order) have the lowest geometric mean
+    together; the other weights then drop out of the choice. ``best["blend"]`` names it."""
     tune = [t for t in TUNING if t in res["targets"]]
     nfes = [n for n in TUNE_NFES if n in res["nfes"]]
-    for sname in SCHEDULES:
-        score: dict[str, list[float]] = {}
-        for t in tune:
-            cells = res["targets"][t]["schedules"][sname]
-            for cname in configs(sname):
-                for nfe, m in itertools.product(nfes, ("swd", "mode")):
-                    r = cells[f"{cname} @{nfe}"][m] / cells[f"ddim @{nfe}"][m]
-                    score.setdefault(cname, []).append(math.log(r) if math.isfinite(r) else 10)
-        for cname, logs in score.items():
-            fam = family(cname)
-            both.setdefault(cname, []).extend(logs)
-            g = math.exp(sum(logs) / len(logs))
-            if g < best.get(fam, {}).get(sname + "_score", math.inf):
-                best.setdefault(fam, {})[sname] = cname
-                best[fam][sname + "_score"] = g
-    # one default per sampler (a sampler does not know its schedule's name): the best over both
-    for cname, logs in both.items():
-        fam, g = family(cname), math.exp(sum(logs) / len(logs))
-        if g < best[fam].get("both_score", math.inf):
-            best[fam]["both"], best[fam]["both_score"] = cname, g
+    logs: dict[str, dict[str, list[float]]] = {s: {} for s in SCHEDULES}  # sched → cname → logs
+    for sname, t in itertools.product(SCHEDULES, tune):
+        cells = res["targets"][t]["schedules"][sname]
+        for cname in configs(sname):
+            for nfe, m in itertools.product(nfes, ("swd", "mode")):
+                r = cells[f"{cname} @{nfe}"][m] / cells[f"ddim @{nfe}"][m]
+                logs[sname].setdefault(cname, []).append(math.log(r) if math.isfinite(r) else 10)
+    logs["both"] = {c: logs["linear"][c] + logs["cosine"][c] for c in logs["linear"]}
+
+    def gmean(values: list[float]) -> float:
+        return math.exp(sum(values) / len(values))
+
+    weights = {g: gmean([v for c, ls in logs["both"].items() if c.endswith(" " + g) for v in ls])
+               for g in GRIDS if g.startswith("blend.")}
+    blend = min(weights, key=weights.get)
+    best: dict[str, dict] = {"blend": {"grid": blend, "scores": weights}}
+    for key, per in logs.items():
+        for cname, values in per.items():
+            if "blend." in cname and not cname.endswith(" " + blend):
+                continue
+            fam, g = family(cname), gmean(values)
+            if g < best.get(fam, {}).get(key + "_score", math.inf):
+                best.setdefault(fam, {})[key] = cname
+                best[fam][key + "_score"] = g
     return best
 
 
@@ -233,16 +276,22 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
              "",
              f"n = {res['n']} samples per cell, one x_T (seed 0); {seconds:.0f} s "
              f"{'(only the cells not reused from --reuse) ' if res.get('reused') else ''}on "
-             f"{torch.get_num_threads()} thread(s), {platform.processor() or platform.machine()}."
+             f"{res.get('jobs', 1)} process(es) of 1 thread, "
+             f"{platform.processor() or platform.machine()}."
              " Errors: `swd` sliced W1 to a true sample; `mode` Σ|ŵ−π| + Σ π_k ‖Ĉ_k−Σ_k‖_F/‖Σ_k‖_F."
              " Ratios ÷ DDIM at the same NFE and ÷ DDPM-1000.", "",
              "### Defaults chosen on the tuning targets (geometric mean of error ÷ DDIM, NFE "
              f"{', '.join(map(str, TUNE_NFES))}, both metrics)", "",
+             "The weight of the \"blend\" grid (one constant for the three samplers) is "
+             "chosen first, over every configuration that uses it: " + ", ".join(
+                 f"{g} {v:.3f}" for g, v in best["blend"]["scores"].items()) +
+             f" → **{best['blend']['grid']}**; the other weights are left out of the choice "
+             "below.", "",
              "| sampler | best on linear | best on cosine | best on both: the default |",
              "| --- | --- | --- | --- |"]
-    for fam, b in best.items():
-        if fam == "ddim":
-            continue
+    fams = [f for f in best if f not in ("ddim", "blend")]
+    for fam in fams:
+        b = best[fam]
         lines.append(f"| {fam} | {b.get('linear')} ({b.get('linear_score', math.nan):.2f}) | "
                      f"{b.get('cosine')} ({b.get('cosine_score', math.nan):.2f}) | "
                      f"{b.get('both')} ({b.get('both_score', math.nan):.2f}) |")
@@ -295,7 +344,7 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
                   " | ".join(f"NFE {n}" for n in nfes) + " |",
                   "| --- | --- | --- | ---: |" + " ---: |" * len(nfes)]
         for sname, cells in tres["schedules"].items():
-            for fam in best:
+            for fam in ["ddim", *fams]:
                 cname = "ddim" if fam == "ddim" else best[fam]["both"]
                 for m in ("swd", "mode"):
                     ref = cells["ddpm-1000"][m]
@@ -317,10 +366,12 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
                   "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
         for tname in HELD_OUT:
             for sname, cells in res["targets"][tname]["schedules"].items():
-                for fam in best:
-                    if fam == "ddim":
-                        continue
-                    cname = best[fam]["both"]
+                shown = dict.fromkeys(c for f in fams for c in (best[f]["both"], BEFORE[f]))
+                for cname in shown:
+                    if cname == BEFORE.get(family(cname)) and cname != best[family(cname)]["both"]:
+                        label = f"{cname} (before)"
+                    else:
+                        label = cname
                     m = "mode"
                     fl = res["targets"][tname]["floor"][m]
 
@@ -333,7 +384,7 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
                          for k in (10, 20)]
                     q = [ratio(cells[f"{cname} @{k}"][m], cells["ddpm-1000"][m])
                          for k in (20, 50)]
-                    lines.append(f"| {tname} | {sname} | {cname} | {r[0]} | {r[1]} | "
+                    lines.append(f"| {tname} | {sname} | {label} | {r[0]} | {r[1]} | "
                                  f"{q[0]} | {q[1]} |")
     return "\n".join(lines) + "\n"
 
@@ -343,12 +394,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true")
     p.add_argument("-n", type=int, default=None)
     p.add_argument("--reuse", type=Path, help="an earlier results JSON whose cells are reused")
+    p.add_argument("--jobs", type=int, default=1, help="processes, a target each (1 thread each)")
     args = p.parse_args()
     n = args.n or (2000 if args.quick else 10_000)
     t0 = time.perf_counter()
     reuse = json.loads(args.reuse.read_text())["results"] if args.reuse else None
-    res = run(n, args.quick, reuse)
-    res["reused"] = reuse is not None
+    res = run(n, args.quick, reuse, args.jobs)
+    res["reused"], res["jobs"] = reuse is not None, args.jobs
     best = choose_defaults(res)
     seconds = time.perf_counter() - t0
     md = report(res, best, seconds, args.quick)
@@ -356,7 +408,7 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"results": res, "defaults": best, "seconds": seconds,
-         "threads": torch.get_num_threads()}, indent=1, default=float) + "\n")
+         "threads": 1, "jobs": args.jobs}, indent=1, default=float) + "\n")
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)
 

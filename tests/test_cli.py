@@ -164,7 +164,17 @@ def test_sample_with_each_spacing_and_a_bad_one(trained, tmp_path, capsys):
         assert main(["sample", str(trained), "--sampler", "ddim", "--steps", "5",
                      "--spacing", spacing, "-n", "20", "--out", str(out)]) == 0
         assert np.load(out).shape == (20, 2)
+    for spacing in ("logsnr", "karras", "angle", "blend"):  # the solvers' own grids
+        out = tmp_path / f"{spacing}.npy"
+        assert main(["sample", str(trained), "--sampler", "unipc", "--steps", "5",
+                     "--spacing", spacing, "-n", "20", "--out", str(out)]) == 0
+        assert np.isfinite(np.load(out)).all()
     capsys.readouterr()
     assert main(["sample", str(trained), "--spacing", "uniform", "--out",
                  str(tmp_path / "x.npy")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+    assert main(["sample", str(trained), "--sampler", "ddim", "--spacing", "blend", "--out",
+                 str(tmp_path / "x.npy")]) == 2  # a grid of another sampler
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not a grid of --sampler ddim" in err[0] and "trailing" in err[0]
+    assert not (tmp_path / "x.npy").exists()

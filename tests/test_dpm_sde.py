@@ -23,7 +23,7 @@ def test_first_order_is_ddim_eta1_on_the_same_grid_and_noise(sched):
     (Weng eq. 29 with σ² = β̃_{t|s}), drawn with the same z."""
     model, x_T = oracle.ExactDenoiser(MIX, sched), _x_T(500)
     for steps in (7, 30):
-        grid = dpm_timesteps(sched, steps, "auto").tolist()
+        grid = dpm_timesteps(sched, steps, "blend").tolist()
         a = samplers.dpm_solver_pp_sde(model, sched, x_T, grid, torch.Generator().manual_seed(1),
                                        order=1)
         b = samplers.ddim(model, sched, x_T, grid, torch.Generator().manual_seed(1), eta=1.0)
@@ -58,7 +58,7 @@ def test_contract_determinism_and_order_check():
     assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
     calls = []
     samplers.dpm_solver_pp_sde(model, LINEAR, x_T, 8, callback=lambda i, t, x: calls.append(t))
-    assert calls == dpm_timesteps(LINEAR, 8, "auto").tolist()  # one evaluation a step
+    assert calls == dpm_timesteps(LINEAR, 8, "blend").tolist()  # one evaluation a step
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         samplers.dpm_solver_pp_sde(model, LINEAR, x_T, 8, order=3)
     assert samplers.SAMPLERS["dpm++sde"] is samplers.dpm_solver_pp_sde

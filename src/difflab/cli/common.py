@@ -20,12 +20,15 @@ from contextlib import contextmanager
 
 from ..config import CONSISTENCY_METHODS, DEVICES, NO_SPACING, PRECISIONS, SCORE_METHODS
 from ..errors import DifflabError
-from ..samplers import SAMPLERS
+from ..samplers import SAMPLER_SPACINGS, SAMPLERS
 
 PROG = "difflab"
 EXIT_USAGE = 2
 SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
-SPACING_NAMES = ("linspace", "leading", "trailing")
+# every sampler's grids but DPM-Solver's "auto" (its default before "blend"), which the CLI
+# would confuse with eval_spacing's "auto" (the sampler's own default)
+SPACING_NAMES = tuple(dict.fromkeys(g for gs in SAMPLER_SPACINGS.values() for g in gs
+                                    if g != "auto"))
 
 
 class UsageError(DifflabError):
@@ -241,8 +244,11 @@ def add_sampling_flags(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's "
                    "eval_steps)")
     p.add_argument("--eta", type=float, help="DDIM η >= 0 (default 0: deterministic)")
-    p.add_argument("--spacing", choices=SPACING_NAMES, help="timestep spacing of strided "
-                   "sampling (default: the run's eval_spacing; see difflab.samplers.timesteps)")
+    p.add_argument("--spacing", choices=SPACING_NAMES, metavar="GRID", help="timestep grid: "
+                   "linspace, leading or trailing (every sampler; difflab.samplers.timesteps), "
+                   "and for dpm++, dpm++sde and unipc also logsnr, karras, angle or blend "
+                   "(their default; difflab.samplers.dpm_solver.dpm_timesteps); default: the "
+                   "run's eval_spacing")
     p.add_argument("-n", type=int, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
     add_levels_flag(p)
@@ -327,6 +333,10 @@ def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str 
         raise UsageError(f"-n must be at least 1, got {n}")
     if sampler in NO_SPACING and args.spacing is not None:
         raise UsageError(f"--spacing does not apply to --sampler {sampler}")
+    if args.spacing is not None and args.spacing not in SAMPLER_SPACINGS[sampler]:
+        fits = [g for g in SAMPLER_SPACINGS[sampler] if g in SPACING_NAMES]
+        raise UsageError(f"--spacing {args.spacing} is not a grid of --sampler {sampler}; "
+                         f"choose one of {', '.join(fits)}")
     with user_errors():
         spacing = spacing_for(cfg, sampler, args.spacing)
     return sampler, steps, eta, n, spacing

@@ -152,8 +152,9 @@ def check_sampler_fits(model: Callable, sampler: str) -> None:
 def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
     """The timestep spacing ``sampler`` samples with when :func:`draw` gets ``spacing``: that
     one, or (None) the sampler's own default — its ``spacing`` parameter's default: linspace
-    for ddpm, ddim, euler and heun, geometric for langevin, auto for dpm++ and unipc, karras
-    for edm-heun. None for a sampler without a grid to space (consistency). What metrics record."""
+    for ddpm, ddim, euler and heun, geometric for langevin, blend for dpm++, dpm++sde and
+    unipc, karras for edm-heun. None for a sampler without a grid to space (consistency).
+    What metrics record."""
     if spacing is not None:
         return spacing
     import inspect
@@ -192,17 +193,18 @@ def levels_used(model, schedule: Schedule, sampler: str, steps: int,
 def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
                       spacing: str | None = None) -> Tensor:
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
-    grid (dpm++, dpm++sde and unipc: "auto" and the λ clip; edm-heun: the Karras σ's) unless
-    ``spacing``."""
+    grid (:func:`spacing_used`; dpm++, dpm++sde and unipc with the λ clip, edm-heun with its σ
+    cap) unless ``spacing``."""
+    spacing = spacing_used(sampler, spacing)
     if sampler in ("dpm++", "dpm++sde", "unipc"):
         from ..samplers.dpm_solver import dpm_timesteps
 
-        return dpm_timesteps(schedule, steps, spacing or "auto")
+        return dpm_timesteps(schedule, steps, spacing)
     if sampler == "edm-heun":
         from ..samplers.edm import edm_timesteps
 
-        return edm_timesteps(schedule, steps, spacing or "karras")
-    return resolve(schedule.T, steps, spacing or "linspace")
+        return edm_timesteps(schedule, steps, spacing)
+    return resolve(schedule.T, steps, "linspace" if spacing in (None, "geometric") else spacing)
 
 
 def snapshot_marks(schedule: Schedule, sampler: str, steps: int,

@@ -8,9 +8,9 @@ bar), ``callback(i, t, x)`` after every step and ``cond`` (keyword arguments for
 from .ancestral import ddpm
 from .consistency import consistency
 from .ddim import ddim, ddim_invert, slerp
-from .dpm_solver import dpm_solver_pp
+from .dpm_solver import DPM_SPACINGS, dpm_solver_pp
 from .dpm_solver_sde import dpm_solver_pp_sde
-from .edm import edm_heun, karras_sigmas
+from .edm import EDM_SPACINGS, edm_heun, karras_sigmas
 from .langevin import langevin
 from .ode import euler, heun
 from .timesteps import SPACINGS, timesteps
@@ -20,7 +20,12 @@ SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "langevin": langevin, "euler": euler, "h
             "dpm++": dpm_solver_pp, "dpm++sde": dpm_solver_pp_sde, "unipc": unipc,
             "edm-heun": edm_heun,
             "consistency": consistency}  # for consistency models only (difflab.distill)
+# the grids each sampler's ``spacing`` takes (consistency sampling has none: it re-noises to σ's)
+SAMPLER_SPACINGS = {"ddpm": SPACINGS, "ddim": SPACINGS, "langevin": ("geometric", *SPACINGS),
+                    "euler": SPACINGS, "heun": SPACINGS, "dpm++": DPM_SPACINGS,
+                    "dpm++sde": DPM_SPACINGS, "unipc": DPM_SPACINGS, "edm-heun": EDM_SPACINGS,
+                    "consistency": ()}
 
-__all__ = ["SAMPLERS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
+__all__ = ["SAMPLERS", "SAMPLER_SPACINGS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
            "dpm_solver_pp", "dpm_solver_pp_sde", "edm_heun", "euler", "heun", "karras_sigmas",
            "langevin", "slerp", "timesteps", "unipc"]

@@ -25,26 +25,28 @@ The first steps use lower order (no history yet), and so do the last: the step t
 λ_0 = ∞ and is always first order (x_0 = x̂_0 at the last timestep); with ``order=3`` the step
 before it is second order (the "lower order final" of DPM-Solver's multistep code for few steps).
 
-Default grid: ``spacing="auto"``: "trailing" (:mod:`.timesteps`: time-uniform from T down to
-≈ T/S, then the jump to x_0; diffusers' DPMSolverMultistepScheduler default, Lin et al. 2024)
-below 10 steps and "logsnr" (uniform in λ, Lu et al. 2022a) from 10 steps on; order 2 (2M).
-Chosen on the tuning targets of benchmarks/samplers_oracle.py (an isotropic 8-mode ring, an
-anisotropic 2-D mixture of thin and wide modes, a 16-D full-covariance mixture; both schedules;
-sliced W1 and mode weight + per-mode covariance error; NFE 5, 10, 20): the geometric mean of
-the error ÷ DDIM's is 0.48 for 2M "auto", 0.52-0.58 for 2M/3M "logsnr", 0.61-0.66 for
-"trailing" (the old default), 0.6-0.8 for Karras' ρ = 7 grid, and 3M is no better than 2M on
-any grid. "logsnr" wins from 10 steps on both schedules (linear 0.32 vs 0.53 at 10, 0.40 vs
-0.66 at 20); at 5 steps on the cosine schedule it spends three of its evaluations in
-t ∈ [970, 996] and "trailing" is far better (0.52 vs 0.82). On the held-out targets (a 3-D
-five-mode mixture of unequal weights and widths, a 2-D one with a light mode 12 away, a 32-D
-full-covariance one; results/samplers_oracle.md) the mode error of "auto" is below that of
-"trailing" on 5 of the 6 (target, schedule) pairs at 10 steps and 4 of 6 at 20; the clear
-exception is the far light mode on the cosine schedule, where the logsnr grid's mode error is
-1.6× DDIM's at 10 steps (trailing: 0.67×). No grid meets issue #17's 0.4× DDIM at 10 steps on
-every held-out target. Dropping the
-λ clip (``lambda_min=None``) was worse or equal everywhere (results/samplers_oracle_round1.md).
-(Before: on the 8-Gaussian ring alone, benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing"
-beat DDIM at every budget in SWD, which is why it was the default.)
+Default grid: ``spacing="blend"``, order 2 (2M). The grid is uniform in u ∈ [0, 1] with
+log σ(u) = 0.3 log σ_logsnr(u) + 0.7 log σ_angle(u) (:func:`grid_sigmas`; σ = e^{−λ}): between
+"logsnr" (uniform in λ, Lu et al. 2022a), which spends most evaluations at low noise, and
+"angle" (uniform in arctan σ: the cosine schedule's own time grid), which spends them at high
+noise. Chosen on the tuning targets of benchmarks/samplers_oracle.py (an isotropic 8-mode
+ring, an anisotropic 2-D mixture of thin and wide modes, a 16-D full-covariance mixture; both
+schedules; sliced W1 and mode weight + per-mode covariance error; NFE 5, 10, 20): the
+geometric mean of 2M's error ÷ DDIM's is 0.31 on "blend" (w = 0.5: 0.31, 0.3: 0.36, 0.85:
+0.37), 0.48 on "auto" (the default before: "trailing" below 10 steps, "logsnr" from 10 on),
+0.50 "logsnr", 0.51 "angle", 0.6-0.8 "trailing" and Karras' ρ = 7 grid; 3M is no better than
+2M on any grid. The weight w = 0.7 (``BLEND``) is shared with UniPC and SDE-DPM-Solver++, for
+which it is the best weight outright. On the held-out targets (a 3-D five-mode mixture of unequal
+weights and widths, a 2-D one with a light mode 12 away, a 32-D full-covariance one;
+results/samplers_oracle.md) the geometric mean is 0.38 ("auto" 0.55); the mode error at 10
+steps is 0.16-0.61× DDIM's ("auto" 0.33-1.58×: the far light mode on the cosine schedule was
+1.6× DDIM's, now 0.38×). The price is at the low-noise end: on the five-mode target (stds down
+to 0.05) "logsnr" is better from 20 steps on (mode error 0.24-0.32× DDIM's at 20 against
+0.43-0.50×); pass ``spacing="logsnr"`` for many steps on data with very thin modes. Dropping
+the λ clip (``lambda_min=None``) was worse or equal everywhere
+(results/samplers_oracle_round1.md). (Before that benchmark: on the 8-Gaussian ring alone,
+benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing" beat DDIM at every budget in SWD,
+which is why it was the first default.)
 """
 
 from __future__ import annotations
@@ -61,9 +63,11 @@ from ._common import Callback, alpha_bar_table, loop, predict
 from .edm import karras_sigmas, timesteps_for_sigmas
 from .timesteps import SPACINGS, capped
 
-DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "auto")
+DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "angle", "blend", "auto")
 AUTO_LOGSNR_FROM = 10  # "auto": "trailing" below this many steps, "logsnr" from it on
 LAMBDA_MIN = -5.1  # diffusers' lambda_min_clipped recommended for the cosine schedule
+OWN_GRIDS = ("logsnr", "karras", "angle", "blend")  # built here, not by .timesteps
+BLEND = 0.7  # "blend": log σ = (1 − w) log σ_logsnr + w log σ_angle, this w (samplers_oracle.py)
 
 
 def half_log_snr(ab: float) -> float:
@@ -76,8 +80,29 @@ def auto_spacing(steps: int | Sequence[int] | None) -> str:
     return "trailing" if isinstance(steps, int) and steps < AUTO_LOGSNR_FROM else "logsnr"
 
 
+def grid_sigmas(spacing: str, n: int, sigma_max: float, sigma_min: float,
+                blend: float = BLEND) -> Tensor:
+    """n ≥ 2 noise levels σ = e^{−λ} = √((1−ᾱ)/ᾱ), float64 (n,), from σ_max down to σ_min, at
+    u = 0, 1/(n−1), …, 1 of one of three grids:
+
+    - ``"logsnr"``: uniform in λ = −log σ (Lu et al. 2022a);
+    - ``"angle"``: uniform in φ = arctan σ, the angle of (√ᾱ, √(1−ᾱ)); the time-uniform grid
+      of the cosine schedule (ᾱ_t ∝ cos² of a linear function of t, Nichol & Dhariwal 2021),
+      whatever the model's schedule. Against "logsnr" it moves evaluations from the low-noise
+      end (where φ ≈ σ, uniform in σ) to the high-noise end (φ ≈ π/2 − 1/σ);
+    - ``"blend"``: log σ(u) = (1 − w) log σ_logsnr(u) + w log σ_angle(u), w = ``blend``.
+    """
+    u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # (n,)
+    log_lam = math.log(sigma_max) + u * (math.log(sigma_min) - math.log(sigma_max))
+    phi_hi, phi_lo = math.atan(sigma_max), math.atan(sigma_min)
+    log_ang = (phi_hi + u * (phi_lo - phi_hi)).tan().log()
+    w = {"logsnr": 0.0, "angle": 1.0, "blend": blend}[spacing]
+    return ((1 - w) * log_lam + w * log_ang).exp()
+
+
 def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
-                  spacing: str = "trailing", lambda_min: float | None = LAMBDA_MIN) -> Tensor:
+                  spacing: str = "trailing", lambda_min: float | None = LAMBDA_MIN,
+                  blend: float = BLEND) -> Tensor:
     """The visited timesteps, int64 (S,), decreasing, restricted to t ≤ t_max, the largest t
     with λ_t ≥ lambda_min (T when None).
 
@@ -88,8 +113,10 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     jumps to x_0 instead of spending an evaluation at t = 1. ``"karras"``: the same with S + 1
     points of Karras et al.'s ρ = 7 grid in σ = e^{−λ} (eq. 5) from σ_{t_max} to σ_1 (the grid
     of diffusers' ``use_karras_sigmas``). None → every t up to t_max; an explicit list → those
-    timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"auto"``: "trailing"
-    for S < 10, "logsnr" from 10 on (:func:`auto_spacing`; why: the module notes).
+    timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"angle"`` and
+    ``"blend"`` (weight ``blend`` on "angle"): the same with S + 1 points of those grids of
+    :func:`grid_sigmas`. ``"auto"``: "trailing" for S < 10, "logsnr" from 10 on
+    (:func:`auto_spacing`; the default before "blend"; why: the module notes).
     """
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
@@ -97,15 +124,16 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     if spacing not in DPM_SPACINGS and isinstance(steps, int):
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(DPM_SPACINGS)}")
     spacing = auto_spacing(steps) if spacing == "auto" else spacing
-    own = spacing if spacing in ("logsnr", "karras") else "logsnr"
+    own = spacing if spacing in OWN_GRIDS else "logsnr"
     grid = capped(schedule.T, t_max, steps, spacing, own=own)
     if grid is not None:
         return grid
+    sig_max, sig_min = math.exp(-lam[t_max - 1].item()), math.exp(-lam[0].item())
     if spacing == "karras":
-        sig = karras_sigmas(steps + 1, math.exp(-lam[0].item()), math.exp(-lam[t_max - 1].item()))
-        return timesteps_for_sigmas(schedule, sig[:steps], t_max)
-    grid = torch.linspace(lam[t_max - 1].item(), lam[0].item(), steps + 1, dtype=torch.float64)
-    return timesteps_for_sigmas(schedule, (-grid[:-1]).exp(), t_max)  # σ = e^{−λ}
+        sig = karras_sigmas(steps + 1, sig_min, sig_max)
+    else:
+        sig = grid_sigmas(spacing, steps + 1, sig_max, sig_min, blend)
+    return timesteps_for_sigmas(schedule, sig[:steps], t_max)
 
 
 def _update(x: Tensor, x0s: list[Tensor], lams: list[float], lam_s: float, ab_s: float,
@@ -140,7 +168,7 @@ def dpm_solver_pp(
     generator: torch.Generator | None = None,
     *,
     order: int = 2,
-    spacing: str = "auto",
+    spacing: str = "blend",
     lambda_min: float | None = LAMBDA_MIN,
     progress: bool = False,
     callback: Callback | None = None,
@@ -148,8 +176,7 @@ def dpm_solver_pp(
 ) -> Tensor:
     """Multistep DPM-Solver++ of ``order`` 1, 2 (2M, Lu et al. 2022b Alg. 2) or 3 (3M); one
     model evaluation per step, deterministic (``generator`` is unused). x_T: (B, …).
-    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "auto": "trailing"
-    below 10 steps, "logsnr" from 10 on).
+    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "blend").
 
     ``lambda_min`` clips the noisy end: sampling starts at the largest t with λ_t ≥ lambda_min,
     taking x_T as the sample there (at t = 996 of the cosine schedule √ᾱ_t = 0.006: x_t is
