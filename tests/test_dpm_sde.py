@@ -58,7 +58,7 @@ def test_contract_determinism_and_order_check():
     assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
     calls = []
     samplers.dpm_solver_pp_sde(model, LINEAR, x_T, 8, callback=lambda i, t, x: calls.append(t))
-    assert calls == dpm_timesteps(LINEAR, 8, "blend").tolist()  # one evaluation a step
+    assert calls == dpm_timesteps(LINEAR, 8, "auto").tolist()  # one evaluation a step
     with pytest.raises(ValueError, match="order must be 1 or 2"):
         samplers.dpm_solver_pp_sde(model, LINEAR, x_T, 8, order=3)
     assert samplers.SAMPLERS["dpm++sde"] is samplers.dpm_solver_pp_sde

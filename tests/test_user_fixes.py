@@ -176,7 +176,7 @@ def test_folder_run_without_a_terminal_lists_skipped_files_and_reports_progress(
 # --- 6: the spacing actually used ---------------------------------------------------------------
 def test_spacing_used_is_the_samplers_own_default():
     own = {"ddpm": "linspace", "ddim": "linspace", "euler": "linspace", "heun": "linspace",
-           "langevin": "geometric", "dpm++": "blend", "dpm++sde": "blend", "unipc": "blend",
+           "langevin": "geometric", "dpm++": "auto", "dpm++sde": "auto", "unipc": "auto",
            "edm-heun": "karras", "consistency": None}
     assert {s: spacing_used(s) for s in SAMPLERS} == own
     assert spacing_used("ddim", "trailing") == "trailing"
@@ -192,12 +192,14 @@ def test_metrics_and_eval_record_the_spacing(run_2d, capsys):
     assert metrics["spacing"] == (chosen or spacing_used(cfg.eval_sampler)) is not None
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "dpm++", "--steps", "5", "-n", "200",
                        "--no-progress")
-    assert code == 0 and json.loads(out)["spacing"] == json.loads(out)["grid"] == "blend"
+    assert code == 0 and json.loads(out)["spacing"] == "auto"
+    assert json.loads(out)["grid"] == "trailing"  # what "auto" is below 10 steps
+    code, out, _ = run(capsys, "eval", run_2d, "--sampler", "dpm++", "--steps", "10", "-n", "200",
+                       "--no-progress")
+    assert code == 0 and json.loads(out)["grid"] == "logsnr"
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "unipc", "--steps", "10", "-n", "200",
-                       "--spacing", "logsnr", "--no-progress")
-    assert code == 0 and json.loads(out)["spacing"] == json.loads(out)["grid"] == "logsnr"
-    assert grid_used("dpm++", 5, "auto") == "trailing"  # the Python API's older default
-    assert grid_used("dpm++", 10, "auto") == "logsnr"
+                       "--spacing", "blend", "--no-progress")
+    assert code == 0 and json.loads(out)["spacing"] == json.loads(out)["grid"] == "blend"
     assert metrics["grid"] == grid_used(cfg.eval_sampler, cfg.eval_steps, chosen)
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "ddim", "--steps", "5",
                        "--spacing", "linspace", "-n", "200", "--no-progress")

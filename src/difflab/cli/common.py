@@ -247,8 +247,9 @@ def add_sampling_flags(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("--spacing", choices=SPACING_NAMES, metavar="GRID", help="timestep grid: "
                    "linspace, leading or trailing (every sampler; difflab.samplers.timesteps), "
                    "and for dpm++, dpm++sde and unipc also logsnr, karras, angle or blend "
-                   "(their default; difflab.samplers.dpm_solver.dpm_timesteps); default: the "
-                   "run's eval_spacing")
+                   "(difflab.samplers.dpm_solver.dpm_timesteps); default: the run's "
+                   "eval_spacing, whose 'auto' gives those three their own default (trailing "
+                   "below 10 steps, logsnr from 10)")
     p.add_argument("-n", type=int, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
     add_levels_flag(p)

@@ -152,7 +152,7 @@ def check_sampler_fits(model: Callable, sampler: str) -> None:
 def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
     """The timestep spacing ``sampler`` samples with when :func:`draw` gets ``spacing``: that
     one, or (None) the sampler's own default — its ``spacing`` parameter's default: linspace
-    for ddpm, ddim, euler and heun, geometric for langevin, blend for dpm++, dpm++sde and
+    for ddpm, ddim, euler and heun, geometric for langevin, auto for dpm++, dpm++sde and
     unipc, karras for edm-heun. None for a sampler without a grid to space (consistency).
     What metrics record."""
     if spacing is not None:

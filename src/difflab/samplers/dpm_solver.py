@@ -25,26 +25,39 @@ The first steps use lower order (no history yet), and so do the last: the step t
 λ_0 = ∞ and is always first order (x_0 = x̂_0 at the last timestep); with ``order=3`` the step
 before it is second order (the "lower order final" of DPM-Solver's multistep code for few steps).
 
-Default grid: ``spacing="blend"``, order 2 (2M). The grid is uniform in u ∈ [0, 1] with
-log σ(u) = 0.3 log σ_logsnr(u) + 0.7 log σ_angle(u) (:func:`grid_sigmas`; σ = e^{−λ}): between
-"logsnr" (uniform in λ, Lu et al. 2022a), which spends most evaluations at low noise, and
-"angle" (uniform in arctan σ: the cosine schedule's own time grid), which spends them at high
-noise. Chosen on the tuning targets of benchmarks/samplers_oracle.py (an isotropic 8-mode
-ring, an anisotropic 2-D mixture of thin and wide modes, a 16-D full-covariance mixture; both
-schedules; sliced W1 and mode weight + per-mode covariance error; NFE 5, 10, 20): the
-geometric mean of 2M's error ÷ DDIM's is 0.31 on "blend" (w = 0.5: 0.31, 0.3: 0.36, 0.85:
-0.37), 0.48 on "auto" (the default before: "trailing" below 10 steps, "logsnr" from 10 on),
-0.50 "logsnr", 0.51 "angle", 0.6-0.8 "trailing" and Karras' ρ = 7 grid; 3M is no better than
-2M on any grid. The weight w = 0.7 (``BLEND``) is shared with UniPC and SDE-DPM-Solver++, for
-which it is the best weight outright. On the held-out targets (a 3-D five-mode mixture of unequal
-weights and widths, a 2-D one with a light mode 12 away, a 32-D full-covariance one;
-results/samplers_oracle.md) the geometric mean is 0.38 ("auto" 0.55); the mode error at 10
-steps is 0.16-0.61× DDIM's ("auto" 0.33-1.58×: the far light mode on the cosine schedule was
-1.6× DDIM's, now 0.38×). The price is at the low-noise end: on the five-mode target (stds down
-to 0.05) "logsnr" is better from 20 steps on (mode error 0.24-0.32× DDIM's at 20 against
-0.43-0.50×); pass ``spacing="logsnr"`` for many steps on data with very thin modes. Dropping
-the λ clip (``lambda_min=None``) was worse or equal everywhere
-(results/samplers_oracle_round1.md). (Before that benchmark: on the 8-Gaussian ring alone,
+Default grid: ``spacing="auto"``, order 2 (2M): "trailing" (:mod:`.timesteps`: time-uniform
+from T down to ≈ T/S, then the jump to x_0; diffusers' DPMSolverMultistepScheduler default, Lin
+et al. 2024) below 10 steps and "logsnr" (uniform in λ, Lu et al. 2022a) from 10 steps on. Why,
+from two benchmarks:
+
+- benchmarks/samplers_oracle.py (exact denoisers of Gaussian mixtures: three tuning targets,
+  an 8-mode ring, a 2-D mixture of thin and wide modes and a 16-D full-covariance one, and
+  three held out; both schedules; sliced W1 and mode weight + per-mode covariance error; NFE
+  5-20) chose "auto" over "trailing" (the first default; geometric mean of 2M's error ÷ DDIM's
+  0.48 against 0.61-0.66), Karras' ρ = 7 grid (0.6-0.8) and order 3 (no better anywhere). It
+  then tried two more grids built by :func:`grid_sigmas`: "angle" (uniform in arctan σ, the
+  cosine schedule's own time grid) and "blend" (log σ 0.7 of the way from "logsnr" to
+  "angle"), which move evaluations from the low-noise end to the middle. On exact denoisers
+  "blend" wins clearly: 0.31 on the tuning targets and 0.38 on the held-out ones ("auto" 0.48
+  and 0.55), and at 10 steps its mode error is 0.16-0.61× DDIM's on every held-out target
+  ("auto" up to 1.58×, on the far light mode of the cosine schedule).
+- benchmarks/solver_error_trained.py (trained networks: how far x_0 lands from the network's
+  own ODE solution) reverses it. "blend" and "angle" take a long first step in λ from t = T,
+  where a network's x̂_0 = (x_t − σ_t ε̂)/α_t multiplies the error of ε̂ by σ_T/α_T ≈ 157 and
+  the step carries it on; an exact denoiser has no error to carry (a 1 % error in ε̂ is enough
+  to reverse the order: tests/test_solvers.py). At 10 steps 2M's RMS on "blend" is 1.54
+  against 0.14 on "logsnr" for latent MNIST, 0.42 against 0.11 for the digits U-Net on the
+  linear schedule and 0.64 against 0.12 on the cosine one (DDIM: 0.55, 0.20, 1.12); "angle"
+  is worse still. So "blend" and "angle" are options, not the default.
+
+"auto" stays. Its weak spots: on exact denoisers, 5-10 steps on the cosine schedule with a far
+light mode (above); on the cosine digits U-Net, 5 steps, where its "trailing" lands 4× further
+from the ODE solution than "karras" (UniPC 1.33 against 0.31; "logsnr" 0.55). On the linear
+schedule at 5 steps "trailing" has the lowest RMS, but partly because its last step jumps to
+x̂_0 from σ ≈ 0.7 (a posterior mean is near any sample in RMS), so that benchmark does not
+settle the 5-step grid, and it was left as it is.
+Dropping the λ clip (``lambda_min=None``) was worse or equal everywhere
+(results/samplers_oracle_round1.md). (Before the oracle benchmark: on the 8-Gaussian ring alone,
 benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing" beat DDIM at every budget in SWD,
 which is why it was the first default.)
 """
@@ -67,7 +80,7 @@ DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "angle", "blend", "auto")
 AUTO_LOGSNR_FROM = 10  # "auto": "trailing" below this many steps, "logsnr" from it on
 LAMBDA_MIN = -5.1  # diffusers' lambda_min_clipped recommended for the cosine schedule
 OWN_GRIDS = ("logsnr", "karras", "angle", "blend")  # built here, not by .timesteps
-BLEND = 0.7  # "blend": log σ = (1 − w) log σ_logsnr + w log σ_angle, this w (samplers_oracle.py)
+BLEND = 0.7  # "blend": log σ = (1 − w) log σ_logsnr + w log σ_angle (samplers_oracle.py's pick)
 
 
 def half_log_snr(ab: float) -> float:
@@ -116,7 +129,7 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"angle"`` and
     ``"blend"`` (weight ``blend`` on "angle"): the same with S + 1 points of those grids of
     :func:`grid_sigmas`. ``"auto"``: "trailing" for S < 10, "logsnr" from 10 on
-    (:func:`auto_spacing`; the default before "blend"; why: the module notes).
+    (:func:`auto_spacing`; the default; why: the module notes).
     """
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
@@ -168,7 +181,7 @@ def dpm_solver_pp(
     generator: torch.Generator | None = None,
     *,
     order: int = 2,
-    spacing: str = "blend",
+    spacing: str = "auto",
     lambda_min: float | None = LAMBDA_MIN,
     progress: bool = False,
     callback: Callback | None = None,
@@ -176,7 +189,8 @@ def dpm_solver_pp(
 ) -> Tensor:
     """Multistep DPM-Solver++ of ``order`` 1, 2 (2M, Lu et al. 2022b Alg. 2) or 3 (3M); one
     model evaluation per step, deterministic (``generator`` is unused). x_T: (B, …).
-    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "blend").
+    ``spacing``: see :func:`dpm_timesteps` and the module notes (default "auto": "trailing"
+    below 10 steps, "logsnr" from 10 on).
 
     ``lambda_min`` clips the noisy end: sampling starts at the largest t with λ_t ≥ lambda_min,
     taking x_T as the sample there (at t = 996 of the cosine schedule √ᾱ_t = 0.006: x_t is

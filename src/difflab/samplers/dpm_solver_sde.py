@@ -22,19 +22,19 @@ weight of diffusers' ``sde-dpmsolver++`` and k-diffusion's ``dpmpp_2m_sde``:
 
 One model evaluation a step; the first step is first order (no history), and the step to x_0
 (λ_0 = ∞) returns x̂_0 without noise. The grid and the λ clip are those of DPM-Solver++
-(:func:`.dpm_solver.dpm_timesteps`; default ``spacing="blend"``). Why it exists: at few steps
+(:func:`.dpm_solver.dpm_timesteps`; default ``spacing="auto"``). Why it exists: at few steps
 the ODE solvers carry their truncation error to the end, while the SDE's injected noise
 contracts past errors (Karras et al. 2022, §4).
 
 Measured in benchmarks/samplers_oracle.py (results/samplers_oracle.md; exact mixture
-denoisers, so only the solver's error counts): on the tuning targets, on its default grid
-"blend" (shared with the ODE solvers; the best weight for it too), the geometric mean of its
-error ÷ DDIM's is 0.36-0.54 at 10 NFE and 0.48-0.53 at 20 — worse than the ODE solvers there
-(2M 0.23-0.34 and 0.34-0.38, UniPC 0.19-0.28 and 0.35-0.39) — and 0.51-0.59 at 50, where the
-ODE solvers are at 0.61-0.75 and it comes nearest DDPM-1000 (on "logsnr" or "blend" with w =
-0.3-0.5 it is 0.40-0.58 there). Over NFE 5-20, "blend" scores 0.45 against 0.63 for "auto",
-the default before ("trailing" below 10 steps, "logsnr" from 10 on). Use ``dpm++`` or
-``unipc`` for few steps, ``dpm++sde`` for quality at 50 or more.
+denoisers, so only the solver's error counts): on the tuning targets the geometric mean of its
+error ÷ DDIM's is 0.54-0.92 at 10 NFE and 0.48-0.61 at 20 — worse than the ODE solvers there
+(2M 0.32-0.54, UniPC 0.23-0.44) — but it is the best of the default configurations at 50 NFE
+(0.45 linear, 0.58 cosine; the ODE solvers 0.60-0.75), where it also comes nearest DDPM-1000.
+Its default grid "auto" is the best of trailing/logsnr/auto on both schedules together (0.63);
+"blend" scores 0.45 on those exact denoisers but is not the default for the reason given in
+the notes of :mod:`.dpm_solver` (trained networks). Use ``dpm++`` or ``unipc`` for few steps,
+``dpm++sde`` for quality at 50 or more.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def dpm_solver_pp_sde(
     generator: torch.Generator | None = None,
     *,
     order: int = 2,
-    spacing: str = "blend",
+    spacing: str = "auto",
     lambda_min: float | None = LAMBDA_MIN,
     progress: bool = False,
     callback: Callback | None = None,

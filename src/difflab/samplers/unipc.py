@@ -29,18 +29,18 @@ shares), and no corrector follows it. UniP-2 with "bh2" is DPM-Solver++ 2M exact
 what UniPC adds is the corrector.
 
 Default order, B(h) and grid, from benchmarks/samplers_oracle.py (tuning targets only; the
-held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "blend" grid of
-:func:`~difflab.samplers.dpm_solver.dpm_timesteps` (log σ 0.3 of the way from the "angle" grid
-to the "logsnr" one, the UniPC paper's; :func:`~difflab.samplers.dpm_solver.grid_sigmas`). Its
-geometric-mean error ÷ DDIM's over the tuning targets, both schedules, both metrics and NFE
-5-20 is 0.27, the lowest of every configuration tried (2M DPM-Solver++ on the same grid: 0.31;
-UniPC on "auto", the default before, "trailing" below 10 steps and "logsnr" from 10: 0.39):
-order 3 is worse at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1 is
-much worse at 5 steps on the logsnr grid (1.3-2.2× DDIM), and "logsnr" at 5 steps on the
-cosine schedule spends three evaluations at t ≥ 970. On the held-out targets the geometric
-mean is 0.34 ("auto" 0.47), and the mode error is 0.14-0.52× DDIM's at 10 steps ("auto"
-0.37-1.38×) and 0.28-0.57× at 20 ("auto" 0.17-0.87×: "logsnr" is better from 20 steps on the
-five-mode target with stds down to 0.05, 0.17-0.21× against 0.39-0.44×). No
+held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "auto" grid of
+:func:`~difflab.samplers.dpm_solver.dpm_timesteps` ("trailing" below 10 steps, "logsnr", the
+UniPC paper's, from 10 on). Its geometric-mean error ÷ DDIM's over the tuning targets, both
+schedules, both metrics and NFE 5-20 is 0.39 (2M DPM-Solver++ "auto": 0.48): order 3 is worse
+at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1 is much worse at 5
+steps on the logsnr grid (1.3-2.2× DDIM), and on the cosine schedule "logsnr" at 5 steps
+spends three evaluations at t ≥ 970. The "blend" grid scores better still on those exact
+denoisers (0.27; held out 0.34 against 0.47) but lands far from a trained network's own ODE
+solution (benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.22
+against 0.08 for "auto"), so it is an option (the notes of :mod:`.dpm_solver`). On the
+held-out targets at 20 steps the mode error of "auto" is 0.17-0.87× DDIM's (0.93-2.7×
+DDPM-1000's). No
 deterministic sampler can go below the probability-flow ODE's own limit on the T = 1000 grid
 (DDIM and UniPC at 999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's
 sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach
@@ -131,7 +131,7 @@ def unipc(
     order: int = 2,
     variant: str = "bh2",
     corrector: bool = True,
-    spacing: str = "blend",
+    spacing: str = "auto",
     lambda_min: float | None = LAMBDA_MIN,
     progress: bool = False,
     callback: Callback | None = None,
@@ -141,8 +141,8 @@ def unipc(
     UniC on every step but the last, data prediction, B(h) by ``variant`` ("bh1": h, "bh2":
     e^h − 1); one model evaluation per step, deterministic (``generator`` is unused).
     x_T: (B, …). ``spacing`` and ``lambda_min``: the grids and λ clip of
-    :func:`~difflab.samplers.dpm_solver.dpm_timesteps` (default "blend"; see the module
-    notes).
+    :func:`~difflab.samplers.dpm_solver.dpm_timesteps` (default "auto": "trailing" below 10
+    steps, "logsnr" from 10 on; see the module notes).
     ``corrector=False`` leaves the predictor alone (order 1: DDIM).
     """
     if order not in (1, 2, 3):
