@@ -25,8 +25,8 @@ from ..samplers import SAMPLER_SPACINGS, SAMPLERS
 PROG = "difflab"
 EXIT_USAGE = 2
 SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
-# every sampler's grids but DPM-Solver's "auto" (its default before "blend"), which the CLI
-# would confuse with eval_spacing's "auto" (the sampler's own default)
+# every sampler's grids but DPM-Solver's "auto" (its default, used when --spacing is left out
+# and eval_spacing is "auto"), which the CLI would confuse with eval_spacing's own "auto"
 SPACING_NAMES = tuple(dict.fromkeys(g for gs in SAMPLER_SPACINGS.values() for g in gs
                                     if g != "auto"))
 

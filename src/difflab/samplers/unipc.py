@@ -33,14 +33,13 @@ held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "auto" gri
 :func:`~difflab.samplers.dpm_solver.dpm_timesteps` ("trailing" below 10 steps, "logsnr", the
 UniPC paper's, from 10 on). Its geometric-mean error ÷ DDIM's over the tuning targets, both
 schedules, both metrics and NFE 5-20 is 0.39 (2M DPM-Solver++ "auto": 0.48): order 3 is worse
-at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1 is much worse at 5
-steps on the logsnr grid (1.3-2.2× DDIM), and on the cosine schedule "logsnr" at 5 steps
-spends three evaluations at t ≥ 970. The "blend" grid scores better still on those exact
-denoisers (0.27; held out 0.34 against 0.47) but lands far from a trained network's own ODE
-solution (benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.22
-against 0.08 for "auto"), so it is an option (the notes of :mod:`.dpm_solver`). On the
-held-out targets at 20 steps the mode error of "auto" is 0.17-0.87× DDIM's (0.93-2.7×
-DDPM-1000's). No
+at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1 is much worse at 5 steps
+on the logsnr grid (1.3-2.2× DDIM), and on the cosine schedule "logsnr" at 5 steps spends three
+evaluations at t ≥ 970. The "blend" grid scores better still on those exact denoisers (0.27;
+held out 0.34 against 0.47) but lands far from a trained network's own ODE solution
+(benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.22 against 0.08
+for "auto"), so it is an option (the notes of :mod:`.dpm_solver`). On the held-out targets at
+20 steps the mode error of "auto" is 0.17-0.87× DDIM's (0.93-2.7× DDPM-1000's). No
 deterministic sampler can go below the probability-flow ODE's own limit on the T = 1000 grid
 (DDIM and UniPC at 999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's
 sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach
