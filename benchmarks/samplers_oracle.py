@@ -283,7 +283,7 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
              f"{platform.processor() or platform.machine()}."
              " Errors: `swd` sliced W1 to a true sample; `mode` Σ|ŵ−π| + Σ π_k ‖Ĉ_k−Σ_k‖_F/‖Σ_k‖_F."
              " Ratios ÷ DDIM at the same NFE and ÷ DDPM-1000.", "",
-             "### Defaults chosen on the tuning targets (geometric mean of error ÷ DDIM, NFE "
+             "### Best configurations on the tuning targets (geometric mean of error ÷ DDIM, NFE "
              f"{', '.join(map(str, TUNE_NFES))}, both metrics)", "",
              "The weight of the \"blend\" grid (one constant for the three samplers) is "
              "chosen first, over every configuration that uses it: " + ", ".join(
