@@ -50,12 +50,15 @@ from two benchmarks:
   linear schedule and 0.64 against 0.12 on the cosine one (DDIM: 0.55, 0.20, 1.12); "angle"
   is worse still. So "blend" and "angle" are options, not the default.
 
-"auto" stays. Its weak spots: on exact denoisers, 5-10 steps on the cosine schedule with a far
-light mode (above); on the cosine digits U-Net, 5 steps, where its "trailing" lands 4× further
-from the ODE solution than "karras" (UniPC 1.33 against 0.31; "logsnr" 0.55). On the linear
-schedule at 5 steps "trailing" has the lowest RMS, but partly because its last step jumps to
-x̂_0 from σ ≈ 0.7 (a posterior mean is near any sample in RMS), so that benchmark does not
-settle the 5-step grid, and it was left as it is.
+"auto" stays, although it is not best everywhere. Sample quality on the same networks (FD
+against the train split in the committed classifier's features, n = 900, seeds 1-2: ``difflab
+eval RUN --sampler unipc --steps S --spacing G -n 900 --seed K``) does not follow the RMS; at 5
+steps no grid wins on every network: the digits U-Net on the linear schedule scores FD 26-37 on
+"blend", 102-111 on "logsnr" and 120-130 on "trailing" (what "auto" is at 5 steps), the cosine
+one 33-37, 165-189 and 99-104, but latent MNIST 174-176, 217-225 and 71-73. At 10 and 20 steps
+"blend" and "logsnr" are level on both digits U-Nets (within 3 FD at the same seed; seeds 3
+and 4 differ by 7-11).
+So for 5 or fewer steps on a pixel-space model, try ``spacing="blend"``.
 Dropping the λ clip (``lambda_min=None``) was worse or equal everywhere
 (results/samplers_oracle_round1.md). (Before the oracle benchmark: on the 8-Gaussian ring alone,
 benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing" beat DDIM at every budget in SWD,
