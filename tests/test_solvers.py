@@ -195,8 +195,8 @@ def test_recovers_the_mixture(name, kw):
 def test_dpm_solver_beats_ddim_at_10_evaluations(sched):
     """Same 10 evaluations, same x_T (4 × 5000 samples): 2M and 3M on the trailing grid both
     well below DDIM. Measured over x_T seeds 5-9, SWD ÷ DDIM's: linear 0.56-0.65 (2M),
-    0.56-0.70 (3M); cosine 0.72-0.81 (2M), 0.76-0.85 (3M). (The default grid, "blend", is
-    checked in the next test.)"""
+    0.56-0.70 (3M); cosine 0.72-0.81 (2M), 0.76-0.85 (3M). ("blend" is checked in the next
+    test; the default, "auto", is "logsnr" at 10 steps.)"""
     n, x_T = 5000, _x_T(20_000, 5)
     ddim = _mean_swd(samplers.ddim(oracle.ExactDenoiser(MIX, sched), sched, x_T, 10), n)
     bound = 0.8 if sched is LINEAR else 0.9
