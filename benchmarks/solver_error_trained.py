@@ -84,10 +84,15 @@ def measure(run: Path, n: int, nfes) -> dict:
         cells[f"ddim linspace @{nfe}"] = rms(samplers.ddim(model, schedule, x_T, ts.tolist()))
         cells[f"last σ linspace @{nfe}"] = sig[ts[-1] - 1].item()
         for grid in GRIDS:
+            if grid == "auto":  # the grid it stands for at this NFE, sampled once
+                continue
             ts = dpm_timesteps(schedule, nfe, grid)
             cells[f"last σ {grid} @{nfe}"] = sig[ts[-1] - 1].item()
             for name, fn in SOLVERS.items():
                 cells[f"{name} {grid} @{nfe}"] = rms(fn(model, schedule, x_T, nfe, spacing=grid))
+        same = auto_spacing(nfe)
+        for key in ("last σ", *SOLVERS):
+            cells[f"{key} auto @{nfe}"] = cells[f"{key} {same} @{nfe}"]
     return {"schedule": cfg.schedule, "dataset": cfg.dataset, "cells": cells}
 
 
