@@ -33,10 +33,13 @@ POINTS = dict(steps=20, hidden=16, depth=1, t_dim=8, batch=64, n_train=1000, eva
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A class-conditional digits run and a 2-D run (trained, not evaluated)."""
+    """A class-conditional digits run, a 2-D run and a 2-D consistency-training run (trained,
+    not evaluated)."""
     root = tmp_path_factory.mktemp("serve")
-    out = {"digits": root / "digits", "points": root / "points"}
-    for name, values in (("digits", DIGITS), ("points", POINTS)):
+    out = {"digits": root / "digits", "points": root / "points", "ct": root / "ct"}
+    ct = {**POINTS, "method": "consistency-training", "eval_sampler": "consistency",
+          "eval_steps": 1}
+    for name, values in (("digits", DIGITS), ("points", POINTS), ("ct", ct)):
         train(load_config(None, values), out[name], progress=False, evaluate_after=False)
     return out
 
@@ -129,8 +132,9 @@ def test_api_sample_gives_the_grid_and_the_animation(digits):
     assert head == "data:image/gif;base64"
     with Image.open(io.BytesIO(base64.b64decode(gif))) as im:
         assert im.format == "GIF" and im.n_frames == 1 + 4  # x_T and one frame per step
-    assert result["settings"] == {"sampler": "ddim", "steps": 4, "n": 5, "seed": 3,
-                                  "class": "1", "prompt": None, "guidance": None}
+    assert result["settings"] == {"sampler": "ddim", "steps": 4, "spacing": None, "eta": 0.0,
+                                  "levels": None, "n": 5, "seed": 3, "class": "1",
+                                  "prompt": None, "guidance": None}
     status, kind, body = get(f"{digits}/reverse.gif?{query}")
     assert status == 200 and kind == "image/gif" and body == base64.b64decode(gif)
 
@@ -151,6 +155,13 @@ def test_api_sample_gives_the_grid_and_the_animation(digits):
     ("steps=3&steps=4", "given 2 times"),
     ("sampler=consistency", "needs a consistency model"),
     ("prompt=a+seven", "prompt needs a text-conditional run"),
+    ("sampler=ddim&spacing=blend", "spacing blend is not a grid of sampler ddim; choose one of "
+     "linspace, leading, trailing"),
+    ("sampler=consistency&spacing=trailing", "needs a consistency model"),
+    ("eta=x", "eta must be a number"),
+    ("eta=-1", "eta must be >= 0"),
+    ("sampler=unipc&eta=0.5", "eta applies to sampler ddim only"),
+    ("sampler=ddim&levels=1.0", "levels applies to sampler consistency only"),
 ])
 def test_bad_requests_are_400_with_one_line(digits, query, words):
     status, kind, body = get(f"{digits}/api/sample?{query}")
@@ -159,6 +170,51 @@ def test_bad_requests_are_400_with_one_line(digits, query, words):
     assert text.count("\n") == 1 and words in text, text
     assert not text.startswith("-")  # the parameter named as the page names it, not a flag
     assert get(f"{digits}/sample.png?{query}")[0] == 400
+
+
+def test_time_grid_and_eta_are_those_of_difflab_sample(digits, runs, tmp_path, capsys):
+    """``spacing`` and ``eta`` give the PNG of ``difflab sample --spacing/--eta``, and the page
+    lists each sampler's grids as --spacing takes them."""
+    info = json.loads(get(digits + "/api/run")[2])
+    assert info["spacings"]["ddim"] == ["linspace", "leading", "trailing"]
+    assert {"logsnr", "karras", "angle", "blend"} <= set(info["spacings"]["unipc"])
+    assert info["spacings"]["edm-heun"][0] == "karras" and info["eta"] == 0.0
+    for query, flags in (("sampler=unipc&spacing=blend", ["--sampler", "unipc", "--spacing",
+                                                          "blend"]),
+                         ("sampler=ddim&eta=1", ["--sampler", "ddim", "--eta", "1"])):
+        status, _, body = get(f"{digits}/sample.png?{query}&steps=3&seed=4&n=4&class=2")
+        assert status == 200, body
+        out = tmp_path / "cli.png"
+        code, _, err = run_cli(capsys, "sample", runs["digits"], *flags, "--steps", "3",
+                               "--seed", "4", "-n", "4", "--class", "2", "--device", "cpu",
+                               "--no-progress", "--out", out)
+        assert code == 0, err
+        assert np.array_equal(png_pixels(body), png_pixels(out.read_bytes()))
+    default, blend = (png_pixels(get(f"{digits}/sample.png?sampler=unipc&steps=3&n=4{g}")[2])
+                      for g in ("", "&spacing=blend"))
+    assert not np.array_equal(default, blend)  # the grid reached the sampler
+
+
+def test_a_consistency_run_takes_levels(runs):
+    """A consistency run's page offers the consistency sampler only, takes re-noising levels
+    (which set the steps) and refuses levels outside its σ range, with one line."""
+    with serving(runs["ct"]) as url:
+        info = json.loads(get(url + "/api/run")[2])
+        assert info["samplers"] == ["consistency"] and info["spacings"] == {"consistency": []}
+        status, _, body = get(f"{url}/api/sample?levels=2.0,0.5&n=20&seed=1")
+        assert status == 200, body
+        settings = json.loads(body)["settings"]
+        assert settings["steps"] == 3 and settings["levels"] == [2.0, 0.5]
+        a, b = (png_pixels(get(f"{url}/sample.png?n=20&seed=1&levels={v}")[2])
+                for v in ("2.0,0.5", "5.0,0.5"))
+        assert not np.array_equal(a, b)  # the levels reached the sampler
+        for query, words in (("levels=0.5,2.0", "levels must decrease"),
+                             ("levels=1e6", "outside this model's [σ_min, σ_max]"),
+                             ("levels=1,0.5&steps=2", "steps 2 re-noises 1 times"),
+                             ("spacing=trailing", "spacing does not apply to sampler "
+                              "consistency")):
+            status, _, body = get(f"{url}/api/sample?{query}")
+            assert status == 400 and words in body.decode(), (query, body)
 
 
 def test_unknown_page_is_404(digits):

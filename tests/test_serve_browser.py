@@ -100,3 +100,15 @@ def test_the_page_samples_in_a_browser(tmp_path):
                                timeout=20_000)
         assert "class labels must lie in 0..9" in page.inner_text("#error")
         assert page.get_attribute("#grid", "src") == grid  # the last samples stay
+        # the sampler's own settings: DDIM's η, a solver's time grids
+        page.fill("#class", "3")
+        assert page.is_visible("#eta") and not page.is_visible("#levels")
+        page.select_option("#sampler", "unipc")
+        assert not page.is_visible("#eta") and page.is_visible("#spacing")
+        grids = page.eval_on_selector_all("#spacing option", "os => os.map(o => o.value)")
+        assert grids[0] == "" and "blend" in grids and "logsnr" in grids
+        page.select_option("#spacing", "blend")
+        page.click("#go")
+        page.wait_for_selector("body[data-sampled='2']", timeout=30_000)
+        assert "unipc (blend)" in page.inner_text("#status")
+        assert page.inner_text("#error") == ""

@@ -17,7 +17,8 @@ DEFAULT_HOST = "127.0.0.1"
 def add_parser(sub) -> None:
     what = "a local web page to sample from a trained run"
     p = sub.add_parser("serve", help=what, description=what[0].upper() + what[1:] + ": class "
-                       "or prompt, guidance, sampler, steps, seed and number of images; it "
+                       "or prompt, guidance, sampler, steps, time grid, DDIM's eta, a consistency "
+                       "model's levels, seed and number of images; it "
                        "shows the grid and the reverse process, and downloads the PNG.")
     p.add_argument("run", metavar="RUN", help="run directory written by 'difflab train' (or "
                    "'difflab distill')")

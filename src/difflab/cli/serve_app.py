@@ -9,11 +9,13 @@ Routes (all GET):
 - ``/sample.png?…`` and ``/reverse.gif?…``: the same pictures as files.
 
 The query takes ``class`` (K or K,K,… cycled over the samples), ``prompt``, ``guidance``,
-``sampler``, ``steps``, ``seed`` and ``n``; a parameter left out (or empty) means what
-``difflab sample`` does without its flag. Sampling goes through the code of ``difflab sample``:
-the flags' checks (:func:`~difflab.cli.common.sampling_args`), the guided model
-(:func:`~difflab.cli.guidance_flags.guided_from_args`), :func:`difflab.runs.draw.draw` and the
-pictures of :func:`~difflab.cli.sample.write_samples`; so a page's PNG is the PNG that
+``sampler``, ``steps``, ``spacing`` (the time grid: one of the sampler's, as ``--spacing``),
+``eta`` (DDIM's η), ``levels`` (a consistency sample's re-noising σ's, as ``--levels``), ``seed``
+and ``n``; a parameter left out (or empty) means what ``difflab sample`` does without its flag.
+Sampling goes through the code of ``difflab sample``: the flags' checks
+(:func:`~difflab.cli.common.sampling_args`, :func:`~difflab.cli.levels.levels_arg`), the guided
+model (:func:`~difflab.cli.guidance_flags.guided_from_args`), :func:`difflab.runs.draw.draw` and
+the pictures of :func:`~difflab.cli.sample.write_samples`; so a page's PNG is the PNG that
 ``difflab sample RUN --out x.png`` with the same settings writes. One sampling runs at a time.
 A bad request (an unknown or malformed parameter, a value that ``difflab sample`` refuses, more
 than ``max_n`` samples) is answered 400 with one line of text.
@@ -37,12 +39,14 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DifflabError
-from .common import SAMPLER_NAMES, UsageError, one_line
+from ..samplers import SAMPLER_SPACINGS
+from .common import SAMPLER_NAMES, SPACING_NAMES, UsageError, one_line
 
-PARAMS = ("class", "prompt", "guidance", "sampler", "steps", "seed", "n")
+PARAMS = ("class", "prompt", "guidance", "sampler", "steps", "spacing", "eta", "levels", "seed",
+          "n")
 N_DEFAULT, MAX_N = 16, 64
 GIF_MAX_FRAMES, GIF_IMAGES, GIF_POINTS = 40, 64, 2000  # the animation (cf. difflab sample)
-_FLAG = re.compile(r"(?<![\w-])--?(class|prompt|guidance|sampler|steps|seed|n)\b")
+_FLAG = re.compile(r"(?<![\w-])--?(" + "|".join(PARAMS) + r")\b")
 
 
 class BadRequestError(DifflabError):
@@ -53,7 +57,7 @@ class BadRequestError(DifflabError):
 class Pictures:
     png: bytes  # the grid of the samples (images) or their scatter plot (2-D points)
     gif: bytes  # the reverse process x_T → x_0
-    settings: dict  # what was sampled: sampler, steps, n, seed, class, prompt, guidance
+    settings: dict  # what was sampled: sampler, steps, spacing, eta, levels, n, seed, class, …
 
 
 class RunSampler:
@@ -89,8 +93,11 @@ class RunSampler:
         cfg = self.cfg
         samplers = (["consistency"] if self.consistency
                     else [s for s in SAMPLER_NAMES if s != "consistency"])
+        # each sampler's time grids, as --spacing takes them ("" on the page: the run's default)
+        spacings = {s: [g for g in SAMPLER_SPACINGS[s] if g in SPACING_NAMES] for s in samplers}
         return {"run": self.run_dir.name, "dataset": cfg.dataset, "image": self.image,
                 "cond": cfg.cond, "samplers": samplers, "sampler": cfg.eval_sampler,
+                "spacings": spacings, "eta": cfg.eval_eta,
                 "steps": cfg.eval_steps, "T": cfg.T, "guidance": cfg.eval_guidance,
                 "n": min(N_DEFAULT, self.max_n), "max_n": self.max_n}
 
@@ -105,7 +112,8 @@ class RunSampler:
             if len(given) > 1:
                 raise BadRequestError(f"parameter {name!r} is given {len(given)} times")
             values[name] = given[0].strip() if given else None
-        for name, kind in (("steps", int), ("seed", int), ("n", int), ("guidance", float)):
+        for name, kind in (("steps", int), ("seed", int), ("n", int), ("guidance", float),
+                           ("eta", float)):
             if values[name] is not None:
                 try:
                     values[name] = kind(values[name])
@@ -122,11 +130,11 @@ class RunSampler:
         if values["seed"] is not None and not 0 <= values["seed"] < 2**63:
             raise BadRequestError(f"seed must lie in 0..2^63-1, got {values['seed']}")
         return argparse.Namespace(
-            run=str(self.run_dir), sampler=values["sampler"], steps=values["steps"], eta=None,
-            spacing=None, n=n, seed=values["seed"] or 0, labels=values["class"],
-            prompt=values["prompt"], guidance=values["guidance"], classifier=None,
-            clip_guidance=None,
-            threshold=None, threshold_p=None)
+            run=str(self.run_dir), sampler=values["sampler"], steps=values["steps"],
+            eta=values["eta"], spacing=values["spacing"], levels=values["levels"], n=n,
+            seed=values["seed"] or 0, labels=values["class"], prompt=values["prompt"],
+            guidance=values["guidance"], classifier=None, clip_guidance=None, threshold=None,
+            threshold_p=None)
 
     def sample(self, query: dict[str, list[str]]) -> Pictures:
         """Sample as the query asks; BadRequestError for anything ``difflab sample`` refuses."""
@@ -135,12 +143,14 @@ class RunSampler:
         from ..training.backend import torch_threads
         from .common import sampling_args
         from .guidance_flags import guided_from_args
+        from .levels import levels_arg
         from .sample import write_samples
 
         args = self.args(query)
         cfg = self.cfg
         try:
             sampler, steps, eta, n, spacing = sampling_args(args, cfg, args.n)
+            levels = levels_arg(args, self.model)  # a consistency sample's σ's, or None
             model = guided_from_args(args, cfg, self.model, self.schedule, sampler, steps, n)[0]
         except DifflabError as err:  # the flags' own messages, named as the page names them
             raise BadRequestError(_FLAG.sub(r"\1", one_line(err))) from None
@@ -150,6 +160,7 @@ class RunSampler:
         with self.lock, torch_threads(cfg.threads):
             x0 = draw(model, self.schedule, (n, *shape), sampler=sampler, steps=steps, eta=eta,
                       spacing=spacing, seed=args.seed, variance=cfg.variance, frames=frames,
+                      levels=levels,
                       decode=self.codec.decode if self.codec is not None else None)[0]
         x0 = x0.detach().float().cpu()
         if self.image:
@@ -160,7 +171,8 @@ class RunSampler:
             write_samples(x0, png, None, self.image, title)
             write_samples(x0, gif, frames, self.image, title)
             pictures = png.read_bytes(), gif.read_bytes()
-        settings = {"sampler": sampler, "steps": steps, "n": n, "seed": args.seed,
+        settings = {"sampler": sampler, "steps": steps, "spacing": args.spacing, "eta": eta,
+                    "levels": levels, "n": n, "seed": args.seed,
                     "class": args.labels, "prompt": args.prompt, "guidance": args.guidance}
         return Pictures(*pictures, settings)
 
