@@ -246,3 +246,44 @@ def test_an_image_runs_levels_are_searched_by_fd(tmp_path, capsys):
     assert found["metric"] == "fd to the train split" and found["n"] == 30
     assert found["score"] <= found["default_score"] and m["levels"] == found["levels"]
     assert m["fd"] > 0 and m["steps"] == 2
+
+
+def test_adam_beta2_is_the_methods_own_unless_the_config_sets_it(tmp_path, capsys):
+    """iCT's AdamW runs with β2 = 0.99, every other objective with 0.999; ``adam_beta2`` > 0
+    replaces β2 of any objective the config builds (and reaches the optimizer); a run saved
+    before the field existed was trained with 0.999 and reads so; a β2 outside [0, 1) is
+    refused in one line by the command line."""
+    import json
+
+    from difflab.build.model import build_schedule
+    from difflab.cli import main
+    from difflab.config import load_config
+    from difflab.runs import checkpoint as ckpt
+    from difflab.runs.load import read_run_config
+    from difflab.runs.train import train
+    from difflab.training import OBJECTIVES
+
+    small = {"hidden": 16, "depth": 1, "t_dim": 8, "batch": 64, "n_train": 1000, "n_eval": 50,
+             "eval_steps": 2, "warmup": 1, "steps": 3}
+    data = GAUSS.sample(256, torch.Generator().manual_seed(0))
+    for method, own in (("consistency-training", 0.99), ("diffusion", 0.999)):
+        for given, want in ((0.0, own), (0.95, 0.95)):
+            cfg = load_config(None, {**small, "method": method, "adam_beta2": given})
+            obj = OBJECTIVES[method](cfg, build_schedule(cfg), data, None, None)
+            assert obj.betas == (0.9, want), (method, given)
+            assert obj.optimizer().param_groups[0]["betas"] == (0.9, want)
+
+    run = tmp_path / "ct"
+    train(load_config(None, {**small, "method": "consistency-training"}), run, progress=False,
+          evaluate_after=False)
+    assert read_run_config(run).adam_beta2 == 0.0  # saved as given: the method's own
+    raw = json.loads((run / ckpt.CONFIG).read_text())
+    del raw["config"]["optimiser"]["adam_beta2"]
+    (run / ckpt.CONFIG).write_text(json.dumps(raw))
+    assert read_run_config(run).adam_beta2 == 0.999  # what it was trained with
+    for bad in ("1", "-0.5", "nan"):
+        capsys.readouterr()
+        code = main(["train", "--steps", "2", "--adam-beta2", bad, "--out",
+                     str(tmp_path / f"bad{bad}")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--adam-beta2" in err, err

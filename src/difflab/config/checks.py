@@ -124,11 +124,14 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.log in LOGS, "log", f"must be one of {', '.join(LOGS)}")
     need(cfg.grad_accum >= 1, "grad_accum", "must be at least 1")
     need(1 <= cfg.eval_steps <= cfg.T, "eval_steps", f"must lie in 1..T (T={cfg.T})")
-    for key in ("lr", "lr_min_ratio", "weight_decay", "grad_clip", "ema_decay", "eval_eta"):
+    for key in ("lr", "lr_min_ratio", "weight_decay", "adam_beta2", "grad_clip", "ema_decay",
+                "eval_eta"):
         need(math.isfinite(getattr(cfg, key)), key, "must be finite")
     need(cfg.lr > 0, "lr", "must be positive")
     need(0 <= cfg.lr_min_ratio <= 1, "lr_min_ratio", "must lie in [0, 1]")
     need(cfg.weight_decay >= 0, "weight_decay", "must be at least 0")
+    need(0 <= cfg.adam_beta2 < 1, "adam_beta2", "must lie in (0, 1), or be 0 for the method's "
+         "own")
     need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
     need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
     need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")

@@ -31,7 +31,7 @@ from ..data import hints as hint_lib
 from ..data.images import ImageData
 from ..errors import ConfigError
 from ..schedules import Schedule
-from ..training import fit
+from ..training import fit, with_adam_beta2
 from ..training.backend import Backend, torch_threads
 from ..training.controlnet import P_UNCOND, ControlNetObjective
 from ..training.diffusion import LRSchedule
@@ -274,6 +274,7 @@ def _run(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
                                         batch=cfg.batch, lr=lr, ema_decay=cfg.ema_decay,
                                         conds=conds, p_uncond=job["p_uncond"],
                                         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+        objective = with_adam_beta2(objective, cfg)
         state = ckpt.load_checkpoint(out) if resume else None
         g = torch.Generator().manual_seed(cfg.seed)
         result = fit(objective, steps=cfg.steps, generator=g, backend=backend, log=log,

@@ -223,7 +223,24 @@ def unclip_decoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor,
                               backend=backend, prediction=cfg.prediction)
 
 
-OBJECTIVES: dict[str, Callable[..., Objective]] = {
+def with_adam_beta2(objective: Objective, cfg: TrainConfig) -> Objective:
+    """``objective`` with AdamW's β2 set to ``cfg.adam_beta2`` (0: the objective's own, e.g.
+    0.99 for :class:`ImprovedConsistencyTraining`, 0.999 for the others)."""
+    if cfg.adam_beta2:
+        objective.betas = (objective.betas[0], cfg.adam_beta2)
+    return objective
+
+
+def _configured(build: Callable[..., Objective]) -> Callable[..., Objective]:
+    """``build`` followed by :func:`with_adam_beta2`: an objective as the config asks for."""
+    def build_configured(cfg: TrainConfig, *args, **kw) -> Objective:
+        return with_adam_beta2(build(cfg, *args, **kw), cfg)
+
+    build_configured.__doc__ = build.__doc__
+    return build_configured
+
+
+OBJECTIVES: dict[str, Callable[..., Objective]] = {name: _configured(build) for name, build in {
     "diffusion": diffusion_objective,
     "consistency-training": ct_objective,
     "autoencoder": autoencoder_objective,
@@ -232,7 +249,7 @@ OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "clip": clip_objective,
     "unclip-prior": unclip_prior_objective,
     "unclip-decoder": unclip_decoder_objective,
-}
+}.items()}
 
 __all__ = ["OBJECTIVES", "SIGMA_DATA", "Backend", "Objective", "ct_final_levels", "fit",
-           "lr_schedule"]
+           "lr_schedule", "with_adam_beta2"]

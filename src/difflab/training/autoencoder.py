@@ -128,8 +128,8 @@ class AutoencoderObjective(Objective):
 
     def optimizer(self) -> torch.optim.Optimizer:
         params = [p for p in self.net.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=self.lr, weight_decay=self.weight_decay,
-                                 fused=self.fused or None)
+        return torch.optim.AdamW(params, lr=self.lr, betas=self.betas,
+                                 weight_decay=self.weight_decay, fused=self.fused or None)
 
     def draw(self, step: int, g: torch.Generator) -> dict[str, Tensor]:
         idx = torch.randint(0, len(self.data), (self.batch,), generator=g)  # (B,)

@@ -56,13 +56,14 @@ class Objective:
     weight_decay: float = 0.0
     grad_clip: float = 0.0  # max global gradient norm; 0: off
     fused: bool = True  # fused AdamW (one kernel for all parameters)
+    betas: tuple[float, float] = (0.9, 0.999)  # AdamW's (β1, β2)
 
     def modules(self) -> dict[str, nn.Module]:
         """The named modules a checkpoint holds (the trained one first)."""
         return {"model": self.net}
 
     def optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.lr,
+        return torch.optim.AdamW(self.net.parameters(), lr=self.lr, betas=self.betas,
                                  weight_decay=self.weight_decay, fused=self.fused or None)
 
     def draw(self, step: int, generator: torch.Generator) -> dict[str, Tensor]:
