@@ -159,7 +159,8 @@ def test_training_is_finite_and_resumes_bit_exact():
 def test_warm_start_from_a_diffusion_run(tmp_path, capsys):
     """``difflab train --method consistency-training --ct-init-from RUN``: F_θ and its EMA start
     as RUN's EMA ε-network, read as a v-network of the schedule (v_from_schedule), which
-    sample/load read back the same way; a non-diffusion run is refused in one line."""
+    sample/load read back the same way; a non-diffusion run, or one of another network, is
+    refused in one line."""
     from difflab.cli import main
     from difflab.config import load_config
     from difflab.runs import checkpoint as ckpt
@@ -188,6 +189,13 @@ def test_warm_start_from_a_diffusion_run(tmp_path, capsys):
                  "--ct-init-from", str(ct), "--out", str(tmp_path / "bad")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "diffusion run" in err
+    # another network than the run's: refused in one line before the run directory is made
+    other = [*tiny[:tiny.index("--hidden")], "--hidden", "32", *tiny[tiny.index("--hidden") + 2:]]
+    code = main(["train", *other, "--steps", "4", "--method", "consistency-training",
+                 "--ct-init-from", str(diff), "--out", str(tmp_path / "other")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "not the one this run builds" in err, err
+    assert not (tmp_path / "other").exists()
 
 
 def test_the_noise_input_scale_is_saved_and_old_runs_read_theirs(tmp_path):

@@ -238,6 +238,12 @@ def test_resume_with_other_steps_is_refused_unless_extend(run_2d, tmp_path, caps
     assert one_error_line(code, err) and "--steps" in err  # --extend without new steps
     code, _, err = run(capsys, "train", *TINY_2D, "--extend", "--out", tmp_path / "x")
     assert one_error_line(code, err) and not (tmp_path / "x").exists()
+    # fewer steps than the run has made: nothing to continue, with or without --extend
+    for extend in ([], ["--extend"]):
+        code, _, err = run(capsys, "train", "--resume", run_2d, "--steps", "20", *extend,
+                           "--no-progress")
+        assert one_error_line(code, err) and "below the step" in err and "(40)" in err, err
+    assert json.loads((run_2d / "config.json").read_text())["config"]["optimiser"]["steps"] == 40
     # extended on purpose: a copy of the run, trained on to 60 steps
     import shutil
 

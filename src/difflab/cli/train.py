@@ -164,6 +164,12 @@ def check_extend(args: argparse.Namespace, base, cfg) -> None:
         if args.extend:
             raise UsageError(f"--extend needs --steps other than the run's {base.steps}")
         return
+    from ..runs.checkpoint import checkpoint_step
+
+    reached = checkpoint_step(args.resume) or 0
+    if cfg.steps < reached:
+        raise UsageError(f"--steps {cfg.steps} is below the step {args.resume} reached "
+                         f"({reached}); give --steps {reached} or more")
     what = stretches_with_steps(cfg)
     if what is None or args.extend:
         return

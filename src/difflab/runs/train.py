@@ -124,11 +124,33 @@ def train(
     if backend.is_main and resume:  # refusals before the lock: none in a refused directory
         ckpt.check_run_dir(run_dir)
     elif backend.is_main:
+        if cfg.ct_init_from:  # a warm start that cannot load: refused before the directory
+            ct_init_weights(cfg)
         ckpt.check_new_run_dir(run_dir, overwrite)
     with run_lock(run_dir, backend.is_main):  # one trainer per run directory (runs/lock.py)
         return session(cfg, run_dir, backend, x_train, conds, codec, ae_weights, resume=resume,
                        overwrite=overwrite, progress=progress, max_steps=max_steps,
                        evaluate_after=evaluate_after)
+
+
+def ct_init_weights(cfg: TrainConfig) -> dict:
+    """The EMA weights of ``cfg.ct_init_from``, consistency training's warm start; ConfigError
+    (one line) unless it is a diffusion run with a fixed variance whose network is the one
+    ``cfg`` builds."""
+    from .load import check_fits, read_run_config
+
+    init_cfg = read_run_config(cfg.ct_init_from)
+    if init_cfg.method != "diffusion" or init_cfg.variance == "learned":
+        raise ConfigError(f"ct_init_from needs a diffusion run with a fixed variance; "
+                          f"{cfg.ct_init_from} is not one")
+    init = ckpt.load_weights(cfg.ct_init_from, "ema")
+    try:
+        check_fits(cfg, init, cfg.ct_init_from)
+    except ckpt.CheckpointError as err:
+        raise ConfigError(f"ct_init_from: the network of {cfg.ct_init_from} is not the one this "
+                          f"run builds ({str(err).rsplit('(', 1)[-1]}; give the same model "
+                          "fields (model, hidden, model_channels, …) as that run") from None
+    return init
 
 
 def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, codec,
@@ -156,13 +178,7 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
             check_fits(cfg, ckpt.load_weights(run_dir, "model"), run_dir)
         objective = OBJECTIVES[cfg.method](cfg, schedule, x_train, conds, backend, codec=codec)
         if cfg.ct_init_from and not resume:  # CT's warm start: F_θ and θ⁻ ← the run's EMA net
-            from .load import read_run_config
-
-            init_cfg = read_run_config(cfg.ct_init_from)
-            if init_cfg.method != "diffusion" or init_cfg.variance == "learned":
-                raise ConfigError(f"ct_init_from needs a diffusion run with a fixed variance; "
-                                  f"{cfg.ct_init_from} is not one")
-            init = ckpt.load_weights(cfg.ct_init_from, "ema")
+            init = ct_init_weights(cfg)
             for module in objective.modules().values():
                 module.load_state_dict(init)
         g = torch.Generator().manual_seed(cfg.seed)
