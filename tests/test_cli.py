@@ -178,3 +178,26 @@ def test_sample_with_each_spacing_and_a_bad_one(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "not a grid of --sampler ddim" in err[0] and "trailing" in err[0]
     assert not (tmp_path / "x.npy").exists()
+    # auto, the value eval reports for the solvers, is taken back: here the run's own default
+    for sampler in ("unipc", "ddim"):
+        a, b = tmp_path / f"{sampler}-auto.npy", tmp_path / f"{sampler}-default.npy"
+        for out, extra in ((a, ["--spacing", "auto"]), (b, [])):
+            assert main(["sample", str(trained), "--sampler", sampler, "--steps", "5", "-n",
+                         "20", *extra, "--out", str(out)]) == 0
+        assert np.array_equal(np.load(a), np.load(b))
+
+
+def test_eval_spacing_is_auto_or_a_grid_of_the_eval_sampler(tmp_path, capsys):
+    """A run may evaluate on any grid of its evaluation sampler (metrics.json records it); a
+    grid of another sampler, or no grid at all, is refused in one line before training."""
+    run_dir = tmp_path / "unipc-blend"
+    assert run(capsys, "train", *TINY, "--steps", "3", "--eval-sampler", "unipc",
+               "--eval-spacing", "blend", "--out", run_dir)[0] == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["spacing"] == "blend"
+    for sampler, grid, words in (("ddim", "blend", "a grid of eval_sampler 'ddim'"),
+                                 ("unipc", "geometric", "a grid of eval_sampler 'unipc'"),
+                                 ("ddim", "uniform", "must be auto or one of")):
+        code, _, err = run(capsys, "train", *TINY, "--steps", "3", "--eval-sampler", sampler,
+                           "--eval-spacing", grid, "--out", tmp_path / grid)
+        assert code == 2 and err.count("\n") == 1 and words in err, err
+        assert not (tmp_path / grid).exists()

@@ -244,12 +244,14 @@ def add_sampling_flags(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("--steps", type=int, help="sampling steps, 1..T (default: the run's "
                    "eval_steps)")
     p.add_argument("--eta", type=float, help="DDIM η >= 0 (default 0: deterministic)")
-    p.add_argument("--spacing", choices=SPACING_NAMES, metavar="GRID", help="timestep grid: "
-                   "linspace, leading or trailing (every sampler; difflab.samplers.timesteps), "
-                   "and for dpm++, dpm++sde and unipc also logsnr, karras, angle or blend "
-                   "(difflab.samplers.dpm_solver.dpm_timesteps); default: the run's "
-                   "eval_spacing, whose 'auto' gives those three their own default (trailing "
-                   "below 10 steps, logsnr from 10)")
+    p.add_argument("--spacing", choices=("auto", *SPACING_NAMES), metavar="GRID",
+                   help="timestep grid: linspace, leading or trailing (every sampler; "
+                   "difflab.samplers.timesteps); for dpm++, dpm++sde and unipc also logsnr, "
+                   "karras, angle or blend (difflab.samplers.dpm_solver.dpm_timesteps); karras "
+                   "for edm-heun (its default) and geometric for langevin (its default); auto: "
+                   "leading on the cosine schedule for the samplers without a default of their "
+                   "own, else the sampler's default (for dpm++, dpm++sde and unipc trailing "
+                   "below 10 steps, logsnr from 10); default: the run's eval_spacing")
     p.add_argument("-n", type=int, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
     add_levels_flag(p)
@@ -334,7 +336,7 @@ def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str 
         raise UsageError(f"-n must be at least 1, got {n}")
     if sampler in NO_SPACING and args.spacing is not None:
         raise UsageError(f"--spacing does not apply to --sampler {sampler}")
-    if args.spacing is not None and args.spacing not in SAMPLER_SPACINGS[sampler]:
+    if args.spacing not in (None, "auto") and args.spacing not in SAMPLER_SPACINGS[sampler]:
         fits = [g for g in SAMPLER_SPACINGS[sampler] if g in SPACING_NAMES]
         raise UsageError(f"--spacing {args.spacing} is not a grid of --sampler {sampler}; "
                          f"choose one of {', '.join(fits)}")

@@ -277,9 +277,12 @@ class TrainConfig:
                                             "conditional run (Weng eq. 26)")
     # "auto" = "leading" on the cosine schedule (its clipped last step, ᾱ_T ≈ 2e-9, magnifies a
     # learned ε̂'s error; see schedules.cosine) and the sampler's own default otherwise
-    eval_spacing: str = _evaluation("auto", "timestep spacing for the evaluation: auto (leading "
-                                            "on the cosine schedule), linspace, leading or "
-                                            "trailing")
+    eval_spacing: str = _evaluation("auto", "timestep grid for the evaluation: auto (leading "
+                                            "on the cosine schedule for the samplers that take "
+                                            "it, else the sampler's own default) or a grid of "
+                                            "eval_sampler, as 'difflab sample --spacing' takes "
+                                            "them (linspace, leading, trailing; logsnr, karras, "
+                                            "angle, blend for dpm++/unipc; …)")
     n_eval: int = _evaluation(10_000, "samples (and held-out points) for the evaluation "
                                       "(images: FD sample size)")
 
