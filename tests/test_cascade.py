@@ -293,6 +293,8 @@ def test_bad_cascades_fail_in_one_line(runs, capsys, tmp_path):
         (["sample", str(sr), "--out", out], "sample it in a cascade"),
         (["sample", "--cascade", f"{base},{sr}", "--stage-steps", "2", "--out", out],
          "needs 2 comma-separated values"),
+        (["sample", "--cascade", f"{base},{sr}", "--stage-sampler", "unipc,ddim", "--spacing",
+          "blend", "--out", out], f"not a grid of sampler ddim (of {sr})"),
         (["distill", str(sr), "--method", "progressive", "--rounds", "1", "--out",
           str(tmp_path / "pd")], "super-resolution run"),
         (["train-controlnet", str(sr), "--out", str(tmp_path / "cn")], "super-resolution run"),

@@ -189,7 +189,8 @@ def test_sample_with_each_spacing_and_a_bad_one(trained, tmp_path, capsys):
 
 def test_eval_spacing_is_auto_or_a_grid_of_the_eval_sampler(tmp_path, capsys):
     """A run may evaluate on any grid of its evaluation sampler (metrics.json records it); a
-    grid of another sampler, or no grid at all, is refused in one line before training."""
+    grid of another sampler, or no grid at all, is refused in one line before training, and so
+    is an η > 0 for a sampler other than DDIM."""
     run_dir = tmp_path / "unipc-blend"
     assert run(capsys, "train", *TINY, "--steps", "3", "--eval-sampler", "unipc",
                "--eval-spacing", "blend", "--out", run_dir)[0] == 0
@@ -201,3 +202,7 @@ def test_eval_spacing_is_auto_or_a_grid_of_the_eval_sampler(tmp_path, capsys):
                            "--eval-spacing", grid, "--out", tmp_path / grid)
         assert code == 2 and err.count("\n") == 1 and words in err, err
         assert not (tmp_path / grid).exists()
+    # DDIM's η with another evaluation sampler: refused, as sample --eta is
+    code, _, err = run(capsys, "train", *TINY, "--steps", "3", "--eval-sampler", "unipc",
+                       "--eval-eta", "1", "--out", tmp_path / "eta")
+    assert code == 2 and err.count("\n") == 1 and "ddim only" in err, err

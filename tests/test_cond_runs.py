@@ -180,6 +180,8 @@ def test_bad_conditioning_input_exits_2_with_one_line(runs, tmp_path, capsys):
     cases = {
         "label out of range": ["sample", runs["class"], "--class", "10", *o],
         "label not a number": ["sample", runs["class"], "--class", "seven", *o],
+        "an empty label": ["sample", runs["class"], "--class", "1,,2", *o],
+        "no label": ["sample", runs["class"], "--class", "", *o],
         "negative w": ["sample", runs["class"], "--guidance", "-1", *o],
         "nan w": ["eval", runs["class"], "--guidance", "nan"],
         "empty prompt": ["sample", runs["class"], "--prompt", "", *o],

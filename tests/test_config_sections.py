@@ -170,3 +170,18 @@ def test_inheritance_cycle_is_a_config_error(tmp_path, files):
         write(tmp_path / name, text)
     with pytest.raises(ConfigError, match="'base'.*cycle"):
         read_preset(str(tmp_path / "a.toml"))
+
+
+def test_the_readme_lists_every_built_in_preset():
+    """The README's list of built-in presets is the presets folder (one is added → the list
+    must name it)."""
+    from importlib import resources
+    from pathlib import Path
+
+    names = {f.name.removesuffix(".toml") for f in
+             resources.files("difflab").joinpath("config/presets").iterdir()
+             if f.name.endswith(".toml")}
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    listed = readme.split("Built in (`src/difflab/config/presets/`", 1)[1].split("\n\n", 2)[1]
+    assert len(names) >= 28
+    assert {n for n in names if f"`{n}`" not in listed} == set()

@@ -144,6 +144,7 @@ def test_api_sample_gives_the_grid_and_the_animation(digits):
     ("steps=abc", "steps must be an integer"),
     ("seed=-1", "seed must lie in"),
     ("sampler=nope", "unknown sampler 'nope'"),
+    ("sampler=dpm++sde", "a + in a URL reads as a space; write sampler=dpm%2B%2Bsde"),
     ("n=17", "n must lie in 1..16"),
     ("n=0", "n must lie in 1..16"),
     ("guidance=-1", "guidance must be a number >= 0"),

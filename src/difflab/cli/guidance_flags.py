@@ -45,6 +45,9 @@ def _labels(args) -> tuple[int, ...] | None:
 
     if args.labels is None:
         return None
+    if "" in (part.strip() for part in args.labels.split(",")) and args.labels.strip():
+        raise UsageError(f"--class takes one class or several, comma-separated (like 3 or 1,2), "
+                         f"got {args.labels!r}")
     with user_errors("--class: "):
         labels = int_list(args.labels)
     if not labels:

@@ -112,6 +112,11 @@ class RunSampler:
             if len(given) > 1:
                 raise BadRequestError(f"parameter {name!r} is given {len(given)} times")
             values[name] = given[0].strip() if given else None
+        sampler = values["sampler"]
+        if sampler and " " in sampler and sampler.replace(" ", "+") in SAMPLER_NAMES:
+            escaped = sampler.replace(" ", "%2B")
+            raise BadRequestError(f"unknown sampler {sampler!r}: a + in a URL reads as a space; "
+                                  f"write sampler={escaped}")
         for name, kind in (("steps", int), ("seed", int), ("n", int), ("guidance", float),
                            ("eta", float)):
             if values[name] is not None:
