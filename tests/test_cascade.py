@@ -315,6 +315,7 @@ def test_eval_of_a_super_resolution_run_on_real_and_base_low_res(runs, capsys):
                  "--aug-level", "5"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["n_eval"] == 3 and out["aug_level"] == 5
+    assert out["sampler"] == "ddim" and out["steps"] == 2  # the settings it sampled with
     for key in ("fd_real", "psnr_real", "psnr_bilinear", "fd_base", "fd_gap", "fd_base_stage"):
         assert isinstance(out[key], float), key
     assert main(["eval", str(base), "--base", str(base)]) == 2

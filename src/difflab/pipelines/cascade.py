@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -134,6 +134,7 @@ class Stage:
     s, generator)``: its sampler from x_T, stopped at step s (0: to x_0; see
     :func:`sample_until`). ``shape``: (C, H, W) of its output. ``augment`` and ``aug_level``:
     how this stage's z is made from the previous stage (one of :data:`AUGMENTS`; s at sampling).
+    ``settings``: the sampler settings, for reports (e.g. sampler, steps, eta, spacing).
     """
 
     model: Callable[[dict], Callable]
@@ -143,6 +144,7 @@ class Stage:
     augment: str = "none"
     aug_level: int = 0
     device: torch.device | str = "cpu"
+    settings: dict = field(default_factory=dict)
 
 
 def condition(stage: Stage, z: Tensor, generator: torch.Generator) -> dict[str, Tensor]:

@@ -143,7 +143,9 @@ def stage_of(cfg: TrainConfig, model, schedule, n: int, *, sampler: str | None =
 
     return Stage(model=model_for, sample=sample, schedule=schedule, shape=model_shape(cfg),
                  augment=cfg.sr_augment if cfg.sr_low_res else "none", aug_level=level,
-                 device=dev)
+                 device=dev, settings={"sampler": sampler, "steps": steps, "eta": eta,
+                                       "spacing": spacing_used(sampler, spacing),
+                                       "guidance": w})
 
 
 def load_cascade(runs: Sequence[str | Path], n: int, *, device: str | None = None,
@@ -320,7 +322,7 @@ def evaluate_stage(cfg: TrainConfig, stage: Stage, hi: Tensor, seed: int) -> dic
                                       align_corners=False)
     metrics = {"psnr_real": psnr(x, hi).mean().item(),
                "psnr_bilinear": psnr(bilinear, hi).mean().item(), "n_eval": len(hi),
-               "aug_level": stage.aug_level, "sr_augment": cfg.sr_augment,
+               **stage.settings, "aug_level": stage.aug_level, "sr_augment": cfg.sr_augment,
                "sample_seconds": seconds, "sample_seed": seed, "_images": x}
     fd = fd_or_none(cfg)
     if fd is not None:
