@@ -130,6 +130,9 @@ def run(args: argparse.Namespace) -> int:
         check_paths(cfg, command)
         run_dir = Path(cfg.out) if cfg.out else default_run_dir(cfg)
         check_output_dir(run_dir)
+    if cfg.eval_eta and cfg.eval_sampler != "ddim":  # (a run saved so still loads)
+        raise UsageError(f"--eval-eta is DDIM's η and applies to --eval-sampler ddim only, not "
+                         f"{cfg.eval_sampler} (give --eval-eta 0)")
     if (args.processes or 1) > 1:
         return launch(args, cfg, run_dir)
     with listing_skipped_files(run_dir):

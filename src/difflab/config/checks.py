@@ -142,8 +142,6 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
     need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
     need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")
-    need(cfg.eval_eta == 0 or cfg.eval_sampler == "ddim", "eval_eta",
-         f"is DDIM's η and applies to eval_sampler ddim only, not {cfg.eval_sampler!r} (give 0)")
     need(cfg.image_size >= 0, "image_size", "must be at least 0 (0: the dataset's own)")
     _check_unet(cfg)
     _check_dit(cfg)
