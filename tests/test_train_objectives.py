@@ -223,3 +223,40 @@ def test_v_and_x0_prediction_runs_are_sampled_through_their_eps_wrapper(tmp_path
     convert = eps_from_v if prediction == "v" else eps_from_x0
     with torch.no_grad():
         torch.testing.assert_close(model(x, t), convert(x, net(x, t), ab), rtol=1e-5, atol=1e-5)
+
+
+def test_adam_beta2_reaches_the_optimizer_of_every_objective(tmp_path, capsys):
+    """``adam_beta2`` (default 0.999, AdamW's own) is the β2 of the optimizer of any objective
+    the config builds; a run saved before the field existed reads 0.999, what it used; a β2
+    outside (0, 1) is refused in one line by the command line."""
+    from difflab.build.model import build_schedule
+    from difflab.cli import main
+    from difflab.config import load_config
+    from difflab.training import OBJECTIVES
+
+    small = {"hidden": 16, "depth": 1, "t_dim": 8, "batch": 64, "n_train": 1000, "n_eval": 50,
+             "eval_steps": 2, "warmup": 1, "steps": 3}
+    data = torch.randn(256, 2, generator=torch.Generator().manual_seed(0))
+    for method in ("diffusion", "consistency-training"):
+        for given in (None, 0.95):
+            values = {**small, "method": method} | ({} if given is None else
+                                                    {"adam_beta2": given})
+            cfg = load_config(None, values)
+            obj = OBJECTIVES[method](cfg, build_schedule(cfg), data, None, None)
+            want = 0.999 if given is None else given
+            assert obj.optimizer().param_groups[0]["betas"] == (0.9, want), (method, given)
+
+    run = tmp_path / "run"
+    train(load_config(None, {**small, "adam_beta2": 0.95}), run, progress=False,
+          evaluate_after=False)
+    assert read_run_config(run).adam_beta2 == 0.95
+    raw = json.loads((run / ckpt.CONFIG).read_text())
+    del raw["config"]["optimiser"]["adam_beta2"]
+    (run / ckpt.CONFIG).write_text(json.dumps(raw))
+    assert read_run_config(run).adam_beta2 == 0.999
+    for bad in ("1", "0", "-0.5", "nan"):
+        capsys.readouterr()
+        code = main(["train", "--steps", "2", "--adam-beta2", bad, "--out",
+                     str(tmp_path / f"bad{bad}")])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and "--adam-beta2" in err, err

@@ -137,8 +137,7 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.lr > 0, "lr", "must be positive")
     need(0 <= cfg.lr_min_ratio <= 1, "lr_min_ratio", "must lie in [0, 1]")
     need(cfg.weight_decay >= 0, "weight_decay", "must be at least 0")
-    need(0 <= cfg.adam_beta2 < 1, "adam_beta2", "must lie in (0, 1), or be 0 for the method's "
-         "own")
+    need(0 < cfg.adam_beta2 < 1, "adam_beta2", "must lie in (0, 1)")
     need(cfg.grad_clip >= 0, "grad_clip", "must be at least 0 (0 disables clipping)")
     need(0 <= cfg.ema_decay < 1, "ema_decay", "must lie in [0, 1)")
     need(cfg.eval_eta >= 0, "eval_eta", "must be at least 0")

@@ -259,10 +259,8 @@ class TrainConfig:
     lr_min_ratio: float = _optimiser(0.05, "final learning rate of the cosine decay, as a "
                                            "fraction of --lr")
     weight_decay: float = _optimiser(0.0, "AdamW weight decay")
-    adam_beta2: float = _optimiser(0.0, "AdamW β2, the second-moment decay (β1 = 0.9); 0: the "
-                                        "method's own: 0.99 for improved consistency training "
-                                        "(its gradient norm doubles at every curriculum stage), "
-                                        "0.999 otherwise")
+    adam_beta2: float = _optimiser(0.999, "AdamW β2, the decay of the second-moment average "
+                                          "(β1 = 0.9)")
     grad_clip: float = _optimiser(1.0, "clip the global gradient norm to this (0: off)")
     ema_decay: float = _optimiser(0.995, "decay of the exponential moving average of the weights "
                                          "(warmed up as min(decay, (1 + n) / (10 + n)))")

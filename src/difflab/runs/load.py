@@ -18,7 +18,7 @@ from torch import nn
 
 from ..build.model import build_model, build_schedule
 from ..build.score import score_ladder
-from ..config import CONSISTENCY_METHODS, TrainConfig, flatten
+from ..config import CONSISTENCY_METHODS, TrainConfig
 from ..distill.progressive import EPS, X0, Prediction, V
 from ..ncsn import ScoreModel
 from ..schedules import Schedule
@@ -35,19 +35,11 @@ def config_to_json(cfg: TrainConfig) -> dict[str, Any]:
     return cfg.to_sections()
 
 
-# fields whose default changed what a run does when they were added: a run that lacks one was
-# made with this value (``adam_beta2``: AdamW's β2 was 0.999 for every method before)
-BEFORE_FIELD = {"adam_beta2": 0.999}
-
-
 def config_from_json(values: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_json`; also reads the flat config of older runs (a field
     they lack takes its default: ``ct_noise_scale`` 10, what consistency training used before
-    the field existed; or its value in :data:`BEFORE_FIELD`, so that a resumed run goes on as
-    it was made)."""
-    cfg = TrainConfig.from_sections(values)
-    lacking = {k: v for k, v in BEFORE_FIELD.items() if k not in flatten(values)}
-    return dataclasses.replace(cfg, **lacking) if lacking else cfg
+    the field existed; ``adam_beta2`` 0.999, AdamW's default, which every run used before)."""
+    return TrainConfig.from_sections(values)
 
 
 def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:

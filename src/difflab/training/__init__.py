@@ -224,10 +224,8 @@ def unclip_decoder_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor,
 
 
 def with_adam_beta2(objective: Objective, cfg: TrainConfig) -> Objective:
-    """``objective`` with AdamW's β2 set to ``cfg.adam_beta2`` (0: the objective's own, e.g.
-    0.99 for :class:`ImprovedConsistencyTraining`, 0.999 for the others)."""
-    if cfg.adam_beta2:
-        objective.betas = (objective.betas[0], cfg.adam_beta2)
+    """``objective`` with AdamW's β2 set to ``cfg.adam_beta2``."""
+    objective.betas = (objective.betas[0], cfg.adam_beta2)
     return objective
 
 

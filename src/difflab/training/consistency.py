@@ -157,17 +157,13 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     in 2 steps re-noised to the level :func:`difflab.samplers.consistency_levels.search_levels`
     finds (results/ict_digits_search_seed*.md).
 
-    AdamW's β2 is 0.99 here, not 0.999 (``betas``; ``adam_beta2`` of a run's config overrides
-    it). The curriculum doubles N every K/8 updates, which doubles the weight 1/(σ_{n+1} − σ_n):
-    on digits the gradient norm before clipping doubles with it at every stage (median 2.2 in
-    the first stage, 110 in the last, while the loss stays level), so the clip at 1 binds from
-    start to end and the gradient the optimiser sees changes from stage to stage. A second
-    moment that remembers 1/(1 − β2) = 100 updates (one stage of an 800-update run) instead of
-    1000 (the whole run) gave a lower FD (benchmarks/results/ict_adam_beta2.md; why exactly is
-    not established).
+    The curriculum doubles N every K/8 updates, which doubles the weight 1/(σ_{n+1} − σ_n): on
+    digits the gradient norm before clipping doubles with it at every stage (median 2.2 in the
+    first stage, 110 in the last, while the loss stays level), so the clip at 1 binds from start
+    to end. AdamW's β2 = 0.99 (a second moment of one stage's memory at 800 updates) and weight
+    decay 0.01, alone or together, did not change the 1-step FD beyond the spread of seeds
+    (benchmarks/results/ict_optimiser.md), so the optimiser is every objective's.
     """
-
-    betas = (0.9, 0.99)
 
     def __init__(self, model: ConsistencyModel, data: Tensor, *, s0: int = 10, s1: int = 1280,
                  p_mean: float = -1.1, p_std: float = 2.0, rho: float = 7.0,
