@@ -403,3 +403,21 @@ def test_consistency_distillation_of_a_class_conditional_teacher(tmp_path, capsy
     capsys.readouterr()
     assert main(["sample", str(out), "--class", "5", "--guidance", "2", "--out", str(x)]) == 2
     assert "consistency model" in capsys.readouterr().err
+
+
+def test_stopped_inside_the_first_round_prints_how_to_resume(teacher, tmp_path, capsys):
+    """--stop-after inside the first round (no student written yet), from the start and from a
+    resume: exit 0 with the resume line, and OUT as the last line; then the resume finishes."""
+    out = tmp_path / "early"
+    argv = ["distill", teacher, "--method", "progressive", "--rounds", "2", "--start-steps", "4",
+            "--steps-per-round", "6", "--checkpoint-every", "2", "--no-eval", *QUICK]
+    code, printed, err = run(capsys, *argv, "--out", out, "--stop-after", "2")
+    assert code == 0, err
+    assert "--resume" in printed and printed.strip().splitlines()[-1] == str(out)
+    code, printed, err = run(capsys, "distill", "--resume", out, "--stop-after", "4",
+                             "--no-progress")
+    assert code == 0, err
+    assert "--resume" in printed and printed.strip().splitlines()[-1] == str(out)
+    code, printed, err = run(capsys, "distill", "--resume", out, "--no-progress")
+    assert code == 0, err
+    assert printed.strip().splitlines()[-1] == str(out / "steps-2")  # rounds: 4, then 2

@@ -133,7 +133,8 @@ def distill(args: argparse.Namespace, run_dir: Path, out: Path, common: dict) ->
             run_dir, out, rounds=args.rounds, start_steps=args.start_steps,
             steps_per_round=per_round, prediction=args.prediction or "v",
             guidance=args.guidance or 0.0, report=report, **common)
-        return finish(args, out, dirs[-1], args.rounds * per_round)
+        # no round finished yet when --stop-after stops inside the first: OUT is the last word
+        return finish(args, out, dirs[-1] if dirs else out, args.rounds * per_round)
     out_dir, metrics = distill_consistency(
         run_dir, out, solver=args.solver or "heun", N=18 if args.N is None else args.N,
         distance=args.distance or "l2", iters=args.iters or 2000,
@@ -157,7 +158,7 @@ def resume(args: argparse.Namespace) -> int:
                                      max_steps=args.stop_after, report=report)
     if isinstance(result, tuple):  # consistency: (run directory, metrics)
         return finish(args, out, result[0], None, result[1])
-    return finish(args, out, result[-1], None)
+    return finish(args, out, result[-1] if result else out, None)
 
 
 def finish(args, out: Path, last: Path, total: int | None, metrics: dict | None = None) -> int:
