@@ -4,9 +4,10 @@ weight decay.
 Improved consistency training doubles its number of levels N every K/8 updates (Song &
 Dhariwal 2023, eq. 8) and weights the loss by 1/(σ_{n+1} − σ_n), which doubles with N. The
 gradient norm before clipping doubles with it, stage after stage (this script records its median
-per stage), so the run's gradient clip at 1 binds in every stage. Each variant ``B:W`` of
-``--variants`` is AdamW with β2 = B and decoupled weight decay W, on runs built as ``difflab
-train --method consistency-training --adam-beta2 B --weight-decay W`` builds them (the objective
+per stage), so the run's gradient clip at 1 binds in every stage. Each variant ``B:W[:C]`` of
+``--variants`` is AdamW with β2 = B and decoupled weight decay W, and the gradient clipped to
+norm C (default 1, the presets'; 0: not clipped), on runs built as ``difflab train --method
+consistency-training --adam-beta2 B --weight-decay W --grad-clip C`` builds them (the objective
 from ``difflab.training.OBJECTIVES``, on the preset's config):
 
 - **digits** (where the default was chosen): the digits preset's U-Net, ``--steps`` updates
@@ -82,19 +83,21 @@ class StageNorms:
         return [round(statistics.median(p), 3) for p in parts if p]
 
 
-def train(cfg, schedule, data, variant: tuple[float, float], seed: int, steps: int):
+def train(cfg, schedule, data, variant: tuple[float, float, float], seed: int, steps: int):
     """iCT as ``difflab train --method consistency-training --adam-beta2 B --weight-decay W
-    --steps steps --seed seed`` builds it (``variant`` = (B, W)); returns (f_θ of the EMA, f_θ
-    of the raw weights, stage norms)."""
-    beta2, wd = variant
+    --grad-clip C --steps steps --seed seed`` builds it (``variant`` = (B, W, C)); returns (f_θ of
+    the EMA, f_θ of the raw weights, stage norms)."""
+    beta2, wd, clip = variant
     cfg = load_config(None, {**cfg.to_dict(), "method": "consistency-training", "steps": steps,
                              "seed": seed, "adam_beta2": beta2, "weight_decay": wd,
-                             "eval_sampler": "consistency", "eval_steps": 1})
+                             "grad_clip": clip, "eval_sampler": "consistency",
+                             "eval_steps": 1})
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         obj = OBJECTIVES["consistency-training"](cfg, schedule, data, None, None)
     group = obj.optimizer().param_groups[0]
     assert group["betas"] == (0.9, beta2) and group["weight_decay"] == wd
+    assert obj.grad_clip == clip
     norms = StageNorms()
     fit(obj, steps=steps, generator=torch.Generator().manual_seed(seed),
         backend=Backend(torch.device("cpu")), logger=norms)
@@ -105,7 +108,7 @@ def train(cfg, schedule, data, variant: tuple[float, float], seed: int, steps: i
 def key(row: dict) -> tuple:
     """What identifies a row: part (or 2-D target), variant, seed."""
     return (row.get("part", row.get("target")), row["beta2"], row.get("weight_decay", 0.0),
-            row["seed"])
+            row.get("grad_clip", 1.0), row["seed"])
 
 
 def read_reuse(path: Path | None) -> dict[tuple, dict]:
@@ -132,13 +135,14 @@ def images(part: str, variants, seeds, steps: int, draws: int, reuse: dict,
         for k in seeds:
             old = reuse.get((part, *variant, k))
             if old is not None and old["steps"] == steps:
-                rows.append({**old, "weight_decay": variant[1]})
+                rows.append({**old, "weight_decay": variant[1], "grad_clip": variant[2]})
                 continue
             if only_reused:
                 continue
             t0 = time.perf_counter()
             ema, raw, norms = train(cfg, schedule, data, variant, cfg.seed + k, steps)
-            row = {"part": part, "beta2": variant[0], "weight_decay": variant[1], "seed": k,
+            row = {"part": part, "beta2": variant[0], "weight_decay": variant[1],
+                   "grad_clip": variant[2], "seed": k,
                    "steps": steps, "train_s": round(time.perf_counter() - t0),
                    "grad_norm_stages": norms}
             x_T = torch.randn(N_FD * draws, *data.shape[1:],
@@ -163,12 +167,13 @@ def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
         for variant in variants:
             for k in seeds:
                 if (name, *variant, k) in reuse:
-                    rows.append({**reuse[(name, *variant, k)], "weight_decay": variant[1]})
+                    rows.append({**reuse[(name, *variant, k)], "weight_decay": variant[1],
+                                 "grad_clip": variant[2]})
                     continue
                 cfg = load_config(None, {"threads": 1})
                 ema, _, norms = train(cfg, build_schedule(cfg), data, variant, k, steps)
                 row = {"target": name, "beta2": variant[0], "weight_decay": variant[1],
-                       "seed": k, "grad_norm_stages": norms}
+                       "grad_clip": variant[2], "seed": k, "grad_norm_stages": norms}
                 x_T = torch.randn(5000, mix.dim, generator=torch.Generator().manual_seed(9))
                 for S in (1, 2):
                     with torch.no_grad():
@@ -185,14 +190,16 @@ def mean(rows, field, **match) -> float:
 
 
 def label(variant) -> str:
-    return f"β2 {variant[0]}, wd {variant[1]}"
+    clip = "" if variant[2] == 1.0 else f", clip {variant[2] or 'off'}"
+    return f"β2 {variant[0]}, wd {variant[1]}{clip}"
 
 
 def report(args, variants, rows, rows_2d, seconds: float) -> str:
-    lines = ["## AdamW's β2 and weight decay for improved consistency training "
+    lines = ["## AdamW's β2, weight decay and the gradient clip for improved consistency training "
              "(benchmarks/ict_optimiser.py)", "",
              "iCT from a fresh F_θ as `difflab train --method consistency-training --adam-beta2 "
-             "B --weight-decay W` builds it, at equal updates. " + "; ".join(
+             "B --weight-decay W --grad-clip C` builds it (C = 1 unless the row says), at equal "
+             "updates. " + "; ".join(
                  [f"{p}: {r[0]['steps']} updates" for p in PRESETS
                   if (r := [x for x in rows if x["part"] == p])] +
                  ([f"2-D: {args.steps_2d} updates, seeds {args.seeds_2d}"] if rows_2d else [])) +
@@ -209,25 +216,28 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
                   " | mean 1 step EMA (raw) | mean 2 steps EMA (raw) |",
                   "| --- |" + " ---: |" * (len(seeds) + 2)]
         for v in variants:
-            by_seed = {r["seed"]: r for r in mine if (r["beta2"], r["weight_decay"]) == v}
+            by_seed = {r["seed"]: r for r in mine
+                       if (r["beta2"], r["weight_decay"], r["grad_clip"]) == v}
             if not by_seed:
                 continue
             cells = [f"{r['fd1_ema']:.0f} ({r['fd1_raw']:.0f}) / {r['fd2_ema']:.0f} "
                      f"({r['fd2_raw']:.0f})" if (r := by_seed.get(k)) else "–" for k in seeds]
-            m = {f: mean(mine, f, beta2=v[0], weight_decay=v[1])
+            m = {f: mean(mine, f, beta2=v[0], weight_decay=v[1], grad_clip=v[2])
                  for f in ("fd1_ema", "fd1_raw", "fd2_ema", "fd2_raw")}
             lines.append(f"| {label(v)} | " + " | ".join(cells) + f" | {m['fd1_ema']:.1f} "
                          f"({m['fd1_raw']:.1f}) | {m['fd2_ema']:.1f} ({m['fd2_raw']:.1f}) |")
         first = mine[0]
         lines += ["", f"Median gradient norm before clipping per curriculum stage "
-                  f"({label((first['beta2'], first['weight_decay']))}, seed {first['seed']}): "
+                  f"({label((first['beta2'], first['weight_decay'], first['grad_clip']))}, "
+                  f"seed {first['seed']}): "
                   f"{first['grad_norm_stages']}", ""]
     if rows_2d:
         lines += ["### 2-D mixtures (held out): mean over seeds, 1 / 2 steps", "",
                   "| target | AdamW | sliced W1 | mode error |", "| --- | --- | ---: | ---: |"]
         for name in ("ring8-2d", "aniso-2d"):
             for v in variants:
-                m = {f: mean(rows_2d, f, target=name, beta2=v[0], weight_decay=v[1])
+                m = {f: mean(rows_2d, f, target=name, beta2=v[0], weight_decay=v[1],
+                             grad_clip=v[2])
                      for f in ("swd1", "swd2", "mode1", "mode2")}
                 lines.append(f"| {name} | {label(v)} | {m['swd1']:.4f} / {m['swd2']:.4f} | "
                              f"{m['mode1']:.3f} / {m['mode2']:.3f} |")
@@ -238,7 +248,8 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default="0.999:0,0.99:0,0.999:0.01,0.99:0.01",
-                   help="comma-separated B:W, AdamW's β2 and weight decay")
+                   help="comma-separated B:W[:C], AdamW's β2 and weight decay (and the gradient "
+                   "clip, default 1; 0: off)")
     p.add_argument("--seeds", default="0,1,2,3", help="seed offsets of the digits runs")
     p.add_argument("--seeds-mnist", default="0,1,2")
     p.add_argument("--seeds-2d", default="0,1,2")
@@ -260,7 +271,8 @@ def main() -> None:
         args.draws = 1
         args.out = args.out.with_name(args.out.name + "_quick")
     torch.set_num_threads(1)
-    variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
+    variants = [tuple(float(x) for x in (v + ":1").split(":")[:3]) if v.count(":") == 1 else
+                tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
     parts = args.parts.split(",")
     reuse = read_reuse(args.reuse)
     t_all = time.perf_counter()
