@@ -106,25 +106,32 @@ def load_network(run_dir: str | Path, cfg: TrainConfig, which: str = "ema",
     return model
 
 
-def check_fits(cfg: TrainConfig, weights: dict, run_dir: str | Path) -> None:
-    """CheckpointError unless ``weights`` have the names and shapes of ``cfg``'s network, built
-    on the meta device for the check (no memory): a config.json that asks for an enormous
-    network is refused before anything is allocated. A network that cannot be built there is
-    left to ``load_state_dict``'s own check."""
+def misfit(cfg: TrainConfig, weights: dict) -> str | None:
+    """How ``weights`` differ from the names and shapes of ``cfg``'s network (the first
+    difference, in words), or None if they fit. The network is built on the meta device (no
+    memory); one that cannot be built there reads as fitting (``load_state_dict`` checks it)."""
     try:
         with torch.device("meta"):
             want = {k: tuple(v.shape) for k, v in build_model(cfg).state_dict().items()}
     except Exception:  # noqa: BLE001 - e.g. a module that reads its weights when built
-        return
+        return None
     have = {k: tuple(v.shape) for k, v in weights.items()}
     if want == have:
-        return
+        return None
     missing, extra = sorted(set(want) - set(have)), sorted(set(have) - set(want))
     shaped = [k for k in sorted(set(want) & set(have)) if want[k] != have[k]]
-    detail = (f"{shaped[0]}: {list(have[shaped[0]])} in the weights, {list(want[shaped[0]])} "
-              "in the config" if shaped else
-              f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
-    raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({detail})")
+    return (f"{shaped[0]}: {list(have[shaped[0]])} in the weights, {list(want[shaped[0]])} "
+            "in the config" if shaped else
+            f"missing {missing[0]}" if missing else f"unexpected {extra[0]}")
+
+
+def check_fits(cfg: TrainConfig, weights: dict, run_dir: str | Path) -> None:
+    """CheckpointError unless ``weights`` have the names and shapes of ``cfg``'s network
+    (:func:`misfit`): a config.json that asks for an enormous network is refused before
+    anything is allocated."""
+    detail = misfit(cfg, weights)
+    if detail is not None:
+        raise ckpt.CheckpointError(f"weights in {run_dir} do not fit its config ({detail})")
 
 
 def load_run(run_dir: str | Path, which: str = "ema", device: str | None = None

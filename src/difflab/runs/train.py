@@ -137,19 +137,18 @@ def ct_init_weights(cfg: TrainConfig) -> dict:
     """The EMA weights of ``cfg.ct_init_from``, consistency training's warm start; ConfigError
     (one line) unless it is a diffusion run with a fixed variance whose network is the one
     ``cfg`` builds."""
-    from .load import check_fits, read_run_config
+    from .load import misfit, read_run_config
 
     init_cfg = read_run_config(cfg.ct_init_from)
     if init_cfg.method != "diffusion" or init_cfg.variance == "learned":
         raise ConfigError(f"ct_init_from needs a diffusion run with a fixed variance; "
                           f"{cfg.ct_init_from} is not one")
     init = ckpt.load_weights(cfg.ct_init_from, "ema")
-    try:
-        check_fits(cfg, init, cfg.ct_init_from)
-    except ckpt.CheckpointError as err:
+    detail = misfit(cfg, init)
+    if detail is not None:
         raise ConfigError(f"ct_init_from: the network of {cfg.ct_init_from} is not the one this "
-                          f"run builds ({str(err).rsplit('(', 1)[-1]}; give the same model "
-                          "fields (model, hidden, model_channels, …) as that run") from None
+                          f"run builds ({detail}); give the same model fields (model, hidden, "
+                          "model_channels, …) as that run")
     return init
 
 
