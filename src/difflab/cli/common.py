@@ -20,15 +20,11 @@ from contextlib import contextmanager
 
 from ..config import CONSISTENCY_METHODS, DEVICES, NO_SPACING, PRECISIONS, SCORE_METHODS
 from ..errors import DifflabError
-from ..samplers import SAMPLER_SPACINGS, SAMPLERS
+from ..samplers import SAMPLERS, SPACING_NAMES, grids_of
 
 PROG = "difflab"
 EXIT_USAGE = 2
 SAMPLER_NAMES = tuple(SAMPLERS)  # every sampler registered in difflab.samplers
-# every sampler's grids but DPM-Solver's "auto" (its default, used when --spacing is left out
-# and eval_spacing is "auto"), which the CLI would confuse with eval_spacing's own "auto"
-SPACING_NAMES = tuple(dict.fromkeys(g for gs in SAMPLER_SPACINGS.values() for g in gs
-                                    if g != "auto"))
 
 
 class UsageError(DifflabError):
@@ -336,10 +332,9 @@ def sampling_args(args, cfg, n_default: int) -> tuple[str, int, float, int, str 
         raise UsageError(f"-n must be at least 1, got {n}")
     if sampler in NO_SPACING and args.spacing is not None:
         raise UsageError(f"--spacing does not apply to --sampler {sampler}")
-    if args.spacing not in (None, "auto") and args.spacing not in SAMPLER_SPACINGS[sampler]:
-        fits = [g for g in SAMPLER_SPACINGS[sampler] if g in SPACING_NAMES]
+    if args.spacing not in (None, "auto", *grids_of(sampler)):
         raise UsageError(f"--spacing {args.spacing} is not a grid of --sampler {sampler}; "
-                         f"choose one of {', '.join(fits)}")
+                         f"choose one of {', '.join(grids_of(sampler))}")
     with user_errors():
         spacing = spacing_for(cfg, sampler, args.spacing)
     return sampler, steps, eta, n, spacing

@@ -39,8 +39,8 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import DifflabError
-from ..samplers import SAMPLER_SPACINGS
-from .common import SAMPLER_NAMES, SPACING_NAMES, UsageError, one_line
+from ..samplers import grids_of
+from .common import SAMPLER_NAMES, UsageError, one_line
 
 PARAMS = ("class", "prompt", "guidance", "sampler", "steps", "spacing", "eta", "levels", "seed",
           "n")
@@ -94,7 +94,7 @@ class RunSampler:
         samplers = (["consistency"] if self.consistency
                     else [s for s in SAMPLER_NAMES if s != "consistency"])
         # each sampler's time grids, as --spacing takes them ("" on the page: the run's default)
-        spacings = {s: [g for g in SAMPLER_SPACINGS[s] if g in SPACING_NAMES] for s in samplers}
+        spacings = {s: list(grids_of(s)) for s in samplers}
         return {"run": self.run_dir.name, "dataset": cfg.dataset, "image": self.image,
                 "cond": cfg.cond, "samplers": samplers, "sampler": cfg.eval_sampler,
                 "spacings": spacings, "eta": cfg.eval_eta,

@@ -21,7 +21,6 @@ from .checks import (
     CONDS,
     CONSISTENCY_METHODS,
     DEVICES,
-    EVAL_SPACINGS,
     IMAGE_DATASETS,
     IMAGE_SIZES,
     LOGS,
@@ -45,7 +44,7 @@ from .preset_files import CONSISTENCY_EVAL, SCORE_EVAL, builtin_presets, load_co
 from .train_config import SECTIONS, TrainConfig, field_help, field_section, flatten
 
 __all__ = [
-    "CONDS", "CONSISTENCY_EVAL", "CONSISTENCY_METHODS", "DEVICES", "EVAL_SPACINGS",
+    "CONDS", "CONSISTENCY_EVAL", "CONSISTENCY_METHODS", "DEVICES",
     "IMAGE_DATASETS", "IMAGE_SIZES", "LOGS", "LOSSES", "LR_SCHEDULES", "METHODS", "NO_SPACING",
     "PRECISIONS", "PREDICTIONS", "SCHEDULES", "SCORE_EVAL", "SCORE_METHODS", "SECTIONS",
     "T_SAMPLINGS", "VARIANCES",

@@ -16,7 +16,6 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # see difflab.training.backend
 PRECISIONS = ("fp32", "bf16", "fp16")
 LOGS = ("csv", "tensorboard")  # see difflab.training.loggers
 LR_SCHEDULES = ("constant", "cosine")
-EVAL_SPACINGS = ("auto", "linspace", "leading", "trailing")  # every sampler's; more: its own
 VARIANCES = ("beta_tilde", "beta", "learned")  # Σ_θ of p_θ(x_{t−1} | x_t), see vlb.p_from_eps
 LOSSES = ("simple", "hybrid", "vlb")
 T_SAMPLINGS = ("uniform", "importance")
@@ -75,7 +74,7 @@ def _need(cfg: TrainConfig, ok: bool, key: str, what: str) -> None:
 def validate(cfg: TrainConfig) -> None:
     """Range checks that need no other module; names of datasets and samplers are checked too."""
     from ..data.toy2d import DATASETS
-    from ..samplers import SAMPLER_SPACINGS, SAMPLERS
+    from ..samplers import SAMPLERS, SPACING_NAMES, grids_of
 
     def need(ok: bool, key: str, what: str) -> None:
         _need(cfg, ok, key, what)
@@ -93,10 +92,9 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.eval_sampler in SAMPLERS, "eval_sampler", f"must be one of {', '.join(SAMPLERS)}")
     # auto, or a grid of the evaluation's sampler (those of `difflab sample --spacing`); a
     # sampler without a grid (consistency) ignores it
-    names = tuple(dict.fromkeys(g for gs in SAMPLER_SPACINGS.values() for g in gs))
-    need(cfg.eval_spacing in ("auto", *names), "eval_spacing",
-         f"must be auto or one of {', '.join(g for g in names if g != 'auto')}")
-    grids = [g for g in SAMPLER_SPACINGS.get(cfg.eval_sampler, ()) if g != "auto"]
+    need(cfg.eval_spacing in ("auto", *SPACING_NAMES), "eval_spacing",
+         f"must be auto or one of {', '.join(SPACING_NAMES)}")
+    grids = grids_of(cfg.eval_sampler) if cfg.eval_sampler in SAMPLERS else ()
     need(cfg.eval_spacing == "auto" or not grids or cfg.eval_spacing in grids, "eval_spacing",
          f"must be auto or a grid of eval_sampler {cfg.eval_sampler!r} "
          f"({', '.join(grids)})")

@@ -29,7 +29,7 @@ from ..config import TrainConfig, image_size, spacing_for
 from ..data.fd import DEFAULT_SIZE, FDEvaluator, feature_stats, frechet_distance_from_stats
 from ..errors import ConfigError
 from ..pipelines.cascade import TRUNCATABLE, Stage, cascade, condition, downsample, sample_until
-from ..samplers import SAMPLER_SPACINGS, SAMPLERS
+from ..samplers import SAMPLERS, grids_of
 from . import checkpoint as ckpt
 from .draw import decoded, spacing_used
 from .latent import load_codec
@@ -101,10 +101,10 @@ def stage_of(cfg: TrainConfig, model, schedule, n: int, *, sampler: str | None =
     if not 1 <= steps <= cfg.T:
         raise ConfigError(f"steps must lie in 1..T (T = {cfg.T}) for {name}, got {steps}")
     eta = (cfg.eval_eta if sampler == cfg.eval_sampler else 0.0) if eta is None else eta
-    grids = SAMPLER_SPACINGS[sampler]
-    if grids and spacing not in (None, "auto") and spacing not in grids:
+    grids = grids_of(sampler)
+    if grids and spacing not in (None, "auto", *grids):
         raise ConfigError(f"spacing {spacing!r} is not a grid of sampler {sampler} (of {name}); "
-                          f"choose one of {', '.join(g for g in grids if g != 'auto')}")
+                          f"choose one of {', '.join(grids)}")
     spacing = spacing_for(cfg, sampler, spacing)
     level = cfg.sr_aug_level if aug_level is None else aug_level
     if cfg.sr_low_res and level and cfg.sr_augment not in ("gaussian", "truncated"):

@@ -26,6 +26,17 @@ SAMPLER_SPACINGS = {"ddpm": SPACINGS, "ddim": SPACINGS, "langevin": ("geometric"
                     "dpm++sde": DPM_SPACINGS, "unipc": DPM_SPACINGS, "edm-heun": EDM_SPACINGS,
                     "consistency": ()}
 
-__all__ = ["SAMPLERS", "SAMPLER_SPACINGS", "SPACINGS", "consistency", "ddim", "ddim_invert", "ddpm",
-           "dpm_solver_pp", "dpm_solver_pp_sde", "edm_heun", "euler", "heun", "karras_sigmas",
+
+def grids_of(sampler: str) -> tuple[str, ...]:
+    """The named grids ``sampler``'s ``spacing`` takes, less DPM-Solver's "auto" (its default,
+    which callers pass as None: a user's "auto" means a run's ``eval_spacing = "auto"``)."""
+    return tuple(g for g in SAMPLER_SPACINGS[sampler] if g != "auto")
+
+
+# every grid of every sampler, in the order of first appearance
+SPACING_NAMES = tuple(dict.fromkeys(g for s in SAMPLER_SPACINGS for g in grids_of(s)))
+
+__all__ = ["SAMPLERS", "SAMPLER_SPACINGS", "SPACINGS", "SPACING_NAMES", "consistency", "ddim",
+           "ddim_invert", "ddpm", "dpm_solver_pp", "dpm_solver_pp_sde", "edm_heun", "euler",
+           "grids_of", "heun", "karras_sigmas",
            "langevin", "slerp", "timesteps", "unipc"]
