@@ -98,6 +98,42 @@ def fd_evaluator(part: str):
     return LowResFD("mnist", 16)  # through the 32×32 classifier, as the cascade's base stage
 
 
+def fd_scores(f, schedule, x_T, fd, seed: int | None = None) -> dict[int, float]:
+    """{S: FD of f_θ's S-step samples from x_T (n, …), the mean over draws of N_FD}, S = 1, 2;
+    the re-noising draws from a generator seeded ``seed`` for each S (None: the global RNG)."""
+    out = {}
+    for S in (1, 2):
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            x = samplers.consistency(f, schedule, x_T, S, g).clamp(-1, 1)
+        out[S] = statistics.fmean(fd.fd(c) for c in x.split(N_FD))
+    return out
+
+
+MIXTURES = ("ring8-2d", "aniso-2d")  # the 2-D targets (samplers_oracle.py)
+
+
+def mixture(name: str):
+    """(the exact mixture, 20000 training points, a true sample of 5000) of a 2-D target."""
+    mix = targets()[name]
+    data = mix.sample(20000, generator=torch.Generator().manual_seed(1)).float()
+    truth = mix.sample(5000, generator=torch.Generator().manual_seed(2)).float()
+    return mix, data, truth
+
+
+def mixture_scores(f, schedule, mix, truth, seed: int | None = None) -> dict[str, float]:
+    """Sliced W1 to ``truth`` and the mode error of 5000 samples of f_θ in 1 and 2 steps
+    (``swd1``, ``mode1``, ``swd2``, ``mode2``); ``seed`` as in :func:`fd_scores`."""
+    x_T = torch.randn(5000, mix.dim, generator=torch.Generator().manual_seed(9))
+    out = {}
+    for S in (1, 2):
+        g = torch.Generator().manual_seed(seed) if seed is not None else None
+        with torch.no_grad():
+            x = samplers.consistency(f, schedule, x_T, S, g)
+        out[f"swd{S}"], out[f"mode{S}"] = swd(x, truth), mode_error(mix, x)
+    return out
+
+
 def images(part: str, choices, seeds, steps: int, draws: int) -> list[dict]:
     cfg = load_config(IMAGE_PARTS[part], {"threads": 1})
     data, cfg, _ = training_set(cfg)
@@ -112,10 +148,7 @@ def images(part: str, choices, seeds, steps: int, draws: int) -> list[dict]:
                    "train_s": round(time.perf_counter() - t0)}
             x_T = torch.randn(N_FD * draws, *data.shape[1:],
                               generator=torch.Generator().manual_seed(1234))
-            for S in (1, 2):
-                with torch.no_grad():
-                    x = samplers.consistency(f, schedule, x_T, S).clamp(-1, 1)
-                row[f"fd{S}"] = statistics.fmean(fd.fd(c) for c in x.split(N_FD))
+            row.update({f"fd{S}": v for S, v in fd_scores(f, schedule, x_T, fd).items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -123,21 +156,15 @@ def images(part: str, choices, seeds, steps: int, draws: int) -> list[dict]:
 
 def two_d(choices, seeds, steps: int) -> list[dict]:
     rows = []
-    for name in ("ring8-2d", "aniso-2d"):
-        mix = targets()[name]
-        data = mix.sample(20000, generator=torch.Generator().manual_seed(1)).float()
-        truth = mix.sample(5000, generator=torch.Generator().manual_seed(2)).float()
+    for name in MIXTURES:
+        mix, data, truth = mixture(name)
         for choice in choices:
             for k in seeds:
                 cfg = load_config(None, {"seed": k})
                 schedule = build_schedule(cfg)
                 f = train(cfg, schedule, data, choice, k, steps)
-                row = {"target": name, "choice": choice, "seed": k}
-                x_T = torch.randn(5000, mix.dim, generator=torch.Generator().manual_seed(9))
-                for S in (1, 2):
-                    with torch.no_grad():
-                        x = samplers.consistency(f, schedule, x_T, S)
-                    row[f"swd{S}"], row[f"mode{S}"] = swd(x, truth), mode_error(mix, x)
+                row = {"target": name, "choice": choice, "seed": k,
+                       **mixture_scores(f, schedule, mix, truth)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
@@ -204,7 +231,7 @@ def main() -> None:
     if rows_2d:
         lines += ["### 2-D mixtures (held out): mean over seeds, 1 / 2 steps", "",
                   "| target | c_noise | sliced W1 | mode error |", "| --- | --- | ---: | ---: |"]
-        for name in ("ring8-2d", "aniso-2d"):
+        for name in MIXTURES:
             for c in choices:
                 m = {k: mean(rows_2d, k, target=name, choice=c)
                      for k in ("swd1", "swd2", "mode1", "mode2")}

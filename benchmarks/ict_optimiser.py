@@ -43,19 +43,23 @@ from pathlib import Path
 
 import torch
 
-from difflab import samplers
 from difflab.build.data import training_set
 from difflab.build.model import build_schedule
 from difflab.config import load_config
-from difflab.metrics import swd
 from difflab.training import OBJECTIVES, consistency_model
 from difflab.training.backend import Backend
 from difflab.training.loop import fit
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
-from ict_noise_input import fd_evaluator  # noqa: E402
-from samplers_oracle import mode_error, targets  # noqa: E402
+from ict_noise_input import (  # noqa: E402
+    MIXTURES,
+    fd_evaluator,
+    fd_scores,
+    mean,
+    mixture,
+    mixture_scores,
+)
 
 N_FD = 180
 PRESETS = {"digits": "digits", "mnist16": "mnist-base16"}  # part → preset
@@ -148,11 +152,8 @@ def images(part: str, variants, seeds, steps: int, draws: int, reuse: dict,
             x_T = torch.randn(N_FD * draws, *data.shape[1:],
                               generator=torch.Generator().manual_seed(1234))
             for which, f in (("ema", ema), ("raw", raw)):
-                for S in (1, 2):
-                    with torch.no_grad():
-                        x = samplers.consistency(f, schedule, x_T, S,
-                                                 torch.Generator().manual_seed(1235)).clamp(-1, 1)
-                    row[f"fd{S}_{which}"] = statistics.fmean(fd.fd(c) for c in x.split(N_FD))
+                row.update({f"fd{S}_{which}": v
+                            for S, v in fd_scores(f, schedule, x_T, fd, seed=1235).items()})
             rows.append(row)
             print(json.dumps(row), flush=True)
     return rows
@@ -160,10 +161,8 @@ def images(part: str, variants, seeds, steps: int, draws: int, reuse: dict,
 
 def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
     rows = []
-    for name in ("ring8-2d", "aniso-2d"):
-        mix = targets()[name]
-        data = mix.sample(20000, generator=torch.Generator().manual_seed(1)).float()
-        truth = mix.sample(5000, generator=torch.Generator().manual_seed(2)).float()
+    for name in MIXTURES:
+        mix, data, truth = mixture(name)
         for variant in variants:
             for k in seeds:
                 if (name, *variant, k) in reuse:
@@ -173,20 +172,11 @@ def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
                 cfg = load_config(None, {"threads": 1})
                 ema, _, norms = train(cfg, build_schedule(cfg), data, variant, k, steps)
                 row = {"target": name, "beta2": variant[0], "weight_decay": variant[1],
-                       "grad_clip": variant[2], "seed": k, "grad_norm_stages": norms}
-                x_T = torch.randn(5000, mix.dim, generator=torch.Generator().manual_seed(9))
-                for S in (1, 2):
-                    with torch.no_grad():
-                        x = samplers.consistency(ema, build_schedule(cfg), x_T, S,
-                                                 torch.Generator().manual_seed(10))
-                    row[f"swd{S}"], row[f"mode{S}"] = swd(x, truth), mode_error(mix, x)
+                       "grad_clip": variant[2], "seed": k, "grad_norm_stages": norms,
+                       **mixture_scores(ema, build_schedule(cfg), mix, truth, seed=10)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
-
-
-def mean(rows, field, **match) -> float:
-    return statistics.fmean(r[field] for r in rows if all(r[k] == v for k, v in match.items()))
 
 
 def label(variant) -> str:
@@ -234,7 +224,7 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
     if rows_2d:
         lines += ["### 2-D mixtures (held out): mean over seeds, 1 / 2 steps", "",
                   "| target | AdamW | sliced W1 | mode error |", "| --- | --- | ---: | ---: |"]
-        for name in ("ring8-2d", "aniso-2d"):
+        for name in MIXTURES:
             for v in variants:
                 m = {f: mean(rows_2d, f, target=name, beta2=v[0], weight_decay=v[1],
                              grad_clip=v[2])
