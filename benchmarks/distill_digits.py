@@ -123,7 +123,7 @@ def consistency_distilled(teacher: Path, workdir: Path, solver: str, init: str, 
 
 
 def consistency_trained(teacher: Path, workdir: Path, args) -> Path:
-    from difflab.config import load_config
+    from difflab.config import CONSISTENCY_TRAINING_LR, load_config
     from difflab.runs.load import read_run_config
     from difflab.runs.train import train
 
@@ -132,6 +132,7 @@ def consistency_trained(teacher: Path, workdir: Path, args) -> Path:
         print(f"[ct] reusing {out}", flush=True)
         return out
     base = read_run_config(teacher).to_dict()  # the teacher's data, network and batch
+    base.update(CONSISTENCY_TRAINING_LR)  # the teacher's lr schedule is a diffusion run's
     base.update(method="consistency-training", steps=args.ct_steps, lr=args.ct_lr,
                 threads=args.threads if args.threads is not None else base["threads"],
                 eval_sampler="consistency", eval_steps=1, eval_eta=0.0, n_eval=N_FD, out="")

@@ -1,14 +1,16 @@
-"""AdamW's settings for improved consistency training, at an equal number of updates: β2 and
-weight decay.
+"""AdamW's settings for improved consistency training, at an equal number of updates: β2,
+weight decay, the gradient clip and the learning-rate schedule.
 
 Improved consistency training doubles its number of levels N every K/8 updates (Song &
 Dhariwal 2023, eq. 8) and weights the loss by 1/(σ_{n+1} − σ_n), which doubles with N. The
 gradient norm before clipping doubles with it, stage after stage (this script records its median
-per stage), so the run's gradient clip at 1 binds in every stage. Each variant ``B:W[:C]`` of
-``--variants`` is AdamW with β2 = B and decoupled weight decay W, and the gradient clipped to
-norm C (default 1, the presets'; 0: not clipped), on runs built as ``difflab train --method
-consistency-training --adam-beta2 B --weight-decay W --grad-clip C`` builds them (the objective
-from ``difflab.training.OBJECTIVES``, on the preset's config):
+per stage), so the run's gradient clip at 1 binds in every stage. Each variant ``B:W[:C[:L]]`` of
+``--variants`` is AdamW with β2 = B and decoupled weight decay W, the gradient clipped to norm C
+(default 1, the presets'; 0: not clipped) and the learning-rate schedule L = ``kind/warm-up/
+floor`` (default ``linear/0/0``, the method's own; ``cosine/100/0.05`` is what the presets give
+diffusion), on runs built as ``difflab train --method consistency-training --adam-beta2 B
+--weight-decay W --grad-clip C --lr-schedule kind --warmup warm-up --lr-min-ratio floor`` builds
+them (the objective from ``difflab.training.OBJECTIVES``, on the preset's config):
 
 - **digits** (where the default was chosen): the digits preset's U-Net, ``--steps`` updates
   (default 800, the updates iCT makes in the 4 minutes of one core of ``ict_digits.py``), seeds
@@ -45,8 +47,8 @@ import torch
 
 from difflab.build.data import training_set
 from difflab.build.model import build_schedule
-from difflab.config import load_config
-from difflab.training import OBJECTIVES, consistency_model
+from difflab.config import CONSISTENCY_TRAINING_LR, load_config
+from difflab.training import OBJECTIVES, consistency_model, lr_schedule
 from difflab.training.backend import Backend
 from difflab.training.loop import fit
 
@@ -62,6 +64,8 @@ from ict_noise_input import (  # noqa: E402
 )
 
 N_FD = 180
+# consistency training's own lr schedule, as kind/warm-up/floor: "linear/0/0"
+DEFAULT_LR = "{lr_schedule}/{warmup}/{lr_min_ratio:g}".format(**CONSISTENCY_TRAINING_LR)
 PRESETS = {"digits": "digits", "mnist16": "mnist-base16"}  # part → preset
 
 
@@ -87,12 +91,19 @@ class StageNorms:
         return [round(statistics.median(p), 3) for p in parts if p]
 
 
-def train(cfg, schedule, data, variant: tuple[float, float, float], seed: int, steps: int):
+def lr_fields(spec: str) -> dict:
+    """The config's lr fields of a schedule ``kind/warm-up/floor``."""
+    kind, warmup, floor = spec.split("/")
+    return {"lr_schedule": kind, "warmup": int(warmup), "lr_min_ratio": float(floor)}
+
+
+def train(cfg, schedule, data, variant: tuple, seed: int, steps: int):
     """iCT as ``difflab train --method consistency-training --adam-beta2 B --weight-decay W
-    --grad-clip C --steps steps --seed seed`` builds it (``variant`` = (B, W, C)); returns (f_θ of
-    the EMA, f_θ of the raw weights, stage norms)."""
-    beta2, wd, clip = variant
-    cfg = load_config(None, {**cfg.to_dict(), "method": "consistency-training", "steps": steps,
+    --grad-clip C --lr-schedule … --steps steps --seed seed`` builds it (``variant`` = (B, W, C,
+    L)); returns (f_θ of the EMA, f_θ of the raw weights, stage norms)."""
+    beta2, wd, clip, lr = variant
+    cfg = load_config(None, {**cfg.to_dict(), **lr_fields(lr),
+                             "method": "consistency-training", "steps": steps,
                              "seed": seed, "adam_beta2": beta2, "weight_decay": wd,
                              "grad_clip": clip, "eval_sampler": "consistency",
                              "eval_steps": 1})
@@ -101,7 +112,7 @@ def train(cfg, schedule, data, variant: tuple[float, float, float], seed: int, s
         obj = OBJECTIVES["consistency-training"](cfg, schedule, data, None, None)
     group = obj.optimizer().param_groups[0]
     assert group["betas"] == (0.9, beta2) and group["weight_decay"] == wd
-    assert obj.grad_clip == clip
+    assert obj.grad_clip == clip and obj.lr_at(0) == lr_schedule(cfg)(0)
     norms = StageNorms()
     fit(obj, steps=steps, generator=torch.Generator().manual_seed(seed),
         backend=Backend(torch.device("cpu")), logger=norms)
@@ -112,7 +123,7 @@ def train(cfg, schedule, data, variant: tuple[float, float, float], seed: int, s
 def key(row: dict) -> tuple:
     """What identifies a row: part (or 2-D target), variant, seed."""
     return (row.get("part", row.get("target")), row["beta2"], row.get("weight_decay", 0.0),
-            row.get("grad_clip", 1.0), row["seed"])
+            row.get("grad_clip", 1.0), row.get("lr", DEFAULT_LR), row["seed"])
 
 
 def read_reuse(path: Path | None) -> dict[tuple, dict]:
@@ -139,14 +150,13 @@ def images(part: str, variants, seeds, steps: int, draws: int, reuse: dict,
         for k in seeds:
             old = reuse.get((part, *variant, k))
             if old is not None and old["steps"] == steps:
-                rows.append({**old, "weight_decay": variant[1], "grad_clip": variant[2]})
+                rows.append({**old, **fields(variant)})
                 continue
             if only_reused:
                 continue
             t0 = time.perf_counter()
             ema, raw, norms = train(cfg, schedule, data, variant, cfg.seed + k, steps)
-            row = {"part": part, "beta2": variant[0], "weight_decay": variant[1],
-                   "grad_clip": variant[2], "seed": k,
+            row = {"part": part, **fields(variant), "seed": k,
                    "steps": steps, "train_s": round(time.perf_counter() - t0),
                    "grad_norm_stages": norms}
             x_T = torch.randn(N_FD * draws, *data.shape[1:],
@@ -166,30 +176,35 @@ def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
         for variant in variants:
             for k in seeds:
                 if (name, *variant, k) in reuse:
-                    rows.append({**reuse[(name, *variant, k)], "weight_decay": variant[1],
-                                 "grad_clip": variant[2]})
+                    rows.append({**reuse[(name, *variant, k)], **fields(variant)})
                     continue
                 cfg = load_config(None, {"threads": 1})
                 ema, _, norms = train(cfg, build_schedule(cfg), data, variant, k, steps)
-                row = {"target": name, "beta2": variant[0], "weight_decay": variant[1],
-                       "grad_clip": variant[2], "seed": k, "grad_norm_stages": norms,
+                row = {"target": name, **fields(variant), "seed": k, "grad_norm_stages": norms,
                        **mixture_scores(ema, build_schedule(cfg), mix, truth, seed=10)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     return rows
 
 
+def fields(variant) -> dict:
+    """A row's fields of ``variant`` (B, W, C, L)."""
+    return dict(zip(("beta2", "weight_decay", "grad_clip", "lr"), variant, strict=True))
+
+
 def label(variant) -> str:
     clip = "" if variant[2] == 1.0 else f", clip {variant[2] or 'off'}"
-    return f"β2 {variant[0]}, wd {variant[1]}{clip}"
+    lr = "" if variant[3] == DEFAULT_LR else f", lr {variant[3]}"
+    return f"β2 {variant[0]}, wd {variant[1]}{clip}{lr}"
 
 
 def report(args, variants, rows, rows_2d, seconds: float) -> str:
     lines = ["## AdamW's β2, weight decay and the gradient clip for improved consistency training "
              "(benchmarks/ict_optimiser.py)", "",
              "iCT from a fresh F_θ as `difflab train --method consistency-training --adam-beta2 "
-             "B --weight-decay W --grad-clip C` builds it (C = 1 unless the row says), at equal "
-             "updates. " + "; ".join(
+             "B --weight-decay W --grad-clip C --lr-schedule …` builds it (C = 1 and the lr "
+             f"{DEFAULT_LR} (kind/warm-up/floor) unless the row says), at equal updates. "
+             + "; ".join(
                  [f"{p}: {r[0]['steps']} updates" for p in PRESETS
                   if (r := [x for x in rows if x["part"] == p])] +
                  ([f"2-D: {args.steps_2d} updates, seeds {args.seeds_2d}"] if rows_2d else [])) +
@@ -206,19 +221,18 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
                   " | mean 1 step EMA (raw) | mean 2 steps EMA (raw) |",
                   "| --- |" + " ---: |" * (len(seeds) + 2)]
         for v in variants:
-            by_seed = {r["seed"]: r for r in mine
-                       if (r["beta2"], r["weight_decay"], r["grad_clip"]) == v}
+            by_seed = {r["seed"]: r for r in mine if key(r)[1:-1] == v}
             if not by_seed:
                 continue
             cells = [f"{r['fd1_ema']:.0f} ({r['fd1_raw']:.0f}) / {r['fd2_ema']:.0f} "
                      f"({r['fd2_raw']:.0f})" if (r := by_seed.get(k)) else "–" for k in seeds]
-            m = {f: mean(mine, f, beta2=v[0], weight_decay=v[1], grad_clip=v[2])
+            m = {f: mean(mine, f, **fields(v))
                  for f in ("fd1_ema", "fd1_raw", "fd2_ema", "fd2_raw")}
             lines.append(f"| {label(v)} | " + " | ".join(cells) + f" | {m['fd1_ema']:.1f} "
                          f"({m['fd1_raw']:.1f}) | {m['fd2_ema']:.1f} ({m['fd2_raw']:.1f}) |")
         first = mine[0]
         lines += ["", f"Median gradient norm before clipping per curriculum stage "
-                  f"({label((first['beta2'], first['weight_decay'], first['grad_clip']))}, "
+                  f"({label(key(first)[1:-1])}, "
                   f"seed {first['seed']}): "
                   f"{first['grad_norm_stages']}", ""]
     if rows_2d:
@@ -226,8 +240,7 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
                   "| target | AdamW | sliced W1 | mode error |", "| --- | --- | ---: | ---: |"]
         for name in MIXTURES:
             for v in variants:
-                m = {f: mean(rows_2d, f, target=name, beta2=v[0], weight_decay=v[1],
-                             grad_clip=v[2])
+                m = {f: mean(rows_2d, f, target=name, **fields(v))
                      for f in ("swd1", "swd2", "mode1", "mode2")}
                 lines.append(f"| {name} | {label(v)} | {m['swd1']:.4f} / {m['swd2']:.4f} | "
                              f"{m['mode1']:.3f} / {m['mode2']:.3f} |")
@@ -235,11 +248,24 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant(text: str) -> tuple:
+    """(β2, weight decay, clip, lr schedule) of ``B:W[:C[:L]]``."""
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 4:
+        raise SystemExit(f"--variants: {text!r} is not B:W[:C[:L]]")
+    floats = [float(x) for x in (parts[:3] + ["1"])[:3]]
+    if len(parts) < 4:
+        return (*floats, DEFAULT_LR)
+    f = lr_fields(parts[3])  # written as DEFAULT_LR is, so that reused rows match
+    return (*floats, "{lr_schedule}/{warmup}/{lr_min_ratio:g}".format(**f))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default="0.999:0,0.99:0,0.999:0.01,0.99:0.01",
-                   help="comma-separated B:W[:C], AdamW's β2 and weight decay (and the gradient "
-                   "clip, default 1; 0: off)")
+                   help="comma-separated B:W[:C[:L]], AdamW's β2 and weight decay (and the "
+                   "gradient clip, default 1; 0: off; and the lr schedule kind/warm-up/floor, "
+                   f"default {DEFAULT_LR})")
     p.add_argument("--seeds", default="0,1,2,3", help="seed offsets of the digits runs")
     p.add_argument("--seeds-mnist", default="0,1,2")
     p.add_argument("--seeds-2d", default="0,1,2")
@@ -261,8 +287,7 @@ def main() -> None:
         args.draws = 1
         args.out = args.out.with_name(args.out.name + "_quick")
     torch.set_num_threads(1)
-    variants = [tuple(float(x) for x in (v + ":1").split(":")[:3]) if v.count(":") == 1 else
-                tuple(float(x) for x in v.split(":")) for v in args.variants.split(",")]
+    variants = [variant(v) for v in args.variants.split(",")]
     parts = args.parts.split(",")
     reuse = read_reuse(args.reuse)
     t_all = time.perf_counter()

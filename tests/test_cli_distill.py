@@ -220,6 +220,9 @@ def test_train_consistency_training(tmp_path, capsys):
     assert stdout.strip().splitlines()[-1] == str(out) and "consistency 5 steps" in stdout
     cfg, model, _ = load_run(out)
     assert cfg.method == "consistency-training" and isinstance(model, ConsistencyModel)
+    # the method's own lr (linear to 0) is what the run records, not the preset's cosine; the
+    # warm-up is the flag's
+    assert (cfg.lr_schedule, cfg.warmup, cfg.lr_min_ratio) == ("linear", 5, 0.0)
     assert {"swd", "train_seconds"} <= set(json.loads((out / "metrics.json").read_text()))
     code, _, err = run(capsys, "sample", out, "--steps", "2", "-n", "20",
                        "--out", tmp_path / "x.npy")

@@ -255,3 +255,63 @@ def test_an_image_runs_levels_are_searched_by_fd(tmp_path, capsys):
     assert found["score"] <= found["default_score"] and m["levels"] == found["levels"]
     assert m["fd"] > 0 and m["steps"] == 2
 
+
+
+def test_the_linear_lr_schedule_decays_to_its_floor_after_the_warm_up():
+    """``LRSchedule(kind="linear")``: warm-up to lr, then lr · (m + (1 − m)(1 − (k − w)/(K − w)));
+    with w = 0 and m = 0 it is lr · (1 − k/K), the decay consistency training always used."""
+    from difflab.training.diffusion import LRSchedule
+
+    K = 50
+    plain = LRSchedule(2e-3, K, 0, "linear", 0.0)
+    assert [plain(k) for k in range(K)] == [2e-3 * (1 - k / K) for k in range(K)]
+    warm = LRSchedule(2e-3, K, 10, "linear", 0.1)
+    lrs = [warm(k) for k in range(K + 5)]
+    assert lrs[:10] == [2e-3 * (k + 1) / 10 for k in range(10)] and lrs[10] == 2e-3
+    assert all(a > b for a, b in zip(lrs[10:K], lrs[11:K + 1], strict=True))  # strictly decreasing
+    assert math.isclose(lrs[K], 2e-4) and all(v == lrs[K] for v in lrs[K:])  # floor m · lr
+
+
+def test_consistency_training_takes_its_own_lr_unless_told_and_the_objective_follows_it(
+        tmp_path):
+    """``method = consistency-training`` brings lr_schedule linear, warm-up 0 and floor 0 over a
+    preset written for diffusion (digits: cosine, warm-up 100); flags and a preset of the method
+    itself win; and the objective's lr is the config's schedule, whichever it is."""
+    import pytest
+
+    from difflab.config import load_config
+    from difflab.training import OBJECTIVES, lr_schedule
+    from difflab.training.consistency import ConsistencyTraining
+
+    def lr_of(cfg):
+        return (cfg.lr_schedule, cfg.warmup, cfg.lr_min_ratio)
+
+    assert lr_of(load_config("digits")) == ("cosine", 100, 0.05)
+    ct = {"method": "consistency-training"}
+    assert lr_of(load_config("digits", ct)) == ("linear", 0, 0.0)
+    assert lr_of(load_config(None, ct)) == ("linear", 0, 0.0)
+    assert lr_of(load_config("digits", {**ct, "warmup": 20})) == ("linear", 20, 0.0)
+    assert lr_of(load_config("digits", {**ct, "lr_schedule": "cosine"})) == ("cosine", 0, 0.0)
+    own = tmp_path / "ct.toml"  # a preset of the method: its keys over the method's, flags on top
+    own.write_text('method = "consistency-training"\nwarmup = 7\n')
+    assert lr_of(load_config(str(own))) == ("linear", 7, 0.0)
+    assert lr_of(load_config(str(own), {**ct, "lr_min_ratio": 0.2})) == ("linear", 7, 0.2)
+    assert load_config(str(own)).eval_sampler == "consistency"
+    based = tmp_path / "based.toml"  # over a base of another method: as --method on that base
+    based.write_text('base = "digits"\nmethod = "consistency-training"\nlr_min_ratio = 0.1\n')
+    assert lr_of(load_config(str(based))) == ("linear", 0, 0.1)
+    assert load_config(str(based)).eval_sampler == "consistency"
+
+    small = {**ct, "hidden": 16, "depth": 1, "t_dim": 8, "batch": 8, "steps": 40, "lr": 1e-3}
+    data = torch.randn(64, 2, generator=torch.Generator().manual_seed(0))
+    for extra, old in (({}, True), ({"warmup": 5, "lr_schedule": "cosine", "lr_min_ratio": 0.1},
+                                    False)):
+        cfg = load_config(None, {**small, **extra})
+        obj = OBJECTIVES["consistency-training"](cfg, LINEAR, data, None, None)
+        want = [lr_schedule(cfg)(k) for k in range(40)]
+        assert [obj.lr_at(k) for k in range(40)] == want
+        # the defaults keep the decay consistency training had before it read the config
+        assert (want == [1e-3 * (1 - k / 40) for k in range(40)]) is old
+    model = ConsistencyModel.from_schedule(_net(), LINEAR, 0.5)
+    with pytest.raises(ValueError, match="lr_decay applies to a constant lr"):
+        ConsistencyTraining(model, data, batch=8, iters=4, lr=lr_schedule(cfg), lr_decay=True)

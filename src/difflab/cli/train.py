@@ -83,10 +83,10 @@ def add_train_flags(p) -> None:
                    "checkpoint")
     p.add_argument("--extend", action="store_true",
                    help="with --resume RUN --steps N: let N differ from the run's steps although "
-                   "its schedule (cosine learning rate, consistency training's levels) spans "
-                   "the total steps; the rest of the schedule is then stretched to N from the "
-                   "step the run reached (a finished run trains on from there); refused "
-                   "without --extend")
+                   "its schedule (a cosine or linear learning rate, consistency training's "
+                   "levels) spans the total steps; the rest of the schedule is then stretched "
+                   "to N from the step the run reached (a finished run trains on from there); "
+                   "refused without --extend")
     p.add_argument("--stop-after", type=int, metavar="K",
                    help="stop after K total steps with a checkpoint (resume later with --resume)")
     p.add_argument("--processes", type=int, metavar="N",
@@ -152,11 +152,11 @@ def run(args: argparse.Namespace) -> int:
 def stretches_with_steps(cfg) -> str | None:
     """What of a run is a function of its total ``steps`` (so that a resumed run given more
     or fewer steps is no longer the run an uninterrupted training of that length gives), or
-    None: the cosine learning rate, consistency training's discretisation N(k)."""
+    None: a cosine or linear learning rate, consistency training's discretisation N(k)."""
     if cfg.method == "consistency-training":
         return "consistency training's schedule of N(k) levels"
-    if cfg.lr_schedule == "cosine":
-        return "the cosine learning-rate schedule"
+    if cfg.lr_schedule != "constant":
+        return f"the {cfg.lr_schedule} learning-rate schedule"
     return None
 
 

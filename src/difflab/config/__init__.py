@@ -40,16 +40,26 @@ from .checks import (
     model_kind,
     validate,
 )
-from .preset_files import CONSISTENCY_EVAL, SCORE_EVAL, builtin_presets, load_config, read_preset
+from .preset_files import (
+    CONSISTENCY_EVAL,
+    CONSISTENCY_TRAINING_LR,
+    SCORE_EVAL,
+    builtin_presets,
+    load_config,
+    method_defaults,
+    read_preset,
+)
 from .train_config import SECTIONS, TrainConfig, field_help, field_section, flatten
 
 __all__ = [
-    "CONDS", "CONSISTENCY_EVAL", "CONSISTENCY_METHODS", "DEVICES",
+    "CONDS", "CONSISTENCY_EVAL", "CONSISTENCY_METHODS", "CONSISTENCY_TRAINING_LR",
+    "DEVICES",
     "IMAGE_DATASETS", "IMAGE_SIZES", "LOGS", "LOSSES", "LR_SCHEDULES", "METHODS", "NO_SPACING",
     "PRECISIONS", "PREDICTIONS", "SCHEDULES", "SCORE_EVAL", "SCORE_METHODS", "SECTIONS",
     "T_SAMPLINGS", "VARIANCES",
     "ConfigError", "TrainConfig", "builtin_presets", "data_kind", "field_help", "field_section",
-    "flatten", "image_size", "int_list", "is_image", "load_config", "model_kind", "read_preset",
+    "flatten", "image_size", "int_list", "is_image", "load_config", "method_defaults",
+    "model_kind", "read_preset",
     "spacing_for", "validate",
 ]
 

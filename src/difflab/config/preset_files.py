@@ -33,6 +33,20 @@ BASE = "base"  # the key that names a preset's parent
 CONSISTENCY_EVAL = {"eval_sampler": "consistency", "eval_steps": 1, "eval_eta": 0.0}
 # and a score network (method dsm or ssm) with annealed Langevin dynamics over its ladder
 SCORE_EVAL = {"eval_sampler": "langevin", "eval_eta": 0.0}
+# consistency training's learning rate unless flags say otherwise: linear decay to 0 from the
+# first update (Song et al. 2023 keep it constant; a preset's warm-up and cosine decay, tuned for
+# diffusion, made 1-step FD worse for iCT on digits: benchmarks/results/ict_optimiser.md)
+CONSISTENCY_TRAINING_LR = {"lr_schedule": "linear", "warmup": 0, "lr_min_ratio": 0.0}
+
+
+def method_defaults(method: Any) -> dict[str, Any]:
+    """The config values a method brings with it (see CONSISTENCY_EVAL, SCORE_EVAL,
+    CONSISTENCY_TRAINING_LR); {} for diffusion and the others."""
+    if method == "consistency-training":
+        return {**CONSISTENCY_EVAL, **CONSISTENCY_TRAINING_LR}
+    if method in CONSISTENCY_METHODS:
+        return CONSISTENCY_EVAL
+    return SCORE_EVAL if method in SCORE_METHODS else {}
 
 
 def _builtin_root() -> Traversable:
@@ -46,29 +60,48 @@ def builtin_presets() -> list[str]:
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The flat table {field: value} of a preset, its bases applied: a path to a .toml file, or
     the name of a built-in preset."""
-    return _resolve(name_or_path, None, ())
+    return _merged(_layers(name_or_path, None, ()))
 
 
 def load_config(preset: str | None = None, overrides: dict[str, Any] | None = None
                 ) -> TrainConfig:
-    """Defaults ← preset (if given) ← overrides (e.g. command-line flags; None values skipped)."""
-    values = read_preset(preset) if preset else {}
+    """Defaults ← preset (if given) ← overrides (e.g. command-line flags; None values skipped).
+
+    A layer (the defaults, each preset from the first base up, the overrides) that sets a method
+    other than the one below it brings that method's own values (:func:`method_defaults`) with
+    it: they override everything below (a base preset's sampler and learning rate were written
+    for its own method) and its own keys override them. So ``--preset digits --method
+    consistency-training`` and a preset ``base = "digits"`` that sets that method both decay the
+    learning rate linearly without warm-up, unless they set ``lr_schedule`` or ``warmup``."""
     extra = {k: v for k, v in (overrides or {}).items() if v is not None}
-    own_eval = (CONSISTENCY_EVAL if extra.get("method") in CONSISTENCY_METHODS else
-                SCORE_EVAL if extra.get("method") in SCORE_METHODS else None)
-    if own_eval is not None:  # see CONSISTENCY_EVAL, SCORE_EVAL
-        given = {k: v for k, v in own_eval.items() if k not in extra}
-        return TrainConfig.from_dict({**values, **given, **extra})
+    method = TrainConfig().method
+    values: dict[str, Any] = {}
+    for layer in _layers(preset, None, ()) if preset else []:
+        method = _apply(values, layer, method)
     cfg = TrainConfig.from_dict(values)
-    return TrainConfig.from_dict(extra, base=cfg)
+    given: dict[str, Any] = {}
+    _apply(given, extra, method)
+    return TrainConfig.from_dict(given, base=cfg)
+
+
+def _apply(values: dict[str, Any], layer: dict[str, Any], method: str) -> str:
+    """Put ``layer`` over ``values``, with the values of its method first if it sets a method
+    other than ``method`` (the one below it); the method in force after it."""
+    new = layer.get("method", method)
+    if new != method:
+        values.update(method_defaults(new))
+    values.update(layer)
+    return new
 
 
 # --- reading and inheritance -------------------------------------------------------------------
 
 
-def _resolve(ref: str, near: Traversable | None, chain: tuple[str, ...]) -> dict[str, Any]:
-    """The flat table of the preset ``ref`` (named in a file in folder ``near``, None at the
-    top), its base resolved first; ``chain`` is the presets being resolved below it."""
+def _layers(ref: str, near: Traversable | None, chain: tuple[str, ...]
+            ) -> list[dict[str, Any]]:
+    """The flat tables of the preset ``ref`` (named in a file in folder ``near``, None at the
+    top) and of its bases, the first base first; ``chain`` is the presets being resolved below
+    it."""
     where, file, folder = _locate(ref, near)
     if where in chain:
         cycle = " → ".join((*chain[chain.index(where):], where))
@@ -77,11 +110,19 @@ def _resolve(ref: str, near: Traversable | None, chain: tuple[str, ...]) -> dict
     base = table.pop(BASE, None)
     flat = flatten(table, where=f"malformed preset {where}")
     if base is None:
-        return flat
+        return [flat]
     if not isinstance(base, str) or not base:
         raise ConfigError(f"config key {BASE!r} in {where} must name a preset (a built-in name or "
                           f"a .toml path), got {type(base).__name__} {base!r}")
-    return {**_resolve(base, folder, (*chain, where)), **flat}
+    return [*_layers(base, folder, (*chain, where)), flat]
+
+
+def _merged(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """One flat table from ``layers``, each over the ones before it."""
+    out: dict[str, Any] = {}
+    for layer in layers:
+        out.update(layer)
+    return out
 
 
 def _locate(ref: str, near: Traversable | None) -> tuple[str, Traversable, Traversable]:

@@ -254,10 +254,11 @@ class TrainConfig:
     steps: int = _optimiser(3000, "training steps (optimizer updates)")
     batch: int = _optimiser(1024, "batch size")
     lr: float = _optimiser(3e-3, "peak learning rate (AdamW)")
-    lr_schedule: str = _optimiser("cosine", "constant or cosine (decay after warm-up)")
-    warmup: int = _optimiser(100, "linear learning-rate warm-up steps")
-    lr_min_ratio: float = _optimiser(0.05, "final learning rate of the cosine decay, as a "
-                                           "fraction of --lr")
+    lr_schedule: str = _optimiser("cosine", "constant, cosine or linear (decay after warm-up; "
+                                            "consistency training: linear)")
+    warmup: int = _optimiser(100, "linear learning-rate warm-up steps (consistency training: 0)")
+    lr_min_ratio: float = _optimiser(0.05, "final learning rate of the cosine or linear decay, "
+                                           "as a fraction of --lr (consistency training: 0)")
     weight_decay: float = _optimiser(0.0, "AdamW weight decay")
     adam_beta2: float = _optimiser(0.999, "AdamW β2, the decay of the second-moment average "
                                           "(β1 = 0.9)")

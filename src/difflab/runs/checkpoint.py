@@ -2,7 +2,7 @@
 
 A run directory holds::
 
-    config.json              {"format": "difflab-run/2", "kind": …, "components": {…},
+    config.json              {"format": "difflab-run/3", "kind": …, "components": {…},
                               "config": the TrainConfig by section, "job": …}
     <component>.safetensors       raw weights of each component (e.g. denoiser, classifier)
     <component>.ema.safetensors   its EMA weights — what `difflab sample` / `eval` use
@@ -19,7 +19,11 @@ A run's ``kind`` says what it is ("diffusion", "consistency-training", "progress
 "consistency-distillation", "noisy-classifier", …) and its ``components`` which networks it has
 (:data:`KINDS`); a later model kind (a latent model: autoencoder + denoiser) is one more entry.
 Runs written before this format (``difflab-run/1``: a flat config.json, ``ema.safetensors`` and
-``model.safetensors``, or ``classifier.safetensors``) still load and resume.
+``model.safetensors``, or ``classifier.safetensors``) still load and resume. ``difflab-run/2`` is
+this format but for one meaning: a consistency-training run trained with its lr decayed linearly
+to 0 from the first update (or constant, with ``lr_schedule = "constant"``), whatever its
+``lr_schedule``, ``warmup`` and ``lr_min_ratio`` said; it is read with the values it trained
+with (:func:`lr_as_trained`), and rewritten as /3 when it resumes.
 
 Every file is written to a temporary file in the same directory, fsync'ed and renamed over the
 old one (``os.replace`` is atomic on POSIX and Windows), so a run killed at any moment leaves the
@@ -54,7 +58,8 @@ from .safe_files import (
 
 FORMAT = "difflab-checkpoint/2"
 LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
-RUN_FORMAT = "difflab-run/2"
+RUN_FORMAT = "difflab-run/3"
+OLDER_RUN_FORMAT = "difflab-run/2"  # read as RUN_FORMAT after lr_as_trained (see above)
 # the components of each kind of run, and which module of the objective's checkpoint holds
 # each component's raw and EMA weights (None: no EMA file)
 KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
@@ -317,8 +322,9 @@ def write_run_config(run_dir: str | os.PathLike, kind: str, config: dict[str, An
 
 
 def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(kind, config dict, job dict) of a run directory, this format or the one before it (a
-    flat config; its kind read from ``method`` and the files). CheckpointError if invalid."""
+    """(kind, config dict, job dict) of a run directory, this format or the two before it
+    (/2: see :func:`lr_as_trained`; /1: a flat config, its kind read from ``method`` and the
+    files). CheckpointError if invalid."""
     run_dir = check_run_dir(run_dir)
     raw = read_json(run_dir / CONFIG)
     if not isinstance(raw, dict):
@@ -328,8 +334,8 @@ def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], di
                                                                                    "diffusion")
         if not isinstance(kind, str):
             raise CheckpointError(f"{run_dir / CONFIG} is corrupt (method {kind!r})")
-        return kind, raw, {}
-    if raw["format"] != RUN_FORMAT:
+        return kind, lr_as_trained(raw) if kind == "consistency-training" else raw, {}
+    if raw["format"] not in (RUN_FORMAT, OLDER_RUN_FORMAT):
         raise CheckpointError(f"{run_dir / CONFIG} has format {raw['format']!r}, which this "
                               f"version of difflab cannot read (it reads {RUN_FORMAT}); upgrade "
                               "difflab")
@@ -341,7 +347,21 @@ def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], di
     job = raw.get("job") or {}
     if not isinstance(job, dict):
         raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its job is not a table)")
+    if raw["format"] == OLDER_RUN_FORMAT and kind == "consistency-training":
+        return kind, lr_as_trained(raw["config"]), job
     return kind, raw["config"], job
+
+
+def lr_as_trained(config: dict[str, Any]) -> dict[str, Any]:
+    """The config (flat or by section) of a consistency-training run of format 1 or 2 with the
+    learning rate it trained with: no warm-up, and unless ``lr_schedule = "constant"`` a linear
+    decay to 0 (then its ``lr_schedule``, ``warmup`` and ``lr_min_ratio`` were not read)."""
+    sectioned = isinstance(config.get("optimiser"), dict)
+    fields = dict(config["optimiser"] if sectioned else config)
+    fields["warmup"] = 0
+    if fields.get("lr_schedule", "cosine") != "constant":
+        fields.update(lr_schedule="linear", lr_min_ratio=0.0)
+    return {**config, "optimiser": fields} if sectioned else fields
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,

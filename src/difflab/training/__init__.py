@@ -36,7 +36,7 @@ def ct_final_levels(steps: int) -> int:
 
 
 def lr_schedule(cfg: TrainConfig) -> LRSchedule:
-    """The learning rate of a run's updates: warm-up, then constant or cosine."""
+    """The learning rate of a run's updates: warm-up, then constant, cosine or linear."""
     return LRSchedule(cfg.lr, cfg.steps, cfg.warmup, cfg.lr_schedule, cfg.lr_min_ratio)
 
 
@@ -151,10 +151,11 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
     :class:`~.consistency.ImprovedConsistencyTraining`: s0 = 10 → s1 = 1280 over the run's
     steps, lognormal levels, pseudo-Huber, no EMA target; the sampled EMA decays at
     ``ema_decay``) or "original" (Weng eq. 32, Song et al. 2023 Alg. 3: s0 = 2,
-    s1 = :func:`ct_final_levels`, μ0 = 0.9, ℓ2); lr decayed linearly to 0 unless
-    ``lr_schedule = "constant"``. With ``ct_init_from`` F_θ is read as a v-network of the
-    schedule (``ConsistencyModel.v_from_schedule``); the run code copies the diffusion run's
-    network into it."""
+    s1 = :func:`ct_final_levels`, μ0 = 0.9, ℓ2); its lr follows :func:`lr_schedule`, which
+    for this method defaults to a linear decay to 0 with no warm-up
+    (:data:`~difflab.config.CONSISTENCY_TRAINING_LR`). With ``ct_init_from`` F_θ is read as a
+    v-network of the schedule (``ConsistencyModel.v_from_schedule``); the run code copies the
+    diffusion run's network into it."""
     cond_data = None
     if conds is not None:  # class labels, never dropped (no guidance for consistency models)
         if set(conds.table) != {"y"}:
@@ -162,9 +163,8 @@ def ct_objective(cfg: TrainConfig, schedule: Schedule, data: Tensor, conds,
                              "implemented; use --cond class or none")
         cond_data = {"y": conds.table["y"][conds.choices[:, 0]]}
     model = consistency_model(cfg, build_model(cfg), schedule)
-    kw = dict(batch=cfg.batch, iters=cfg.steps, lr=cfg.lr,
-              lr_decay=cfg.lr_schedule != "constant", weight_decay=cfg.weight_decay,
-              grad_clip=cfg.grad_clip, cond_data=cond_data)
+    kw = dict(batch=cfg.batch, iters=cfg.steps, lr=lr_schedule(cfg),
+              weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, cond_data=cond_data)
     if cfg.ct_variant == "improved":
         return ImprovedConsistencyTraining(model, data, ema_decay=cfg.ema_decay, **kw)
     return ConsistencyTraining(model, data, s1=ct_final_levels(cfg.steps), **kw)

@@ -32,6 +32,7 @@ from ..distill.consistency_training import (
 from ..distill.distances import Distance, l2, pseudo_huber
 from ..parameterization import Model
 from ..schedules import Schedule
+from .diffusion import LRSchedule
 from .ema import ema_, ema_decay_at, frozen_copy
 from .loop import Objective, fit
 
@@ -40,13 +41,21 @@ class _ConsistencyObjective(Objective):
     """What both consistency objectives share: f_θ, its target θ⁻, data and conditions."""
 
     def __init__(self, model: ConsistencyModel, data: Tensor, *, batch: int, iters: int,
-                 lr: float, lr_decay: bool, weight_decay: float = 0.0, grad_clip: float = 1.0,
+                 lr: float | LRSchedule, lr_decay: bool = False,
+                 weight_decay: float = 0.0, grad_clip: float = 1.0,
                  cond_data: dict[str, Tensor] | None = None,
                  target: ConsistencyModel | None = None, distance: Distance = l2):
+        """``lr``: a learning rate, constant or (``lr_decay``) decayed linearly to 0 over
+        ``iters`` updates, or a :class:`.diffusion.LRSchedule` (then ``lr_decay`` must be
+        False)."""
+        if isinstance(lr, LRSchedule) and lr_decay:
+            raise ValueError("lr_decay applies to a constant lr; give a schedule with its own "
+                             "decay instead (e.g. LRSchedule(..., kind='linear'))")
         self.net = model
         self.target = target if target is not None else frozen_copy(model)
         self.data, self.batch, self.iters = data, batch, iters
-        self.lr, self.lr_decay = lr, lr_decay
+        self.schedule_lr = lr if isinstance(lr, LRSchedule) else None
+        self.lr, self.lr_decay = (lr.lr if self.schedule_lr else lr), lr_decay  # peak lr
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
         self.cond_data, self.distance = cond_data or {}, distance
 
@@ -66,6 +75,8 @@ class _ConsistencyObjective(Objective):
         return out
 
     def lr_at(self, step: int) -> float:
+        if self.schedule_lr is not None:
+            return self.schedule_lr(step)
         return self.lr * (1 - step / self.iters) if self.lr_decay else self.lr
 
     def _mu(self, step: int) -> float:

@@ -7,7 +7,8 @@ where c_f is the hint of x_0 (its control image) and c_t the base's own conditio
 or caption), replaced by ∅ half of the time (the paper drops 50 % of the prompts, so the branch
 learns to read the hint without them). Only the control branch (:class:`~difflab.nn.controlnet.
 ControlNet`) is trained; the base's weights never change (its encoder runs without gradients).
-An EMA of the branch, warm-up and a cosine or constant learning rate, as for diffusion."""
+An EMA of the branch, warm-up and a learning rate as for diffusion (:class:`.diffusion.
+LRSchedule`)."""
 
 from __future__ import annotations
 

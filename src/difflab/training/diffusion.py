@@ -2,7 +2,8 @@
 L_hybrid = L_simple + λ L_vlb with the stop-gradient on μ_θ (Weng eq. 23 and the text after
 it; Nichol & Dhariwal 2021) or L_vlb alone (eq. 16; ibid. §3.3), t uniform or
 importance-sampled, conditions dropped to ∅ with probability p_uncond (Ho & Salimans 2021,
-Algorithm 1); an EMA of the weights; a warm-up and cosine or constant learning rate."""
+Algorithm 1); an EMA of the weights; a warm-up, then a constant, cosine or linear learning
+rate."""
 
 from __future__ import annotations
 
@@ -24,13 +25,15 @@ from .loop import Objective
 
 @dataclass(frozen=True)
 class LRSchedule:
-    """Linear warm-up over ``warmup`` updates, then constant or a cosine decay to
-    ``min_ratio · lr`` at update ``steps − 1``."""
+    """Linear warm-up over ``warmup`` updates, then constant, a cosine decay to
+    ``min_ratio · lr`` at update ``steps − 1``, or a linear decay that would reach
+    ``min_ratio · lr`` at update ``steps`` (with ``warmup = 0`` and ``min_ratio = 0``:
+    lr · (1 − step / steps), what consistency training uses, Song et al. 2023)."""
 
     lr: float
     steps: int
     warmup: int = 0
-    kind: str = "cosine"  # "constant" | "cosine"
+    kind: str = "cosine"  # "constant" | "cosine" | "linear"
     min_ratio: float = 0.05
 
     def __call__(self, step: int) -> float:
@@ -39,6 +42,9 @@ class LRSchedule:
             return self.lr * (step + 1) / self.warmup
         if self.kind == "constant":
             return self.lr
+        if self.kind == "linear":
+            left = 1 - min(1.0, (step - self.warmup) / max(1, self.steps - self.warmup))
+            return self.lr * (self.min_ratio + (1 - self.min_ratio) * left)
         progress = (step - self.warmup) / max(1, self.steps - 1 - self.warmup)
         cos = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
         return self.lr * (self.min_ratio + (1 - self.min_ratio) * cos)
