@@ -199,8 +199,8 @@ def label(variant) -> str:
 
 
 def report(args, variants, rows, rows_2d, seconds: float) -> str:
-    lines = ["## AdamW's β2, weight decay and the gradient clip for improved consistency training "
-             "(benchmarks/ict_optimiser.py)", "",
+    lines = ["## AdamW's β2, weight decay, the gradient clip and the learning-rate schedule for "
+             "improved consistency training (benchmarks/ict_optimiser.py)", "",
              "iCT from a fresh F_θ as `difflab train --method consistency-training --adam-beta2 "
              "B --weight-decay W --grad-clip C --lr-schedule …` builds it (C = 1 and the lr "
              f"{DEFAULT_LR} (kind/warm-up/floor) unless the row says), at equal updates. "
