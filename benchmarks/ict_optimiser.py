@@ -169,7 +169,7 @@ def images(part: str, variants, seeds, steps: int, draws: int, reuse: dict,
     return rows
 
 
-def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
+def two_d(variants, seeds, steps: int, reuse: dict, only_reused: bool = False) -> list[dict]:
     rows = []
     for name in MIXTURES:
         mix, data, truth = mixture(name)
@@ -177,6 +177,8 @@ def two_d(variants, seeds, steps: int, reuse: dict) -> list[dict]:
             for k in seeds:
                 if (name, *variant, k) in reuse:
                     rows.append({**reuse[(name, *variant, k)], **fields(variant)})
+                    continue
+                if only_reused:
                     continue
                 cfg = load_config(None, {"threads": 1})
                 ema, _, norms = train(cfg, build_schedule(cfg), data, variant, k, steps)
@@ -240,6 +242,8 @@ def report(args, variants, rows, rows_2d, seconds: float) -> str:
                   "| target | AdamW | sliced W1 | mode error |", "| --- | --- | ---: | ---: |"]
         for name in MIXTURES:
             for v in variants:
+                if not any(key(r)[:-1] == (name, *v) for r in rows_2d):
+                    continue
                 m = {f: mean(rows_2d, f, target=name, **fields(v))
                      for f in ("swd1", "swd2", "mode1", "mode2")}
                 lines.append(f"| {name} | {label(v)} | {m['swd1']:.4f} / {m['swd2']:.4f} | "
@@ -277,7 +281,7 @@ def main() -> None:
                    help="comma-separated: digits, mnist16, 2d")
     p.add_argument("--reuse", type=Path, help="rows of an earlier run (JSON or log) to keep")
     p.add_argument("--only-reused", action="store_true",
-                   help="train nothing: report the rows of --reuse only (images)")
+                   help="train nothing: report the rows of --reuse only")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_optimiser")
     p.add_argument("--quick", action="store_true", help="smoke test: 16 updates, one seed")
     args = p.parse_args()
@@ -298,8 +302,8 @@ def main() -> None:
     if "mnist16" in parts:
         rows += images("mnist16", variants, [int(s) for s in args.seeds_mnist.split(",")],
                        args.steps_mnist, args.draws, reuse, args.only_reused)
-    rows_2d = (two_d(variants, [int(s) for s in args.seeds_2d.split(",")], args.steps_2d, reuse)
-               if "2d" in parts else [])
+    rows_2d = (two_d(variants, [int(s) for s in args.seeds_2d.split(",")], args.steps_2d, reuse,
+                     args.only_reused) if "2d" in parts else [])
     seconds = time.perf_counter() - t_all
     out = {"args": {k: str(v) for k, v in vars(args).items()}, "images": rows, "2d": rows_2d,
            "seconds": seconds}
