@@ -34,8 +34,9 @@ CONSISTENCY_EVAL = {"eval_sampler": "consistency", "eval_steps": 1, "eval_eta": 
 # and a score network (method dsm or ssm) with annealed Langevin dynamics over its ladder
 SCORE_EVAL = {"eval_sampler": "langevin", "eval_eta": 0.0}
 # consistency training's learning rate unless flags say otherwise: linear decay to 0 from the
-# first update (Song et al. 2023 keep it constant; a preset's warm-up and cosine decay, tuned for
-# diffusion, made 1-step FD worse for iCT on digits: benchmarks/results/ict_optimiser.md)
+# first update (Song et al. 2023 keep it constant; here both a constant lr and the presets'
+# warm-up and cosine, tuned for diffusion, gave iCT a worse 1-step FD on digits and on MNIST
+# 16×16: benchmarks/results/ict_optimiser.md)
 CONSISTENCY_TRAINING_LR = {"lr_schedule": "linear", "warmup": 0, "lr_min_ratio": 0.0}
 
 

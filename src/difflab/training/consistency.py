@@ -55,7 +55,7 @@ class _ConsistencyObjective(Objective):
         self.target = target if target is not None else frozen_copy(model)
         self.data, self.batch, self.iters = data, batch, iters
         self.schedule_lr = lr if isinstance(lr, LRSchedule) else None
-        self.lr, self.lr_decay = (lr.lr if self.schedule_lr else lr), lr_decay  # peak lr
+        self.lr, self.lr_decay = (lr if self.schedule_lr is None else lr.lr), lr_decay  # peak lr
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
         self.cond_data, self.distance = cond_data or {}, distance
 
