@@ -64,8 +64,14 @@ from ict_noise_input import (  # noqa: E402
 )
 
 N_FD = 180
-# consistency training's own lr schedule, as kind/warm-up/floor: "linear/0/0"
-DEFAULT_LR = "{lr_schedule}/{warmup}/{lr_min_ratio:g}".format(**CONSISTENCY_TRAINING_LR)
+
+
+def lr_spec(fields: dict) -> str:
+    """A schedule's config lr fields as ``kind/warm-up/floor``."""
+    return "{lr_schedule}/{warmup}/{lr_min_ratio:g}".format(**fields)
+
+
+DEFAULT_LR = lr_spec(CONSISTENCY_TRAINING_LR)  # consistency training's own: "linear/0/0"
 PRESETS = {"digits": "digits", "mnist16": "mnist-base16"}  # part → preset
 
 
@@ -261,7 +267,7 @@ def variant(text: str) -> tuple:
     if len(parts) < 4:
         return (*floats, DEFAULT_LR)
     f = lr_fields(parts[3])  # written as DEFAULT_LR is, so that reused rows match
-    return (*floats, "{lr_schedule}/{warmup}/{lr_min_ratio:g}".format(**f))
+    return (*floats, lr_spec(f))
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ import torch
 from difflab.build.model import build_model
 from difflab.config import TrainConfig
 from difflab.runs import checkpoint as ckpt
+from difflab.runs import run_config as runcfg
 
 TINY_UNET = dict(dataset="digits", image_size=8, model="unet", model_channels=16,
                  channel_mult="1,2", num_res_blocks=1, attention="", T=100, threads=1,
@@ -32,7 +33,7 @@ def make_run(path: Path, kind: str = "diffusion", seed: int = 0, **fields) -> Tr
     cfg = TrainConfig.from_dict({**TINY_UNET, **fields})
     weights = randomise(build_model(cfg), seed).state_dict()
     path.mkdir(parents=True)
-    ckpt.write_run_config(path, kind, cfg.to_sections())
+    runcfg.write_run_config(path, kind, cfg.to_sections())
     for ema in (False, True):
         ckpt.save_tensors(path / ckpt.weight_file("denoiser", ema), weights)
     return cfg

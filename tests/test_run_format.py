@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from difflab.runs import checkpoint as ckpt
+from difflab.runs import run_config as runcfg
 from difflab.runs.load import load_run, read_run, read_run_config
 from difflab.runs.train import train
 
@@ -27,7 +28,7 @@ def test_config_json_records_kind_format_and_components(tmp_path):
     run = train(cfg.__class__.from_dict({**cfg.to_dict(), "steps": 4, "n_eval": 100}),
                 tmp_path / "run", progress=False, evaluate_after=False)
     raw = json.loads((run / ckpt.CONFIG).read_text())
-    assert raw["format"] == ckpt.RUN_FORMAT and raw["kind"] == "diffusion"
+    assert raw["format"] == runcfg.RUN_FORMAT and raw["kind"] == "diffusion"
     assert raw["components"] == {"denoiser": {"weights": "denoiser.safetensors",
                                               "ema": "denoiser.ema.safetensors"}}
     for name in ("denoiser.safetensors", "denoiser.ema.safetensors", ckpt.CHECKPOINT):
@@ -83,7 +84,7 @@ def test_a_classifier_or_job_directory_is_not_a_model_to_sample(tmp_path):
     run = tmp_path / "job"
     shutil.copytree(FIXTURE, run)
     cfg = read_run_config(run)
-    ckpt.write_run_config(run, "progressive-distillation", cfg.to_dict(), {"teacher": "x"})
+    runcfg.write_run_config(run, "progressive-distillation", cfg.to_dict(), {"teacher": "x"})
     with pytest.raises(ckpt.CheckpointError, match="no model to sample"):
         load_run(run)
 
@@ -117,7 +118,7 @@ def test_a_format_2_consistency_run_resumes_with_the_lr_it_trained_with(tmp_path
     whole = train(cfg, tmp_path / "whole", progress=False, evaluate_after=False)
     old = train(cfg, tmp_path / "old", progress=False, evaluate_after=False, max_steps=6)
     raw = json.loads((old / ckpt.CONFIG).read_text())  # as the version before wrote it
-    raw["format"] = ckpt.OLDER_RUN_FORMAT
+    raw["format"] = runcfg.OLDER_RUN_FORMAT
     raw["config"]["optimiser"].update(lr_schedule="cosine", warmup=100, lr_min_ratio=0.05)
     (old / ckpt.CONFIG).write_text(json.dumps(raw))
 
@@ -129,14 +130,14 @@ def test_a_format_2_consistency_run_resumes_with_the_lr_it_trained_with(tmp_path
         for k, v in b.modules[name].items():
             assert torch.equal(a.modules[name][k], v), f"{name}.{k}"
     raw = json.loads((old / ckpt.CONFIG).read_text())
-    assert raw["format"] == ckpt.RUN_FORMAT
+    assert raw["format"] == runcfg.RUN_FORMAT
     assert raw["config"]["optimiser"]["lr_schedule"] == "linear"
 
     # a constant lr stayed constant, without its warm-up; flat configs (format 1) too
     sections = {"optimiser": {"lr_schedule": "constant", "warmup": 100, "lr_min_ratio": 0.05}}
-    assert ckpt.lr_as_trained(sections)["optimiser"] == {
+    assert runcfg.lr_as_trained(sections)["optimiser"] == {
         "lr_schedule": "constant", "warmup": 0, "lr_min_ratio": 0.05}
-    assert ckpt.lr_as_trained({"method": "consistency-training", "warmup": 100}) == {
+    assert runcfg.lr_as_trained({"method": "consistency-training", "warmup": 100}) == {
         "method": "consistency-training", "warmup": 0, "lr_schedule": "linear",
         "lr_min_ratio": 0.0}
     _, fixture, _ = read_run(FIXTURE)  # a diffusion run: cosine with its warm-up, as saved

@@ -11,6 +11,7 @@ import torch
 from difflab.build.model import build_model
 from difflab.config.preset_files import load_config
 from difflab.runs import checkpoint as ckpt
+from difflab.runs import run_config as runcfg
 from difflab.runs.clip import evaluate_clip
 from difflab.runs.train import train
 from helpers import needs_text, one_error_line, run_cli
@@ -65,7 +66,7 @@ def test_clip_run_resumes_bit_identically(tmp_path, capsys):
 def test_prior_and_decoder_runs_hold_their_clip_and_write_metrics(runs):
     for stage, keys in (("prior", ("prior_cos_true", "prior_cos_random")),
                         ("decoder", ("decoder_cos", "fd", "accuracy"))):
-        kind, _, _ = ckpt.read_run_config(runs[stage])
+        kind, _, _ = runcfg.read_run_config(runs[stage])
         assert kind == f"unclip-{stage}"
         assert (runs[stage] / "clip" / "clip.ema.safetensors").is_file()
         m = ckpt.read_json(runs[stage] / ckpt.METRICS)

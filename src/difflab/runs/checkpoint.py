@@ -18,12 +18,9 @@ A run directory holds::
 A run's ``kind`` says what it is ("diffusion", "consistency-training", "progressive",
 "consistency-distillation", "noisy-classifier", …) and its ``components`` which networks it has
 (:data:`KINDS`); a later model kind (a latent model: autoencoder + denoiser) is one more entry.
-Runs written before this format (``difflab-run/1``: a flat config.json, ``ema.safetensors`` and
-``model.safetensors``, or ``classifier.safetensors``) still load and resume. ``difflab-run/2`` is
-this format but for one meaning: a consistency-training run trained with its lr decayed linearly
-to 0 from the first update (or constant, with ``lr_schedule = "constant"``), whatever its
-``lr_schedule``, ``warmup`` and ``lr_min_ratio`` said; it is read with the values it trained
-with (:func:`lr_as_trained`), and rewritten as /3 when it resumes.
+config.json is written and read by :mod:`.run_config`, which also reads the formats before
+this one. Runs of ``difflab-run/1`` (``ema.safetensors`` and ``model.safetensors``, or
+``classifier.safetensors``, and a checkpoint with keys model.*, ema.*) still load and resume.
 
 Every file is written to a temporary file in the same directory, fsync'ed and renamed over the
 old one (``os.replace`` is atomic on POSIX and Windows), so a run killed at any moment leaves the
@@ -58,8 +55,6 @@ from .safe_files import (
 
 FORMAT = "difflab-checkpoint/2"
 LEGACY_FORMAT = "difflab-checkpoint/1"  # keys model.*, ema.*, tsampler.* (read, never written)
-RUN_FORMAT = "difflab-run/3"
-OLDER_RUN_FORMAT = "difflab-run/2"  # read as RUN_FORMAT after lr_as_trained (see above)
 # the components of each kind of run, and which module of the objective's checkpoint holds
 # each component's raw and EMA weights (None: no EMA file)
 KINDS: dict[str, dict[str, tuple[str, str | None]]] = {
@@ -304,64 +299,6 @@ def optimizer_from_tensors(tensors: dict[str, Tensor], extra: dict[str, Any]) ->
 def weight_file(component: str, ema: bool) -> str:
     """The weight file of a component: ``<component>.safetensors`` or ``<component>.ema…``."""
     return f"{component}.ema.safetensors" if ema else f"{component}.safetensors"
-
-
-def write_run_config(run_dir: str | os.PathLike, kind: str, config: dict[str, Any],
-                     job: dict[str, Any] | None = None) -> None:
-    """config.json of a run of ``kind`` (:data:`KINDS`): format, kind, components, the config
-    (by section) and, for a distillation, the ``job`` (teacher and settings) it resumes with."""
-    if kind not in KINDS:
-        raise ValueError(f"unknown run kind {kind!r}")
-    components = {name: {"weights": weight_file(name, False),
-                         **({"ema": weight_file(name, True)} if ema else {})}
-                  for name, (_, ema) in KINDS[kind].items()}
-    payload = {"format": RUN_FORMAT, "kind": kind, "components": components, "config": config}
-    if job is not None:
-        payload["job"] = job
-    write_json(Path(run_dir) / CONFIG, payload)
-
-
-def read_run_config(run_dir: str | os.PathLike) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """(kind, config dict, job dict) of a run directory, this format or the two before it
-    (/2: see :func:`lr_as_trained`; /1: a flat config, its kind read from ``method`` and the
-    files). CheckpointError if invalid."""
-    run_dir = check_run_dir(run_dir)
-    raw = read_json(run_dir / CONFIG)
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (not a JSON object)")
-    if "format" not in raw:  # difflab-run/1
-        kind = "noisy-classifier" if (run_dir / CLASSIFIER).is_file() else raw.get("method",
-                                                                                   "diffusion")
-        if not isinstance(kind, str):
-            raise CheckpointError(f"{run_dir / CONFIG} is corrupt (method {kind!r})")
-        return kind, lr_as_trained(raw) if kind == "consistency-training" else raw, {}
-    if raw["format"] not in (RUN_FORMAT, OLDER_RUN_FORMAT):
-        raise CheckpointError(f"{run_dir / CONFIG} has format {raw['format']!r}, which this "
-                              f"version of difflab cannot read (it reads {RUN_FORMAT}); upgrade "
-                              "difflab")
-    kind = raw.get("kind")
-    if not isinstance(kind, str) or kind not in KINDS:
-        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (kind {kind!r})")
-    if not isinstance(raw.get("config"), dict):
-        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its config is not a table)")
-    job = raw.get("job") or {}
-    if not isinstance(job, dict):
-        raise CheckpointError(f"{run_dir / CONFIG} is corrupt (its job is not a table)")
-    if raw["format"] == OLDER_RUN_FORMAT and kind == "consistency-training":
-        return kind, lr_as_trained(raw["config"]), job
-    return kind, raw["config"], job
-
-
-def lr_as_trained(config: dict[str, Any]) -> dict[str, Any]:
-    """The config (flat or by section) of a consistency-training run of format 1 or 2 with the
-    learning rate it trained with: no warm-up, and unless ``lr_schedule = "constant"`` a linear
-    decay to 0 (then its ``lr_schedule``, ``warmup`` and ``lr_min_ratio`` were not read)."""
-    sectioned = isinstance(config.get("optimiser"), dict)
-    fields = dict(config["optimiser"] if sectioned else config)
-    fields["warmup"] = 0
-    if fields.get("lr_schedule", "cosine") != "constant":
-        fields.update(lr_schedule="linear", lr_min_ratio=0.0)
-    return {**config, "optimiser": fields} if sectioned else fields
 
 
 def save_checkpoint(run_dir: str | os.PathLike, state: TrainState,

@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..nn.noisy_classifier import NoisyClassifier, NoisyClassifierConfig
 from ..training.classifier import classifier_accuracy
 from . import checkpoint as ckpt
+from . import run_config as runcfg
 
 WEIGHTS = ckpt.CLASSIFIER  # = weight_file("classifier", False)
 KIND = "noisy-classifier"
@@ -69,7 +70,7 @@ def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bo
     cfg = resolve(dataclasses.replace(cfg, cond="class"), data)
     cfg = dataclasses.replace(cfg, cond="none", eval_guidance=0.0)
     run_dir = ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-    ckpt.write_run_config(run_dir, KIND, config_to_json(cfg))
+    runcfg.write_run_config(run_dir, KIND, config_to_json(cfg))
     with torch_threads(cfg.threads):
         schedule = build_schedule(cfg)
         net = build_classifier(cfg)

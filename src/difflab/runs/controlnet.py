@@ -38,6 +38,7 @@ from ..training.diffusion import LRSchedule
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
+from . import run_config as runcfg
 from .controlnet_model import BASE_DIR, control_for, copy_base, load_base, run_config
 from .draw import draw
 from .load import config_to_json
@@ -235,7 +236,7 @@ def train_controlnet(base_run: str | Path, out: str | Path, *, hint: str = "edge
         copy_base(base_run, out / BASE_DIR)
         if cfg.autoencoder:  # a latent base: the run decodes with its own copy, as latent runs
             latent.copy_autoencoder(base_run, out)
-        ckpt.write_run_config(out, KIND, config_to_json(cfg), job)
+        runcfg.write_run_config(out, KIND, config_to_json(cfg), job)
     backend.barrier()
     return _run(out, job, resume=False, progress=progress, max_steps=max_steps, backend=backend)
 

@@ -25,6 +25,7 @@ from ..nn.controlnet import control_branch, controlled
 from ..schedules import Schedule
 from ..training.backend import resolve_device
 from . import checkpoint as ckpt
+from . import run_config as runcfg
 
 BASE_DIR = "base"  # the frozen base run inside a ControlNet run
 BASE_KINDS = ("diffusion",)  # the kinds of run a ControlNet can control
@@ -32,7 +33,7 @@ BASE_KINDS = ("diffusion",)  # the kinds of run a ControlNet can control
 
 def run_config(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:
     """(kind, config, job) of a run directory; CheckpointError if missing or invalid."""
-    kind, values, job = ckpt.read_run_config(run_dir)
+    kind, values, job = runcfg.read_run_config(run_dir)
     try:
         return kind, TrainConfig.from_sections(values), job
     except ValueError as err:
@@ -75,7 +76,7 @@ def copy_base(src: str | Path, dst: str | Path) -> None:
     """Copy the base run ``src`` into ``dst`` (a fresh directory): its config.json, the EMA
     (or, without one, raw) weights of each of its components and a latent base's autoencoder."""
     src, dst = ckpt.check_run_dir(src), Path(dst)
-    kind, _, _ = ckpt.read_run_config(src)
+    kind, _, _ = runcfg.read_run_config(src)
     dst.mkdir(parents=True, exist_ok=True)
     names = [ckpt.CONFIG]
     if (src / ckpt.AUTOENCODER).is_file():  # a latent base: its frozen autoencoder too

@@ -23,6 +23,7 @@ from ..training.consistency import ConsistencyDistillation
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
+from . import run_config as runcfg
 from .distill_common import (
     CHECKPOINT_EVERY,
     STUDENT_RESET,
@@ -109,7 +110,7 @@ def distill_consistency(run: str | Path, out: str | Path, *, solver: str = "heun
     cfg = _consistency_config(t_cfg, job)
     distance_fn(distance, cfg)  # a bad distance fails before any writing
     ckpt.prepare_run_dir(out, overwrite=overwrite)
-    ckpt.write_run_config(out, "consistency-distillation", config_to_json(cfg), job)
+    runcfg.write_run_config(out, "consistency-distillation", config_to_json(cfg), job)
     return run_consistency(out, job, resume=False, progress=progress, max_steps=max_steps)
 
 

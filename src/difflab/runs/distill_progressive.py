@@ -23,6 +23,7 @@ from ..training.losslog import LossLog
 from ..training.progressive import ProgressiveDistillation
 from . import checkpoint as ckpt
 from . import latent
+from . import run_config as runcfg
 from .distill_common import (
     CHECKPOINT_EVERY,
     STUDENT_RESET,
@@ -128,7 +129,7 @@ def distill_progressive(run: str | Path, out: str | Path, *, rounds: int,
            "precision": precision, "compile": compile, "checkpoint_every": checkpoint_every}
     base = _student_config(t_cfg, job)
     ckpt.prepare_run_dir(out, overwrite=overwrite)
-    ckpt.write_run_config(out, "progressive-distillation", config_to_json(base), job)
+    runcfg.write_run_config(out, "progressive-distillation", config_to_json(base), job)
     return run_progressive(out, job, resume=False, progress=progress, max_steps=max_steps,
                             report=report)
 
@@ -161,7 +162,7 @@ def run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: b
             return  # written before an interruption
         cfg = dataclasses.replace(base, distilled_steps=n, eval_steps=n)
         ckpt.prepare_run_dir(dirs[r], overwrite=True)
-        ckpt.write_run_config(dirs[r], "progressive", config_to_json(cfg))
+        runcfg.write_run_config(dirs[r], "progressive", config_to_json(cfg))
         meta = {"format": ckpt.FORMAT, "step": str(spr), "method": "progressive"}
         ckpt.save_tensors(dirs[r] / ckpt.weight_file("denoiser", False), net.state_dict(), meta)
         if cfg.autoencoder:  # a latent student: its own copy of the teacher's autoencoder

@@ -25,6 +25,7 @@ from ..schedules import Schedule
 from ..training import consistency_model
 from ..training.backend import resolve_device
 from . import checkpoint as ckpt
+from . import run_config as runcfg
 from .controlnet_model import load_controlled
 
 PREDICTIONS: dict[str, Prediction] = {"x0": X0, "eps": EPS, "v": V}
@@ -47,7 +48,7 @@ def read_run(run_dir: str | Path) -> tuple[str, TrainConfig, dict[str, Any]]:
 
     A consistency model is never guided (guidance acts on ε-models), so its ``eval_guidance``
     reads as 0: consistency students distilled before 2026-11-30 kept their teacher's w."""
-    kind, values, job = ckpt.read_run_config(run_dir)
+    kind, values, job = runcfg.read_run_config(run_dir)
     try:
         cfg = config_from_json(values)
     except ValueError as err:

@@ -26,6 +26,7 @@ from ..training.loggers import check_log, open_log
 from ..training.losslog import LossLog
 from . import checkpoint as ckpt
 from . import latent
+from . import run_config as runcfg
 from .evaluate import evaluate_after as write_evaluation
 from .load import check_fits, config_to_json, sampling_model
 from .lock import run_lock
@@ -43,7 +44,7 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, ov
     without ``overwrite``) and write its config.json."""
     if resume:
         ckpt.check_run_dir(run_dir)
-        found = ckpt.read_run_config(run_dir)[0]
+        found = runcfg.read_run_config(run_dir)[0]
         if found != kind:  # e.g. a ControlNet: resuming it here would rewrite its config.json
             raise ckpt.CheckpointError(f"{run_dir} is a {found} run, not a {kind} run of "
                                        "'difflab train'; resume it with the command that "
@@ -51,7 +52,7 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, kind: str, *, resume: bool, ov
         ckpt.remove_stale_temps(run_dir)  # of writes a killed run left half done
     else:
         ckpt.prepare_run_dir(run_dir, overwrite=overwrite)
-        ckpt.write_run_config(run_dir, kind, config_to_json(cfg), job)
+        runcfg.write_run_config(run_dir, kind, config_to_json(cfg), job)
 
 
 def default_run_dir(cfg: TrainConfig) -> Path:
@@ -184,7 +185,7 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
         log = LossLog(cfg.log_every)
         state = ckpt.load_checkpoint(run_dir) if resume else None
         if resume and backend.is_main:  # e.g. more steps
-            ckpt.write_run_config(run_dir, kind, config_to_json(cfg))
+            runcfg.write_run_config(run_dir, kind, config_to_json(cfg))
         logger = (open_log(cfg.log, run_dir, log, state.step if state is not None else None)
                   if backend.is_main else None)  # --log tensorboard: rank 0 alone writes
         try:

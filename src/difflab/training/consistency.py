@@ -54,8 +54,9 @@ class _ConsistencyObjective(Objective):
         self.net = model
         self.target = target if target is not None else frozen_copy(model)
         self.data, self.batch, self.iters = data, batch, iters
-        self.schedule_lr = lr if isinstance(lr, LRSchedule) else None
-        self.lr, self.lr_decay = (lr if self.schedule_lr is None else lr.lr), lr_decay  # peak lr
+        if not isinstance(lr, LRSchedule):  # lr · (1 − k/K) is the linear kind's, bit for bit
+            lr = LRSchedule(lr, iters, 0, "linear" if lr_decay else "constant", 0.0)
+        self.schedule_lr, self.lr = lr, lr.lr  # the schedule and its peak
         self.weight_decay, self.grad_clip = weight_decay, grad_clip
         self.cond_data, self.distance = cond_data or {}, distance
 
@@ -75,9 +76,7 @@ class _ConsistencyObjective(Objective):
         return out
 
     def lr_at(self, step: int) -> float:
-        if self.schedule_lr is not None:
-            return self.schedule_lr(step)
-        return self.lr * (1 - step / self.iters) if self.lr_decay else self.lr
+        return self.schedule_lr(step)
 
     def _mu(self, step: int) -> float:
         raise NotImplementedError
