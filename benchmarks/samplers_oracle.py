@@ -20,15 +20,16 @@ DDPM-1000's (ancestral, β̃, every step) score from the same x_T.
 Samplers (one evaluation per step: steps = NFE): DDIM (η = 0, its default linspace grid),
 DPM-Solver++ (order 2, 3), UniPC (order 2, 3 × bh2, and bh1 on logsnr) and SDE-DPM-Solver++ 2M
 (noise seeded the same in every cell), each on the grids of ``GRIDS`` (dpm_solver.dpm_timesteps:
-trailing, logsnr, karras, auto, angle, and "blend" with weights 0.3, 0.5, 0.7, 0.85; no karras
-for the SDE); see :func:`configs`. The blend weight is one constant of the library, so it is
-chosen first, over every configuration that uses it; then each sampler's best configuration is
-the one with the lowest geometric mean of its error ÷ DDIM's at the same NFE over the tuning
-targets, both schedules, both metrics and NFE 5, 10, 20; the held-out targets are then scored
-with it and with the sampler's default (``DEFAULT``). Exact denoisers have no error of their
-own, so this benchmark cannot see how a grid carries a trained network's error:
-benchmarks/solver_error_trained.py does, and it is why the defaults stay "auto" although
-"blend" wins here (the notes of difflab/samplers/dpm_solver.py).
+trailing, logsnr, karras, auto, angle, "blend" with weights 0.3, 0.5, 0.7, 0.85, and
+"capped-blend"; no karras for the SDE); see :func:`configs`. The blend weight is one constant of
+the library, so it is chosen first, over every configuration that uses it; then each sampler's
+best configuration is the one with the lowest geometric mean of its error ÷ DDIM's at the same
+NFE over the tuning targets, both schedules, both metrics and NFE 5, 10, 20; the held-out
+targets are then scored with it and with the sampler's default (``DEFAULT``). Exact denoisers
+have no error of their own, so this benchmark cannot see how a grid carries a trained network's
+error: benchmarks/solver_error_trained.py does, and it is why no default is "blend" although it
+wins here, and why UniPC's "auto" is "capped-blend" from 10 steps on (the notes of
+difflab/samplers/dpm_solver.py).
 
     python benchmarks/samplers_oracle.py --jobs 2   # n = 10000; ~25 min on two cores
     python benchmarks/samplers_oracle.py --quick    # smoke test: n = 2000, two targets, NFE 10
@@ -36,7 +37,8 @@ benchmarks/solver_error_trained.py does, and it is why the defaults stay "auto" 
                                                     # recompute only the cells not in it
 
 (The committed results reuse the earlier runs' cells; the angle and blend cells took 381 s
-with ``--jobs 2``.)
+with ``--jobs 2``, the capped-blend cells and UniPC's "auto" ones, recomputed when it changed,
+160 s.)
 
 Writes benchmarks/results/samplers_oracle{,_quick}.{md,json}.
 """
@@ -155,11 +157,12 @@ def configs(schedule_name: str) -> dict[str, tuple]:
 
 
 # each sampler's default, shown beside the configuration that is best on these exact denoisers
-# (the library keeps "auto": "blend" fails on trained networks, benchmarks/solver_error_trained.py)
+# (no default is "blend": it fails on trained networks, benchmarks/solver_error_trained.py; UniPC's
+# "auto" is "capped-blend" from 10 steps on)
 DEFAULT = {"dpm++": "dpm++ 2M auto", "unipc": "unipc 2 bh2 auto", "dpm++sde": "dpm++sde 2M auto"}
 # the grids of dpm_timesteps tried; "blend.5" is "blend" with w = 0.5 (BLEND is the chosen one)
 GRIDS = ("trailing", "logsnr", "karras", "auto", "angle", "blend.3", "blend.5", "blend.7",
-         "blend.85")
+         "blend.85", "capped-blend")
 
 
 def grid_kw(name: str) -> dict:
@@ -273,6 +276,32 @@ def choose_defaults(res: dict) -> dict[str, dict[str, str]]:
     return best
 
 
+def gmean_ratio(res: dict, cname: str, names, nfes) -> float:
+    """Geometric mean of ``cname``'s error ÷ DDIM's over targets ``names``, both schedules,
+    both metrics and ``nfes`` (NaN when none of those cells exist)."""
+    logs = []
+    for t, sname, nfe, m in itertools.product(names, SCHEDULES, nfes, ("swd", "mode")):
+        c = res["targets"].get(t, {}).get("schedules", {}).get(sname, {})
+        if f"{cname} @{nfe}" in c:
+            r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
+            logs.append(math.log(r) if math.isfinite(r) else 10)
+    return math.exp(sum(logs) / len(logs)) if logs else math.nan
+
+
+def from_ten_steps(res: dict) -> list[str]:
+    """The grids where the defaults choose among them: NFE 10 and 20 ("auto" is "trailing"
+    below 10 steps), tuning and held-out targets apart, for the second-order solvers."""
+    nfes = [n for n in (10, 20) if n in res["nfes"]]
+    lines = ["", "### From 10 steps on: geometric mean of error ÷ DDIM over NFE "
+             f"{', '.join(map(str, nfes))}, both schedules and both metrics", "",
+             "| configuration | tuning | held out |", "| --- | ---: | ---: |"]
+    for cname in configs("linear"):
+        if " 2M " in cname or cname.startswith("unipc 2 bh2"):
+            lines.append(f"| {cname} | {gmean_ratio(res, cname, TUNING, nfes):.3f} | "
+                         f"{gmean_ratio(res, cname, HELD_OUT, nfes):.3f} |")
+    return lines
+
+
 def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
     nfes = res["nfes"]
     lines = ["## Fast samplers on exact Gaussian-mixture targets (benchmarks/samplers_oracle.py)",
@@ -336,6 +365,7 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
             best_c = min(scores, key=scores.get) if scores else "-"
             row.append(f"{best_c} ({scores.get(best_c, math.nan):.2f})")
         lines.append(f"| {sname} | " + " | ".join(row) + " |")
+    lines += from_ten_steps(res)
     lines += ["",
               "### Every target with each sampler's best configuration here: error (÷ DDIM "
               "same NFE, ÷ DDPM-1000)",

@@ -90,9 +90,9 @@ def measure(run: Path, n: int, nfes) -> dict:
             cells[f"last σ {grid} @{nfe}"] = sig[ts[-1] - 1].item()
             for name, fn in SOLVERS.items():
                 cells[f"{name} {grid} @{nfe}"] = rms(fn(model, schedule, x_T, nfe, spacing=grid))
-        same = auto_spacing(nfe)
-        for key in ("last σ", *SOLVERS):
-            cells[f"{key} auto @{nfe}"] = cells[f"{key} {same} @{nfe}"]
+        for name in SOLVERS:  # each sampler's own "auto"
+            same = auto_spacing(nfe, name)
+            cells[f"{name} auto @{nfe}"] = cells[f"{name} {same} @{nfe}"]
     return {"schedule": cfg.schedule, "dataset": cfg.dataset, "cells": cells}
 
 
@@ -101,8 +101,8 @@ def markdown(res: dict, n: int, nfes, seconds: float) -> str:
              f"RMS of x_0 − the network's own ODE solution (UniPC-2 over every t ≤ t_max) from "
              f"the same x_T, n = {n}; {seconds:.0f} s on 1 thread. In brackets: σ of the last "
              "evaluation, from which the last step jumps to x̂_0 (the posterior mean: small RMS, "
-             "blurry when σ is large). \"auto\" is \"trailing\" below 10 steps and \"logsnr\" "
-             "from 10 on.", ""]
+             "blurry when σ is large). \"auto\" is \"trailing\" below 10 steps and from 10 on "
+             "\"logsnr\" (dpm++) or \"capped-blend\" (unipc).", ""]
     for run, r in res.items():
         c = r["cells"]
         lines += [f"**{run}** ({r['dataset']}, {r['schedule']} schedule, t_max {c['t_max']}; "
@@ -115,8 +115,11 @@ def markdown(res: dict, n: int, nfes, seconds: float) -> str:
             + " |")
         for name in SOLVERS:
             for grid in GRIDS:
+                def same(k, name=name, grid=grid):  # the grid "auto" stands for at k steps
+                    return auto_spacing(k, name) if grid == "auto" else grid
+
                 lines.append(f"| {name} | {grid} | " + " | ".join(
-                    f"{c[f'{name} {grid} @{k}']:.3f} ({c[f'last σ {grid} @{k}']:.2f})"
+                    f"{c[f'{name} {grid} @{k}']:.3f} ({c[f'last σ {same(k)} @{k}']:.2f})"
                     for k in nfes) + " |")
         best = {k: min((c[f"{s} {g} @{k}"], f"{s} {g}") for s in SOLVERS for g in GRIDS
                        if g != "auto") for k in nfes}
@@ -150,7 +153,8 @@ def main() -> None:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{stem}.json").write_text(json.dumps(
         {"n": n, "nfes": list(nfes), "runs": res, "seconds": seconds,
-         "auto": {k: auto_spacing(k) for k in nfes}}, indent=1) + "\n")
+         "auto": {name: {k: auto_spacing(k, name) for k in nfes} for name in SOLVERS}},
+        indent=1) + "\n")
     md = markdown(res, n, nfes, seconds)
     (RESULTS / f"{stem}.md").write_text(md)
     print(md)

@@ -164,7 +164,7 @@ def test_sample_with_each_spacing_and_a_bad_one(trained, tmp_path, capsys):
         assert main(["sample", str(trained), "--sampler", "ddim", "--steps", "5",
                      "--spacing", spacing, "-n", "20", "--out", str(out)]) == 0
         assert np.load(out).shape == (20, 2)
-    for spacing in ("logsnr", "karras", "angle", "blend"):  # the solvers' own grids
+    for spacing in ("logsnr", "karras", "angle", "blend", "capped-blend"):  # the solvers' own
         out = tmp_path / f"{spacing}.npy"
         assert main(["sample", str(trained), "--sampler", "unipc", "--steps", "5",
                      "--spacing", spacing, "-n", "20", "--out", str(out)]) == 0

@@ -333,12 +333,15 @@ def test_spacing_for_and_snapshot_marks_of_the_newer_samplers():
         marks = snapshot_marks(s, sampler, 20)
         assert 2 <= len(marks) <= 4 and max(marks) < 19
         assert all(label.startswith("t = ") for label in marks.values())
-    # on the grids the samplers visit: dpm++ and unipc "auto" (trailing below 10 steps, logsnr
-    # from 10; linear: no λ clip), edm-heun Karras; a named grid is the one pictured
+    # on the grids the samplers visit: dpm++ and unipc "auto" (trailing below 10 steps; from 10
+    # logsnr, capped-blend for unipc; linear: no λ clip), edm-heun Karras; a named grid is the
+    # one pictured
     assert snapshot_marks(s, "dpm++", 8) == snapshot_marks(s, "ddim", 8, spacing="trailing")
     assert snapshot_marks(s, "unipc", 8) == snapshot_marks(s, "dpm++", 8)
     assert snapshot_marks(s, "dpm++", 8) != snapshot_marks(s, "dpm++", 8, spacing="blend")
     assert snapshot_marks(s, "dpm++", 20) != snapshot_marks(s, "ddim", 20, spacing="trailing")
+    assert snapshot_marks(s, "unipc", 20) == snapshot_marks(s, "dpm++", 20, spacing="capped-blend")
+    assert snapshot_marks(s, "unipc", 20) != snapshot_marks(s, "dpm++", 20)
     assert snapshot_marks(s, "edm-heun", 20) != snapshot_marks(s, "ddim", 20)
     assert snapshot_marks(s, "consistency", 3) == {0: "f_θ, step 1", 1: "f_θ, step 2"}
     assert snapshot_marks(s, "consistency", 1) == {}

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from difflab import metrics, oracle, samplers, schedules
-from difflab.samplers.dpm_solver import BLEND, dpm_timesteps, grid_sigmas
+from difflab.samplers import dpm_solver
+from difflab.samplers.dpm_solver import BLEND, auto_spacing, dpm_timesteps, grid_sigmas
 from difflab.samplers.edm import edm_timesteps, schedule_sigmas, timesteps_for_sigmas
 
 MIX = oracle.ring_mixture(8, radius=2.0, std=0.15, weights=torch.arange(1.0, 9.0))
@@ -234,12 +235,14 @@ class OffBy:
         return self.model(x_t, t, **cond) + self.size * torch.sin(3 * x_t)
 
 
-def test_a_long_first_step_carries_the_networks_error_why_blend_is_not_the_default():
-    """Why the solvers keep "auto" (logsnr at 10 steps) although "blend" wins on exact
-    denoisers: "blend" leaves t = T with a long step in λ, and x̂_0 = (x_t − σ_t ε̂)/α_t
-    multiplies an error of ε̂ there by σ_T/α_T ≈ 157. Distance to the model's own ODE solution
-    (DDIM over all T steps), UniPC at 10 steps: exact ε̂, blend 0.055 < logsnr 0.103; ε̂ off by
-    1 % (0.01 sin 3x), blend 0.161 > logsnr 0.112 (measured; trained networks:
+def test_a_long_first_step_carries_the_networks_error_and_capped_blend_does_not():
+    """Why "blend" is not a default although it wins on exact denoisers, and why UniPC's is
+    "capped-blend": "blend" leaves t = T with a long step in λ, and x̂_0 = (x_t − σ_t ε̂)/α_t
+    multiplies an error of ε̂ there by σ_T/α_T ≈ 157; "capped-blend" keeps the high-noise steps
+    short. Distance to the model's own ODE solution (DDIM over all T steps), UniPC at 10
+    steps, linear schedule, x_T seeds 3-5: exact ε̂, logsnr 0.090-0.103, blend 0.052-0.057,
+    capped-blend 0.055-0.063; ε̂ off by 1 % (0.01 sin 3x), logsnr 0.093-0.112, blend
+    0.140-0.161, capped-blend 0.057-0.070 (measured; trained networks:
     benchmarks/results/solver_error_trained*.md)."""
     x_T = _x_T(2000, 3)
 
@@ -249,9 +252,50 @@ def test_a_long_first_step_carries_the_networks_error_why_blend_is_not_the_defau
         return (x - ref).pow(2).mean().sqrt().item()
 
     exact = oracle.ExactDenoiser(MIX, LINEAR)
-    assert error(exact, "blend") < 0.7 * error(exact, "logsnr")
+    e = {g: error(exact, g) for g in ("logsnr", "blend", "capped-blend")}
+    assert e["blend"] < 0.7 * e["logsnr"] and e["capped-blend"] < 0.75 * e["logsnr"], e
     off = OffBy(exact, 0.01)
-    assert error(off, "blend") > 1.2 * error(off, "logsnr")
+    o = {g: error(off, g) for g in ("logsnr", "blend", "capped-blend")}
+    assert o["blend"] > 1.2 * o["logsnr"], o
+    assert o["capped-blend"] < 0.8 * o["logsnr"] and o["capped-blend"] < 0.6 * o["blend"], o
+
+
+def test_capped_blend_caps_the_high_noise_steps():
+    """"capped-blend" (grid_sigmas): n points from σ_max to σ_min, decreasing; while σ > 1 no
+    step is longer in λ than CAP × the logsnr grid's (the first than CAP_FIRST ×), where
+    "blend" takes longer ones; below σ = 1, where the cap is off, its steps are "blend"-like:
+    some longer than the logsnr grid's."""
+    hi, lo = 157.4, 0.0064  # the linear schedule's σ_T and σ_1
+    for n in (3, 6, 11, 21, 51):
+        g = grid_sigmas("capped-blend", n, hi, lo)
+        assert g.shape == (n,) and g.dtype == torch.float64 and bool((g[1:] < g[:-1]).all())
+        torch.testing.assert_close(g[[0, -1]], torch.tensor([hi, lo], dtype=torch.float64))
+        h, delta = -g.log().diff(), math.log(hi / lo) / (n - 1)  # (n−1,) steps in λ
+        cap = torch.full_like(h, dpm_solver.CAP * delta)
+        cap[0] = dpm_solver.CAP_FIRST * delta
+        high = g[:-1] > 1
+        assert bool((h[high] <= cap[high] + 1e-9).all()), (n, h, cap)
+        if n >= 6:
+            blend = -grid_sigmas("blend", n, hi, lo).log().diff()
+            assert blend[0] > 1.5 * delta and h[0] <= delta + 1e-9
+            assert bool((h[~high] > 1.05 * delta).any())
+    assert (dpm_solver.CAP, dpm_solver.CAP_FIRST) == (1.5, 1.0)  # the caps of the docstring figures
+
+
+def test_auto_grids_per_sampler():
+    """"auto" is "trailing" below 10 steps; from 10 on "logsnr" for DPM-Solver++ (and its SDE
+    variant) and "capped-blend" for UniPC, which the samplers then visit."""
+    assert [auto_spacing(s, "unipc") for s in (5, 9, 10, 50)] == ["trailing"] * 2 + [
+        "capped-blend"] * 2
+    assert [auto_spacing(s, f) for f in ("dpm++", "dpm++sde") for s in (9, 10)] == [
+        "trailing", "logsnr"] * 2
+    x_T = _x_T(200, 1)
+    model = oracle.ExactDenoiser(MIX, COSINE)
+    for steps, grid in ((10, "capped-blend"), (6, "trailing")):
+        assert torch.equal(samplers.unipc(model, COSINE, x_T, steps),
+                           samplers.unipc(model, COSINE, x_T, steps, spacing=grid))
+    assert torch.equal(samplers.dpm_solver_pp(model, COSINE, x_T, 10),
+                       samplers.dpm_solver_pp(model, COSINE, x_T, 10, spacing="logsnr"))
 
 
 def test_edm_heun_costs_2n_minus_1():

@@ -198,6 +198,9 @@ def test_metrics_and_eval_record_the_spacing(run_2d, capsys):
                        "--no-progress")
     assert code == 0 and json.loads(out)["grid"] == "logsnr"
     code, out, _ = run(capsys, "eval", run_2d, "--sampler", "unipc", "--steps", "10", "-n", "200",
+                       "--no-progress")
+    assert code == 0 and json.loads(out)["grid"] == "capped-blend"  # UniPC's own "auto"
+    code, out, _ = run(capsys, "eval", run_2d, "--sampler", "unipc", "--steps", "10", "-n", "200",
                        "--spacing", "blend", "--no-progress")
     assert code == 0 and json.loads(out)["spacing"] == json.loads(out)["grid"] == "blend"
     assert metrics["grid"] == grid_used(cfg.eval_sampler, cfg.eval_steps, chosen)

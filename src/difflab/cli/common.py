@@ -243,11 +243,13 @@ def add_sampling_flags(p: argparse.ArgumentParser, n_help: str) -> None:
     p.add_argument("--spacing", choices=("auto", *SPACING_NAMES), metavar="GRID",
                    help="timestep grid: linspace, leading or trailing (every sampler; "
                    "difflab.samplers.timesteps); for dpm++, dpm++sde and unipc also logsnr, "
-                   "karras, angle or blend (difflab.samplers.dpm_solver.dpm_timesteps); karras "
+                   "karras, angle, blend or capped-blend (difflab.samplers.dpm_solver."
+                   "dpm_timesteps); karras "
                    "for edm-heun (its default) and geometric for langevin (its default); auto: "
                    "leading on the cosine schedule for the samplers without a default of their "
                    "own, else the sampler's default (for dpm++, dpm++sde and unipc trailing "
-                   "below 10 steps, logsnr from 10); default: the run's eval_spacing")
+                   "below 10 steps; from 10 logsnr, or capped-blend for unipc); default: the "
+                   "run's eval_spacing")
     p.add_argument("-n", type=int, help=n_help)
     p.add_argument("--seed", type=int, default=0, help="seed of x_T and sampler noise")
     add_levels_flag(p)

@@ -281,7 +281,7 @@ class TrainConfig:
                                             "it, else the sampler's own default) or a grid of "
                                             "eval_sampler, as 'difflab sample --spacing' takes "
                                             "them (linspace, leading, trailing; logsnr, karras, "
-                                            "angle, blend for dpm++/unipc; …)")
+                                            "angle, blend, capped-blend for dpm++/unipc; …)")
     n_eval: int = _evaluation(10_000, "samples (and held-out points) for the evaluation "
                                       "(images: FD sample size)")
 

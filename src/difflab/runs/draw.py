@@ -167,13 +167,14 @@ def spacing_used(sampler: str, spacing: str | None = None) -> str | None:
 
 def grid_used(sampler: str, steps: int, spacing: str | None = None) -> str | None:
     """The grid behind :func:`spacing_used` at ``steps``: "auto" resolved to what it stands
-    for at that many steps (dpm++, dpm++sde, unipc: "trailing" below 10, "logsnr" from 10 on),
+    for at that many steps (dpm++, dpm++sde, unipc: "trailing" below 10; from 10 on "logsnr",
+    or "capped-blend" for unipc),
     any other spacing as it is. What metrics record as ``grid``, beside ``spacing``."""
     used = spacing_used(sampler, spacing)
     if used == "auto" and sampler in ("dpm++", "dpm++sde", "unipc"):
         from ..samplers.dpm_solver import auto_spacing
 
-        return auto_spacing(steps)
+        return auto_spacing(steps, sampler)
     return used
 
 
@@ -195,11 +196,11 @@ def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
     grid (:func:`spacing_used`; dpm++, dpm++sde and unipc with the λ clip, edm-heun with its σ
     cap) unless ``spacing``."""
-    spacing = spacing_used(sampler, spacing)
     if sampler in ("dpm++", "dpm++sde", "unipc"):
         from ..samplers.dpm_solver import dpm_timesteps
 
-        return dpm_timesteps(schedule, steps, spacing)
+        return dpm_timesteps(schedule, steps, grid_used(sampler, steps, spacing))
+    spacing = spacing_used(sampler, spacing)
     if sampler == "edm-heun":
         from ..samplers.edm import edm_timesteps
 

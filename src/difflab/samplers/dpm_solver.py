@@ -27,38 +27,55 @@ before it is second order (the "lower order final" of DPM-Solver's multistep cod
 
 Default grid: ``spacing="auto"``, order 2 (2M): "trailing" (:mod:`.timesteps`: time-uniform
 from T down to ≈ T/S, then the jump to x_0; diffusers' DPMSolverMultistepScheduler default, Lin
-et al. 2024) below 10 steps and "logsnr" (uniform in λ, Lu et al. 2022a) from 10 steps on. Why,
-from two benchmarks:
+et al. 2024) below 10 steps and "logsnr" (uniform in λ, Lu et al. 2022a) from 10 steps on.
+UniPC's "auto" differs from 10 steps on: "capped-blend" (:func:`auto_spacing`). Why, from
+three benchmarks:
 
 - benchmarks/samplers_oracle.py (exact denoisers of Gaussian mixtures: three tuning targets,
   an 8-mode ring, a 2-D mixture of thin and wide modes and a 16-D full-covariance one, and
   three held out; both schedules; sliced W1 and mode weight + per-mode covariance error; NFE
-  5-20) chose "auto" over "trailing" (the first default; geometric mean of 2M's error ÷ DDIM's
-  0.48 against 0.61-0.66), Karras' ρ = 7 grid (0.6-0.8) and order 3 (no better anywhere). It
-  then tried two more grids built by :func:`grid_sigmas`: "angle" (uniform in arctan σ, the
-  cosine schedule's own time grid) and "blend" (log σ 0.7 of the way from "logsnr" to
-  "angle"), which move evaluations from both ends to the middle. On exact denoisers
-  "blend" wins clearly: 0.31 on the tuning targets and 0.38 on the held-out ones ("auto" 0.48
-  and 0.55), and at 10 steps its mode error is 0.16-0.61× DDIM's on every held-out target
-  ("auto" up to 1.58×, on the far light mode of the cosine schedule).
+  5-20) chose "auto" ("logsnr" from 10 steps) over "trailing" (the first default; geometric
+  mean of 2M's error ÷ DDIM's 0.48 against 0.61-0.66), Karras' ρ = 7 grid (0.6-0.8) and order
+  3 (no better anywhere). It then tried two more grids built by :func:`grid_sigmas`: "angle"
+  (uniform in arctan σ, the cosine schedule's own time grid) and "blend" (log σ 0.7 of the way
+  from "logsnr" to "angle"), which move evaluations from both ends to the middle. On exact
+  denoisers "blend" wins clearly: 0.31 on the tuning targets and 0.38 on the held-out ones
+  ("auto" 0.48 and 0.55), and at 10 steps its mode error is 0.16-0.61× DDIM's on every
+  held-out target ("auto" up to 1.58×, on the far light mode of the cosine schedule).
 - benchmarks/solver_error_trained.py (trained networks: how far x_0 lands from the network's
   own ODE solution) reverses it. "blend" and "angle" take a long first step in λ from t = T,
   where a network's x̂_0 = (x_t − σ_t ε̂)/α_t multiplies the error of ε̂ by σ_T/α_T ≈ 157 and
   the step carries it on; an exact denoiser has no error to carry (a 1 % error in ε̂ is enough
-  to reverse the order: tests/test_solvers.py). At 10 steps 2M's RMS on "blend" is 1.54
-  against 0.14 on "logsnr" for latent MNIST, 0.42 against 0.11 for the digits U-Net on the
-  linear schedule and 0.64 against 0.12 on the cosine one (DDIM: 0.55, 0.20, 1.12); "angle"
-  is worse still. So "blend" and "angle" are options, not the default.
+  to reverse the order: tests/test_solvers.py). At 10 steps 2M's RMS on "blend" is
+  1.55, 0.42 and 0.64 for latent MNIST, the digits U-Net on the linear schedule and the
+  cosine one, against 0.15, 0.11 and 0.12 on "logsnr" (DDIM: 0.54, 0.20 and 1.12); "angle" is
+  worse still. So "blend" and "angle" are options, not defaults.
+- "capped-blend" (:func:`grid_sigmas`) is "blend" with its steps in λ capped while σ > 1
+  (the first at the "logsnr" grid's step, the next ones at 1.5 times it): it leaves t = T as
+  "logsnr" does and spends the rest of its evaluations as "blend" does. At 10-20 steps, on
+  the exact denoisers, UniPC's error on it is 0.31× DDIM's on the tuning targets and 0.36× on
+  the held-out ones ("logsnr" 0.35× and 0.43×, "blend" 0.29× and 0.35×), 2M's 0.32× and 0.41×
+  ("logsnr" 0.43× and 0.51×). On the trained networks at 10 steps UniPC's RMS on it is
+  0.111, 0.072 and 0.070 (on "logsnr" 0.088, 0.084 and 0.088), but 2M's is 0.23, 0.15 and
+  0.19, 1.4-1.5× its RMS on "logsnr": without a corrector, 2M's extrapolation
+  (x̂_0 − x̂_0^{prev})/(2r), r = h_prev/h, is large where a short step is followed by a long
+  one.
 
-"auto" stays, although it is not best everywhere. Sample quality on the same networks (FD
-against the train split in the committed classifier's features, n = 900, seeds 1-2: ``difflab
-eval RUN --sampler unipc --steps S --spacing G -n 900 --seed K``) does not follow the RMS; at 5
-steps no grid wins on every network: the digits U-Net on the linear schedule scores FD 26-37 on
-"blend", 102-111 on "logsnr" and 120-130 on "trailing" (what "auto" is at 5 steps), the cosine
-one 33-37, 165-189 and 99-104, but latent MNIST 174-176, 217-225 and 71-73. At 10 and 20 steps
-"blend" and "logsnr" are level on both digits U-Nets (within 3 FD at the same seed; seeds 3
-and 4 differ by 7-11).
-So for 5 or fewer steps on a pixel-space model, try ``spacing="blend"``.
+Sample quality decides (FD against the train split in the committed classifier's features, seeds
+1-2, the same x_T for every grid: ``difflab eval RUN --sampler unipc --steps S --spacing G -n
+900 --seed K``; n = 500 for latent MNIST). At 10 and 20 steps UniPC on "capped-blend" beats
+"logsnr" on both digits U-Nets in all 8 cells (FD 11.5-27.0 against 12.7-29.7, lower by 4-21 %),
+and on latent MNIST it is 3-4 % worse at 10 steps (66.2 and 72.6 against 63.9 and 70.7) and
+level at 20. 2M on "capped-blend" is worse than on "logsnr" in 5 of the 8 digits cells (by up to
+4.6 FD, at 10 steps on the cosine schedule). So UniPC takes "capped-blend" from 10 steps on and
+DPM-Solver++ keeps "logsnr"; the SDE variant keeps it too ("capped-blend" is better for it on
+the exact denoisers, 0.51× against 0.62× DDIM's on the tuning targets at 10-20 steps, but it has
+not been measured on trained networks). At 5 steps no grid wins on every network: the digits
+U-Net on the linear schedule scores FD 26-37 on "blend", 60-75 on "capped-blend", 102-111 on
+"logsnr" and 120-130 on "trailing" (what "auto" is at 5 steps), the cosine one 33-37, 119-133,
+165-189 and 99-104, but latent MNIST 174-176 on "blend", 217-225 on "logsnr" and 71-73 on
+"trailing". So "trailing" stays below 10 steps, and for 5 or fewer steps on a pixel-space model,
+try ``spacing="blend"``.
 Dropping the λ clip (``lambda_min=None``) was worse or equal everywhere
 (results/samplers_oracle_round1.md). (Before the oracle benchmark: on the 8-Gaussian ring alone,
 benchmarks/samplers_2d.py and dpm_grids_2d.py, "trailing" beat DDIM at every budget in SWD,
@@ -79,11 +96,15 @@ from ._common import Callback, alpha_bar_table, loop, predict
 from .edm import karras_sigmas, timesteps_for_sigmas
 from .timesteps import SPACINGS, capped
 
-DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "angle", "blend", "auto")
-AUTO_LOGSNR_FROM = 10  # "auto": "trailing" below this many steps, "logsnr" from it on
+DPM_SPACINGS = (*SPACINGS, "logsnr", "karras", "angle", "blend", "capped-blend", "auto")
+AUTO_FROM = 10  # "auto": "trailing" below this many steps, AUTO_GRID[sampler] from it on
+AUTO_GRID = {"dpm++": "logsnr", "dpm++sde": "logsnr", "unipc": "capped-blend"}  # the notes say why
 LAMBDA_MIN = -5.1  # diffusers' lambda_min_clipped recommended for the cosine schedule
-OWN_GRIDS = ("logsnr", "karras", "angle", "blend")  # built here, not by .timesteps
+OWN_GRIDS = ("logsnr", "karras", "angle", "blend", "capped-blend")  # built here, not by .timesteps
 BLEND = 0.7  # "blend": log σ = (1 − w) log σ_logsnr + w log σ_angle (samplers_oracle.py's pick)
+# "capped-blend": while σ > 1, a step is at most CAP × the "logsnr" grid's step in λ (the first
+# at most CAP_FIRST ×); measured in benchmarks/solver_error_trained.py and samplers_oracle.py
+CAP, CAP_FIRST = 1.5, 1.0
 
 
 def half_log_snr(ab: float) -> float:
@@ -91,15 +112,17 @@ def half_log_snr(ab: float) -> float:
     return math.inf if ab >= 1.0 else 0.5 * (math.log(ab) - math.log1p(-ab))
 
 
-def auto_spacing(steps: int | Sequence[int] | None) -> str:
-    """The grid "auto" stands for: "trailing" for fewer than 10 steps, else "logsnr"."""
-    return "trailing" if isinstance(steps, int) and steps < AUTO_LOGSNR_FROM else "logsnr"
+def auto_spacing(steps: int | Sequence[int] | None, sampler: str = "dpm++") -> str:
+    """The grid "auto" stands for in ``sampler`` ("dpm++", "dpm++sde" or "unipc"): "trailing"
+    for fewer than 10 steps, else ``AUTO_GRID[sampler]`` ("logsnr", or "capped-blend" for
+    UniPC)."""
+    return "trailing" if isinstance(steps, int) and steps < AUTO_FROM else AUTO_GRID[sampler]
 
 
 def grid_sigmas(spacing: str, n: int, sigma_max: float, sigma_min: float,
                 blend: float = BLEND) -> Tensor:
     """n ≥ 2 noise levels σ = e^{−λ} = √((1−ᾱ)/ᾱ), float64 (n,), from σ_max down to σ_min, at
-    u = 0, 1/(n−1), …, 1 of one of three grids:
+    u = 0, 1/(n−1), …, 1 of one of four grids:
 
     - ``"logsnr"``: uniform in λ = −log σ (Lu et al. 2022a);
     - ``"angle"``: uniform in φ = arctan σ, the angle of (√ᾱ, √(1−ᾱ)); the time-uniform grid
@@ -107,14 +130,38 @@ def grid_sigmas(spacing: str, n: int, sigma_max: float, sigma_min: float,
       whatever the model's schedule. Against "logsnr" it moves evaluations from both ends to
       the middle (σ near 1): at low noise φ ≈ σ is uniform in σ, and at high noise
       φ ≈ π/2 − 1/σ is uniform in 1/σ, so the first step from σ_max is long in λ;
-    - ``"blend"``: log σ(u) = (1 − w) log σ_logsnr(u) + w log σ_angle(u), w = ``blend``.
+    - ``"blend"``: log σ(u) = (1 − w) log σ_logsnr(u) + w log σ_angle(u), w = ``blend``;
+    - ``"capped-blend"``: "blend", with its long steps at high noise cut short. Point by point
+      from σ_max: the next point is the second of the "blend" grid laid afresh from the current
+      σ to σ_min over the points left; while σ > 1 a step may be at most ``CAP`` times the
+      "logsnr" grid's step Δλ = log(σ_max/σ_min)/(n − 1) (the first at most ``CAP_FIRST``
+      times). Why: from σ, a first-order step to σ' carries an error δ of ε̂ into x as
+      ≈ (σ/σ' − 1) δ while both are ≫ 1 (x̂_0 = (x_t − σ_t ε̂)/α_t multiplies δ by σ), so a
+      trained network's error grows with e^{Δλ}; see the module notes.
     """
+    if spacing == "capped-blend":
+        return _capped_blend(n, sigma_max, sigma_min, blend)
     u = torch.linspace(0.0, 1.0, n, dtype=torch.float64)  # (n,)
     log_lam = math.log(sigma_max) + u * (math.log(sigma_min) - math.log(sigma_max))
     phi_hi, phi_lo = math.atan(sigma_max), math.atan(sigma_min)
     log_ang = (phi_hi + u * (phi_lo - phi_hi)).tan().log()
     w = {"logsnr": 0.0, "angle": 1.0, "blend": blend}[spacing]
     return ((1 - w) * log_lam + w * log_ang).exp()
+
+
+def _capped_blend(n: int, sigma_max: float, sigma_min: float, blend: float) -> Tensor:
+    """The "capped-blend" grid of :func:`grid_sigmas`: float64 (n,), σ_max → σ_min."""
+    lam, lam_end = -math.log(sigma_max), -math.log(sigma_min)
+    delta = (lam_end - lam) / (n - 1)  # the "logsnr" grid's step in λ
+    lams = [lam]
+    for k in range(n - 2):  # the last point is σ_min itself
+        nxt = -math.log(grid_sigmas("blend", n - k, math.exp(-lam), sigma_min, blend)[1].item())
+        if lam < 0.0:  # σ > 1
+            nxt = min(nxt, lam + (CAP_FIRST if k == 0 else CAP) * delta)
+        lam = nxt
+        lams.append(lam)
+    lams.append(lam_end)
+    return torch.tensor(lams, dtype=torch.float64).neg().exp()
 
 
 def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
@@ -130,10 +177,11 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     jumps to x_0 instead of spending an evaluation at t = 1. ``"karras"``: the same with S + 1
     points of Karras et al.'s ρ = 7 grid in σ = e^{−λ} (eq. 5) from σ_{t_max} to σ_1 (the grid
     of diffusers' ``use_karras_sigmas``). None → every t up to t_max; an explicit list → those
-    timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"angle"`` and
-    ``"blend"`` (weight ``blend`` on "angle"): the same with S + 1 points of those grids of
-    :func:`grid_sigmas`. ``"auto"``: "trailing" for S < 10, "logsnr" from 10 on
-    (:func:`auto_spacing`; the default; why: the module notes).
+    timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"angle"``,
+    ``"blend"`` (weight ``blend`` on "angle") and ``"capped-blend"``: the same with S + 1 points
+    of those grids of :func:`grid_sigmas`. ``"auto"``: DPM-Solver++'s default, "trailing" for
+    S < 10, "logsnr" from 10 on (:func:`auto_spacing`; why: the module notes; UniPC resolves
+    its own "auto" before it calls this).
     """
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t

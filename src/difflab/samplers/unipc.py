@@ -29,21 +29,26 @@ shares), and no corrector follows it. UniP-2 with "bh2" is DPM-Solver++ 2M exact
 what UniPC adds is the corrector.
 
 Default order, B(h) and grid, from benchmarks/samplers_oracle.py (tuning targets only; the
-held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "auto" grid of
-:func:`~difflab.samplers.dpm_solver.dpm_timesteps` ("trailing" below 10 steps, "logsnr", the
-UniPC paper's, from 10 on). Its geometric-mean error ÷ DDIM's over the tuning targets, both
-schedules, both metrics and NFE 5-20 is 0.39 (2M DPM-Solver++ "auto": 0.48): order 3 is worse
-at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1 is much worse at 5 steps
-on the logsnr grid (1.3-2.2× DDIM), and on the cosine schedule "logsnr" at 5 steps spends three
-evaluations at t ≥ 970. The "blend" grid scores better still on those exact denoisers (0.27;
-held out 0.34 against 0.47) but lands far from a trained network's own ODE solution
-(benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.22 against 0.08
-for "auto"), so it is an option (the notes of :mod:`.dpm_solver`). On the held-out targets at
-20 steps the mode error of "auto" is 0.17-0.87× DDIM's (0.93-2.7× DDPM-1000's). No
-deterministic sampler can go below the probability-flow ODE's own limit on the T = 1000 grid
-(DDIM and UniPC at 999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's
-sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach
-DDPM-1000.
+held-out ones in results/samplers_oracle.md): order 2, "bh2", and the "auto" grid ("trailing"
+below 10 steps, "capped-blend" from 10 on: :func:`~difflab.samplers.dpm_solver.auto_spacing`).
+With "logsnr" (the UniPC paper's grid) from 10 steps, its geometric-mean error ÷ DDIM's over the
+tuning targets, both schedules, both metrics and NFE 5-20 is 0.39 (2M DPM-Solver++ "auto":
+0.48): order 3 is worse at 5-10 steps (its extrapolation over the first, unequal λ steps), bh1
+is much worse at 5 steps on the logsnr grid (1.3-2.2× DDIM), and on the cosine schedule "logsnr"
+at 5 steps spends three evaluations at t ≥ 970. The "blend" grid scores better still on those
+exact denoisers but lands far from a trained network's own ODE solution
+(benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.23 against 0.09
+for "logsnr"), so it is an option. "capped-blend" leaves t = T as "logsnr" does and spends the
+rest as "blend" does; with UniPC's corrector it keeps most of both (at 10-20 steps: 0.31× DDIM's
+error on the tuning targets and 0.36× on the held-out ones, "logsnr" 0.35× and 0.43×; on trained
+networks its RMS at 10 steps is 0.07 against 0.08-0.09 on the digits U-Nets, 0.11 against 0.09
+on latent MNIST) and gives lower FD than "logsnr" on both digits U-Nets (8 of 8 cells), 3-4 %
+higher on latent MNIST at 10 steps (the notes of :mod:`.dpm_solver`). On the held-out targets
+the mode error of "auto" is 0.17-0.50× DDIM's at 10 steps and 0.28-0.59× at 20 (1.27-1.78×
+DDPM-1000's). No deterministic sampler can go below the probability-flow ODE's own limit on the
+T = 1000 grid (DDIM and UniPC at 999 steps agree), which on the far-light-mode target is
+1.5-1.8× DDPM-1000's sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the
+SDE samplers reach DDPM-1000.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, alpha_bar_table, loop, predict
-from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr
+from .dpm_solver import LAMBDA_MIN, auto_spacing, dpm_timesteps, half_log_snr
 
 VARIANTS = ("bh1", "bh2")
 
@@ -141,13 +146,15 @@ def unipc(
     e^h − 1); one model evaluation per step, deterministic (``generator`` is unused).
     x_T: (B, …). ``spacing`` and ``lambda_min``: the grids and λ clip of
     :func:`~difflab.samplers.dpm_solver.dpm_timesteps` (default "auto": "trailing" below 10
-    steps, "logsnr" from 10 on; see the module notes).
+    steps, "capped-blend" from 10 on; see the module notes).
     ``corrector=False`` leaves the predictor alone (order 1: DDIM).
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
+    if spacing == "auto":
+        spacing = auto_spacing(steps, "unipc")
     ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
     ab = alpha_bar_table(schedule)
     S = len(ts)
