@@ -21,7 +21,7 @@ Runs: ``--runs DIR,…`` (any diffusion runs, latent ones included), else two di
 (`difflab train --preset digits`, 1500 steps, linear and cosine schedule; trained into
 runs/bench-solver-error/ when absent, about 5 minutes each on one thread).
 
-    python benchmarks/solver_error_trained.py                       # ~12 min on 1 thread
+    python benchmarks/solver_error_trained.py                       # ~15-25 min on 1 thread
     python benchmarks/solver_error_trained.py --runs runs/bench-latent-mnist/diffusion-f4
     python benchmarks/solver_error_trained.py --quick               # smoke test (~1 min)
 

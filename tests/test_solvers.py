@@ -246,16 +246,16 @@ def test_a_long_first_step_carries_the_networks_error_and_capped_blend_does_not(
     benchmarks/results/solver_error_trained*.md)."""
     x_T = _x_T(2000, 3)
 
-    def error(model, spacing):
+    def errors(model):
         ref = samplers.ddim(model, LINEAR, x_T, None)
-        x = samplers.unipc(model, LINEAR, x_T, 10, spacing=spacing)
-        return (x - ref).pow(2).mean().sqrt().item()
+        return {g: (samplers.unipc(model, LINEAR, x_T, 10, spacing=g) - ref).pow(2).mean().sqrt()
+                .item() for g in ("logsnr", "blend", "capped-blend")}
 
     exact = oracle.ExactDenoiser(MIX, LINEAR)
-    e = {g: error(exact, g) for g in ("logsnr", "blend", "capped-blend")}
+    e = errors(exact)
     assert e["blend"] < 0.7 * e["logsnr"] and e["capped-blend"] < 0.75 * e["logsnr"], e
     off = OffBy(exact, 0.01)
-    o = {g: error(off, g) for g in ("logsnr", "blend", "capped-blend")}
+    o = errors(off)
     assert o["blend"] > 1.2 * o["logsnr"], o
     assert o["capped-blend"] < 0.8 * o["logsnr"] and o["capped-blend"] < 0.6 * o["blend"], o
 
@@ -265,7 +265,7 @@ def test_capped_blend_caps_the_high_noise_steps():
     step is longer in λ than CAP × the logsnr grid's (the first than CAP_FIRST ×), where
     "blend" takes longer ones; below σ = 1, where the cap is off, its steps are "blend"-like:
     some longer than the logsnr grid's."""
-    hi, lo = 157.4, 0.0064  # the linear schedule's σ_T and σ_1
+    hi, lo = 157.4, 0.0100  # the linear schedule's σ_T and σ_1
     for n in (3, 6, 11, 21, 51):
         g = grid_sigmas("capped-blend", n, hi, lo)
         assert g.shape == (n,) and g.dtype == torch.float64 and bool((g[1:] < g[:-1]).all())
@@ -279,6 +279,8 @@ def test_capped_blend_caps_the_high_noise_steps():
             blend = -grid_sigmas("blend", n, hi, lo).log().diff()
             assert blend[0] > 1.5 * delta and h[0] <= delta + 1e-9
             assert bool((h[~high] > 1.05 * delta).any())
+        if n >= 11:  # the later high-noise steps reach the cap CAP (not CAP_FIRST)
+            assert bool((h[1:][high[1:]] > 0.99 * dpm_solver.CAP * delta).any()), (n, h / delta)
     assert (dpm_solver.CAP, dpm_solver.CAP_FIRST) == (1.5, 1.0)  # the caps of the docstring figures
 
 
@@ -296,6 +298,13 @@ def test_auto_grids_per_sampler():
                            samplers.unipc(model, COSINE, x_T, steps, spacing=grid))
     assert torch.equal(samplers.dpm_solver_pp(model, COSINE, x_T, 10),
                        samplers.dpm_solver_pp(model, COSINE, x_T, 10, spacing="logsnr"))
+
+    def sde(**kw):
+        return samplers.dpm_solver_pp_sde(model, COSINE, x_T, 10,
+                                          torch.Generator().manual_seed(2), **kw)
+
+    assert torch.equal(sde(), sde(spacing="logsnr"))
+    assert not torch.equal(sde(), sde(spacing="capped-blend"))
 
 
 def test_edm_heun_costs_2n_minus_1():

@@ -40,15 +40,17 @@ exact denoisers but lands far from a trained network's own ODE solution
 (benchmarks/results/solver_error_trained*.md: at 10 steps on latent MNIST RMS 1.23 against 0.09
 for "logsnr"), so it is an option. "capped-blend" leaves t = T as "logsnr" does and spends the
 rest as "blend" does; with UniPC's corrector it keeps most of both (at 10-20 steps: 0.31× DDIM's
-error on the tuning targets and 0.36× on the held-out ones, "logsnr" 0.35× and 0.43×; on trained
-networks its RMS at 10 steps is 0.07 against 0.08-0.09 on the digits U-Nets, 0.11 against 0.09
-on latent MNIST) and gives lower FD than "logsnr" on both digits U-Nets (8 of 8 cells), 3-4 %
-higher on latent MNIST at 10 steps (the notes of :mod:`.dpm_solver`). On the held-out targets
-the mode error of "auto" is 0.17-0.50× DDIM's at 10 steps and 0.28-0.59× at 20 (1.27-1.78×
-DDPM-1000's). No deterministic sampler can go below the probability-flow ODE's own limit on the
-T = 1000 grid (DDIM and UniPC at 999 steps agree), which on the far-light-mode target is
-1.5-1.8× DDPM-1000's sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only the
-SDE samplers reach DDPM-1000.
+error on the tuning targets and 0.36× on the held-out ones, which were in view when its caps
+were chosen; "logsnr" 0.35× and 0.43×; on trained networks its RMS at 10 steps is 0.07 against
+0.08-0.09 on the digits U-Nets, 0.11 against 0.09 on latent MNIST) and gives lower FD than
+"logsnr" on both digits U-Nets (8 of 8 cells), 3-4 % higher on latent MNIST at 10 steps (the
+notes of :mod:`.dpm_solver`). On the held-out targets the mode error of "auto" is 0.17-0.50×
+DDIM's at 10 steps and 0.28-0.59× at 20 (1.27-1.78× DDPM-1000's); against "logsnr" it is better
+on the far-light-mode and 32-D targets and worse on five-3d at 20 steps (0.28 and 0.30× DDIM's
+against 0.17 and 0.21×). No deterministic sampler can go below the probability-flow ODE's own
+limit on the T = 1000 grid (DDIM and UniPC at 999 steps agree), which on the far-light-mode
+target is 1.5-1.8× DDPM-1000's sliced W1 over four x_T seeds (results/ode_limit_oracle.md):
+there only the SDE samplers reach DDPM-1000.
 """
 
 from __future__ import annotations
