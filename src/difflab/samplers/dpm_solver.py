@@ -59,8 +59,8 @@ three benchmarks:
   ("logsnr" 0.43× and 0.51×). On the trained networks at 10 steps UniPC's RMS on it is 0.111,
   0.072 and 0.070 (on "logsnr" 0.088, 0.084 and 0.088; the latent MNIST run was retrained for
   this, and its "logsnr" RMS moved from 0.077 to 0.088), but 2M's is 0.23, 0.15 and 0.19,
-  1.4-1.6× its RMS on "logsnr": without a corrector, 2M's extrapolation (x̂_0 −
-  x̂_0^{prev})/(2r), r = h_prev/h, is large where a short step is followed by a long one.
+  1.4-1.6× its RMS on "logsnr": without a corrector, 2M's extrapolation
+  (x̂_0 − x̂_0^{prev})/(2r), r = h_prev/h, is large where a short step is followed by a long one.
 
 Sample quality decides (FD against the train split in the committed classifier's features, seeds
 1-2, the same x_T for every grid: ``difflab eval RUN --sampler unipc --steps S --spacing G -n
