@@ -284,11 +284,11 @@ def choose_defaults(res: dict) -> dict[str, dict[str, str]]:
     return best
 
 
-def gmean_ratio(res: dict, cname: str, names, nfes) -> float:
-    """Geometric mean of ``cname``'s error ÷ DDIM's over targets ``names``, both schedules,
-    both metrics and ``nfes`` (NaN when none of those cells exist)."""
+def gmean_ratio(res: dict, cname: str, names, nfes, scheds=tuple(SCHEDULES)) -> float:
+    """Geometric mean of ``cname``'s error ÷ DDIM's over targets ``names``, schedules
+    ``scheds``, both metrics and ``nfes`` (NaN when none of those cells exist)."""
     logs = []
-    for t, sname, nfe, m in itertools.product(names, SCHEDULES, nfes, ("swd", "mode")):
+    for t, sname, nfe, m in itertools.product(names, scheds, nfes, ("swd", "mode")):
         c = res["targets"].get(t, {}).get("schedules", {}).get(sname, {})
         if f"{cname} @{nfe}" in c:
             r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
@@ -343,15 +343,9 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
                   " | ".join(f"NFE {n}" for n in nfes) + " |",
                   "| --- |" + " ---: |" * len(nfes)]
         for cname in configs(sname):
-            row = []
-            for nfe in nfes:
-                logs = []
-                for t, m in itertools.product(tune, ("swd", "mode")):
-                    c = res["targets"][t]["schedules"][sname]
-                    r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
-                    logs.append(math.log(r) if math.isfinite(r) else 10)
-                row.append(f"{math.exp(sum(logs) / len(logs)):.2f}" if logs else "-")
-            lines.append(f"| {cname} | " + " | ".join(row) + " |")
+            row = [gmean_ratio(res, cname, tune, [nfe], [sname]) for nfe in nfes]
+            lines.append(f"| {cname} | " + " | ".join(
+                "-" if math.isnan(r) else f"{r:.2f}" for r in row) + " |")
         lines.append("")
     lines += ["### Best configuration per NFE (tuning targets, same geometric mean)", "",
               "| schedule | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
@@ -359,17 +353,9 @@ def report(res: dict, best: dict, seconds: float, quick: bool) -> str:
     for sname in SCHEDULES:
         row = []
         for nfe in nfes:
-            scores = {}
-            for cname in configs(sname):
-                if cname == "ddim":
-                    continue
-                logs = []
-                for t, m in itertools.product(tune, ("swd", "mode")):
-                    c = res["targets"][t]["schedules"][sname]
-                    r = c[f"{cname} @{nfe}"][m] / c[f"ddim @{nfe}"][m]
-                    logs.append(math.log(r) if math.isfinite(r) else 10)
-                if logs:
-                    scores[cname] = math.exp(sum(logs) / len(logs))
+            scores = {c: gmean_ratio(res, c, tune, [nfe], [sname]) for c in configs(sname)
+                      if c != "ddim"}
+            scores = {c: v for c, v in scores.items() if not math.isnan(v)}
             best_c = min(scores, key=scores.get) if scores else "-"
             row.append(f"{best_c} ({scores.get(best_c, math.nan):.2f})")
         lines.append(f"| {sname} | " + " | ".join(row) + " |")

@@ -67,6 +67,11 @@ def default_runs(quick: bool) -> list[Path]:
     return out
 
 
+def grid_of(sampler: str, grid: str, nfe: int) -> str:
+    """The grid ``sampler`` visits for ``grid`` at ``nfe`` steps ("auto" resolved)."""
+    return auto_spacing(nfe, sampler) if grid == "auto" else grid
+
+
 def measure(run: Path, n: int, nfes) -> dict:
     cfg, model, schedule = difflab.load_run(run, device="cpu")
     x_T = torch.randn(n, *model_shape(cfg), generator=torch.Generator().manual_seed(7))
@@ -91,8 +96,7 @@ def measure(run: Path, n: int, nfes) -> dict:
             for name, fn in SOLVERS.items():
                 cells[f"{name} {grid} @{nfe}"] = rms(fn(model, schedule, x_T, nfe, spacing=grid))
         for name in SOLVERS:  # each sampler's own "auto"
-            same = auto_spacing(nfe, name)
-            cells[f"{name} auto @{nfe}"] = cells[f"{name} {same} @{nfe}"]
+            cells[f"{name} auto @{nfe}"] = cells[f"{name} {grid_of(name, 'auto', nfe)} @{nfe}"]
     return {"schedule": cfg.schedule, "dataset": cfg.dataset, "cells": cells}
 
 
@@ -115,12 +119,9 @@ def markdown(res: dict, n: int, nfes, seconds: float) -> str:
             + " |")
         for name in SOLVERS:
             for grid in GRIDS:
-                def same(k, name=name, grid=grid):  # the grid "auto" stands for at k steps
-                    return auto_spacing(k, name) if grid == "auto" else grid
-
                 lines.append(f"| {name} | {grid} | " + " | ".join(
-                    f"{c[f'{name} {grid} @{k}']:.3f} ({c[f'last σ {same(k)} @{k}']:.2f})"
-                    for k in nfes) + " |")
+                    f"{c[f'{name} {grid} @{k}']:.3f} "
+                    f"({c[f'last σ {grid_of(name, grid, k)} @{k}']:.2f})" for k in nfes) + " |")
         best = {k: min((c[f"{s} {g} @{k}"], f"{s} {g}") for s in SOLVERS for g in GRIDS
                        if g != "auto") for k in nfes}
         lines += ["", "Lowest per NFE: " + "; ".join(f"{k}: {b[1]} ({b[0]:.3f})"

@@ -196,11 +196,11 @@ def visited_timesteps(schedule: Schedule, sampler: str, steps: int,
     """The timesteps an ε-sampler evaluates, int64 (S,) decreasing, one per callback: its own
     grid (:func:`spacing_used`; dpm++, dpm++sde and unipc with the λ clip, edm-heun with its σ
     cap) unless ``spacing``."""
+    spacing = spacing_used(sampler, spacing)
     if sampler in ("dpm++", "dpm++sde", "unipc"):
         from ..samplers.dpm_solver import dpm_timesteps
 
-        return dpm_timesteps(schedule, steps, grid_used(sampler, steps, spacing))
-    spacing = spacing_used(sampler, spacing)
+        return dpm_timesteps(schedule, steps, spacing, sampler=sampler)
     if sampler == "edm-heun":
         from ..samplers.edm import edm_timesteps
 

@@ -170,7 +170,7 @@ def _capped_blend(n: int, sigma_max: float, sigma_min: float, blend: float) -> T
 
 def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
                   spacing: str = "trailing", lambda_min: float | None = LAMBDA_MIN,
-                  blend: float = BLEND) -> Tensor:
+                  blend: float = BLEND, sampler: str = "dpm++") -> Tensor:
     """The visited timesteps, int64 (S,), decreasing, restricted to t ≤ t_max, the largest t
     with λ_t ≥ lambda_min (T when None).
 
@@ -183,16 +183,16 @@ def dpm_timesteps(schedule: Schedule, steps: int | Sequence[int] | None,
     of diffusers' ``use_karras_sigmas``). None → every t up to t_max; an explicit list → those
     timesteps, unclipped. S ≥ t_max (but ≤ T) visits every t ≤ t_max. ``"angle"``,
     ``"blend"`` (weight ``blend`` on "angle") and ``"capped-blend"``: the same with S + 1 points
-    of those grids of :func:`grid_sigmas`. ``"auto"``: DPM-Solver++'s default, "trailing" for
-    S < 10, "logsnr" from 10 on (:func:`auto_spacing`; why: the module notes; each sampler
-    resolves its own "auto" before it calls this).
+    of those grids of :func:`grid_sigmas`. ``"auto"``: ``sampler``'s default (:func:`auto_spacing`:
+    "trailing" for S < 10, from 10 on "logsnr", or "capped-blend" for UniPC; why: the module
+    notes).
     """
     ab = schedule.alpha_bars
     lam = 0.5 * (ab.log() - (-ab).log1p())  # (T,), decreasing in t
     t_max = schedule.T if lambda_min is None else max(int((lam >= lambda_min).sum()), 1)
     if spacing not in DPM_SPACINGS and isinstance(steps, int):
         raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(DPM_SPACINGS)}")
-    spacing = auto_spacing(steps, "dpm++") if spacing == "auto" else spacing
+    spacing = auto_spacing(steps, sampler) if spacing == "auto" else spacing
     own = spacing if spacing in OWN_GRIDS else "logsnr"
     grid = capped(schedule.T, t_max, steps, spacing, own=own)
     if grid is not None:
@@ -258,8 +258,6 @@ def dpm_solver_pp(
     """
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
-    if spacing == "auto":
-        spacing = auto_spacing(steps, "dpm++")
     ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
 
     def step(x, x0s, lams, ab_t, ab_s, i):

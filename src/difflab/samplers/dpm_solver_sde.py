@@ -56,7 +56,7 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, noise_like
-from .dpm_solver import LAMBDA_MIN, auto_spacing, dpm_timesteps, half_log_snr, multistep
+from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr, multistep
 
 
 def sde_update(x: Tensor, x0s: list[Tensor], lams: list[float], ab_t: float, ab_s: float,
@@ -99,8 +99,6 @@ def dpm_solver_pp_sde(
             return x0s[0]
         return sde_update(x, x0s, lams, ab_t, ab_s, min(order, i + 1), noise_like(x, generator))
 
-    if spacing == "auto":
-        spacing = auto_spacing(steps, "dpm++sde")
-    return multistep(model, schedule, x_T, dpm_timesteps(schedule, steps, spacing, lambda_min)
-                     .tolist(), order, step, progress=progress, callback=callback, cond=cond,
-                     desc=f"dpm++{order}m-sde")
+    ts = dpm_timesteps(schedule, steps, spacing, lambda_min, sampler="dpm++sde").tolist()
+    return multistep(model, schedule, x_T, ts, order, step, progress=progress,
+                     callback=callback, cond=cond, desc=f"dpm++{order}m-sde")

@@ -64,7 +64,7 @@ from torch import Tensor
 from ..parameterization import Model
 from ..schedules import Schedule
 from ._common import Callback, alpha_bar_table, loop, predict
-from .dpm_solver import LAMBDA_MIN, auto_spacing, dpm_timesteps, half_log_snr
+from .dpm_solver import LAMBDA_MIN, dpm_timesteps, half_log_snr
 
 VARIANTS = ("bh1", "bh2")
 
@@ -155,9 +155,7 @@ def unipc(
         raise ValueError(f"order must be 1, 2 or 3, got {order!r}")
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {', '.join(VARIANTS)}, got {variant!r}")
-    if spacing == "auto":
-        spacing = auto_spacing(steps, "unipc")
-    ts = dpm_timesteps(schedule, steps, spacing, lambda_min).tolist()
+    ts = dpm_timesteps(schedule, steps, spacing, lambda_min, sampler="unipc").tolist()
     ab = alpha_bar_table(schedule)
     S = len(ts)
     x, x0s, lams = x_T, [], []
