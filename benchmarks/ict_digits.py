@@ -32,10 +32,19 @@ per draw, mean ± s.e. over ``--draws`` draws; the FD curve of iCT (1 step) is m
 end of each curriculum stage (the evaluation time is not counted in W). Consistency distillation
 (CD) and the original CT from benchmarks/results/distill_digits.json are printed beside it.
 
+``--preset mnist-base16`` runs the same comparison on MNIST at 16×16 (that preset's U-Net, batch
+64), as a held-out check on data harder to memorise: on digits (1,617 training images of 8×8)
+the diffusion model's FD falls below the floor within minutes (results/memorisation_digits.md);
+MNIST-5k has 4,500 of 16×16 (difflab.data.images.mnist). Its FD goes through the 32×32 MNIST
+classifier (ict_noise_input.fd_evaluator), n = 500 per draw: the size of the test split behind
+its floor.
+
     nice -n 19 .venv/bin/python benchmarks/ict_digits.py   # ~15 min on 1 thread (4 × 3 min)
     .venv/bin/python benchmarks/ict_digits.py --quick    # smoke test (~2 min: the timings)
+    taskset -c 0 .venv/bin/python benchmarks/ict_digits.py --preset mnist-base16 --minutes 12 \
+        --no-original --no-warm --no-search --seed 0 --out benchmarks/results/ict_mnist16_seed0
 
-Writes benchmarks/results/ict_digits.{json,md}.
+Writes benchmarks/results/ict_digits.{json,md} (or ``--out``).
 """
 
 from __future__ import annotations
@@ -49,6 +58,7 @@ import time
 from pathlib import Path
 
 import torch
+from ict_noise_input import fd_evaluator
 
 from difflab import samplers
 from difflab.build.data import training_set
@@ -63,7 +73,9 @@ from difflab.training.consistency import ConsistencyTraining, ImprovedConsistenc
 from difflab.training.loop import fit
 
 ROOT = Path(__file__).resolve().parent
-N_FD = 180
+N_FD = [180]  # samples per FD draw: the size of the test split behind the floor (set by --preset)
+SHAPE = [(1, 8, 8)]  # one image's shape (set by --preset)
+FD_PART = {"digits": "digits", "mnist-base16": "mnist16"}  # preset → ict_noise_input.fd_evaluator
 
 
 class Clock:
@@ -99,7 +111,7 @@ def fit_for(obj, seconds: float, steps: int, clock: Clock, backend, seed: int, h
 
 
 def fd_of(fd: FDEvaluator, x: torch.Tensor) -> tuple[float, float]:
-    vals = [fd.fd(c.clamp(-1, 1)) for c in x.split(N_FD)]
+    vals = [fd.fd(c.clamp(-1, 1)) for c in x.split(N_FD[0])]
     se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
     return statistics.fmean(vals), se
 
@@ -107,7 +119,7 @@ def fd_of(fd: FDEvaluator, x: torch.Tensor) -> tuple[float, float]:
 @torch.no_grad()
 def sample(model, schedule, sampler: str, steps: int, n: int, levels=None,
            seed: int = 1234) -> torch.Tensor:
-    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
+    x_T = torch.randn(n, *SHAPE[0], generator=torch.Generator().manual_seed(seed))
     if sampler == "consistency":
         return samplers.consistency(model, schedule, x_T, steps,
                                     torch.Generator().manual_seed(seed + 1), sigmas=levels)
@@ -122,7 +134,7 @@ def searched_levels(f, schedule, fd: FDEvaluator, n: int) -> tuple[list[float], 
     (:func:`difflab.samplers.consistency_levels.search_levels`, as ``difflab eval
     --search-levels``), on draws of its own; the reported FD is then measured on the usual
     ones."""
-    x_T = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(SEARCH_SEED))
+    x_T = torch.randn(n, *SHAPE[0], generator=torch.Generator().manual_seed(SEARCH_SEED))
     levels, value, _ = search_levels(f, schedule, x_T, lambda x: fd_of(fd, x)[0], 2,
                                      seed=SEARCH_SEED + 1)
     return levels, value
@@ -202,7 +214,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
             t0 = time.perf_counter()
             ema = obj.modules()["ema"]
             f = wrap(ema).eval()
-            v, se = fd_of(fd, sample(f, schedule, "consistency", 1, N_FD * draws))
+            v, se = fd_of(fd, sample(f, schedule, "consistency", 1, N_FD[0] * draws))
             curve.append({"step": step, "seconds": round(clock.seconds(), 1), "fd_1step": v,
                           "fd_se": se})
             print(f"  [{kind}{' warm' if init is not None else ''}] step {step}/{steps} "
@@ -233,9 +245,17 @@ def main() -> None:
                         "results before ct_noise_scale existed used 10)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of every model's initialisation and draws (default: the preset's, 0)")
-    p.add_argument("--out", type=Path, default=ROOT / "results" / "ict_digits")
+    p.add_argument("--preset", choices=sorted(FD_PART), default="digits",
+                   help="the data and U-Net: digits (8×8, the issue's), or mnist-base16 "
+                        "(MNIST-5k at 16×16, held out: 4,500 training images, harder to "
+                        "memorise)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="results stem (default: results/ict_digits, or results/ict_PRESET)")
     p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
     args = p.parse_args()
+    if args.out is None:
+        args.out = ROOT / "results" / ("ict_digits" if args.preset == "digits"
+                                       else f"ict_{args.preset}")
     if args.quick:
         args.minutes, args.draws = 0.1, 1
         args.out = args.out.with_name(args.out.name + "_quick")
@@ -243,18 +263,20 @@ def main() -> None:
     over = {} if args.ct_noise_scale is None else {"ct_noise_scale": args.ct_noise_scale}
     if args.seed is not None:
         over["seed"] = args.seed
-    cfg = load_config("digits", {"threads": args.threads, **over})
+    cfg = load_config(args.preset, {"threads": args.threads, **over})
     backend = Backend(torch.device("cpu"))
     data, cfg, _ = training_set(cfg)
     schedule = build_schedule(cfg)
-    fd = FDEvaluator.for_dataset("digits", 8)
+    fd = fd_evaluator(FD_PART[args.preset])
+    SHAPE[0] = tuple(data.shape[1:])
+    N_FD[0] = 180 if args.preset == "digits" else 500
     W = 60 * args.minutes
     t_all = time.perf_counter()
     rows, curves = [], {}
 
     def row(label, model, sampler, steps, train_steps, seconds, levels=None):
         t0 = time.perf_counter()
-        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD * args.draws, levels))
+        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD[0] * args.draws, levels))
         rows.append({"label": label, "sampler": sampler, "steps": steps, "fd": v, "fd_se": se,
                      "train_steps": train_steps, "train_seconds": round(seconds, 1),
                      "sample_seconds": round(time.perf_counter() - t0, 1), "levels": levels})
@@ -264,7 +286,7 @@ def main() -> None:
         for s in (1, 2):
             row(label, f, "consistency", s, train_steps, seconds)
         if not args.no_search:
-            levels, _ = searched_levels(f, schedule, fd, N_FD * args.draws)
+            levels, _ = searched_levels(f, schedule, fd, N_FD[0] * args.draws)
             row(f"{label}, searched τ = {levels[0]:.2f}", f, "consistency", 2, train_steps,
                 seconds, levels)
 
@@ -293,7 +315,7 @@ def main() -> None:
         consistency_rows("iCT warm (W/2 + W/2)", f, w_steps, h_sec + w_sec)
     prior = {}
     old = ROOT / "results" / "distill_digits.json"
-    if old.exists():
+    if old.exists() and args.preset == "digits":
         for r in json.loads(old.read_text()).get("rows", []):
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
@@ -305,9 +327,10 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
     ddim50 = next(r["fd"] for r in rows if r["label"] == "diffusion" and r["steps"] == 50)
-    lines = ["## Improved consistency training on digits (benchmarks/ict_digits.py)", "",
+    lines = [f"## Improved consistency training on {args.preset} (benchmarks/ict_digits.py)",
+             "",
              f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
-             f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {N_FD} × {args.draws} "
+             f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {N_FD[0]} × {args.draws} "
              f"draws; iCT from scratch with c_noise = {cfg.ct_noise_scale:g} ln σ, batch "
              f"{out['ict_batch']}. Total "
              f"{out['seconds']:.0f} s.",
