@@ -132,7 +132,8 @@ def test_api_sample_gives_the_grid_and_the_animation(digits):
     assert head == "data:image/gif;base64"
     with Image.open(io.BytesIO(base64.b64decode(gif))) as im:
         assert im.format == "GIF" and im.n_frames == 1 + 4  # x_T and one frame per step
-    assert result["settings"] == {"sampler": "ddim", "steps": 4, "spacing": None, "eta": 0.0,
+    assert result["settings"] == {"sampler": "ddim", "steps": 4, "spacing": "linspace",
+                                  "grid": "linspace", "eta": 0.0,
                                   "levels": None, "n": 5, "seed": 3, "class": "1",
                                   "prompt": None, "guidance": None}
     status, kind, body = get(f"{digits}/reverse.gif?{query}")
@@ -194,6 +195,21 @@ def test_time_grid_and_eta_are_those_of_difflab_sample(digits, runs, tmp_path, c
     default, blend = (png_pixels(get(f"{digits}/sample.png?sampler=unipc&steps=3&n=4{g}")[2])
                       for g in ("", "&spacing=blend"))
     assert not np.array_equal(default, blend)  # the grid reached the sampler
+
+
+def test_settings_name_the_grid_sampled_as_eval_records_it(digits):
+    """The settings report the spacing sampled with (the run's when the query names none) and
+    the grid that a solver's "auto" stands for at the steps asked, as ``difflab eval`` does."""
+    for query, spacing, grid in (("sampler=unipc&steps=10", "auto", "capped-blend"),
+                                 ("sampler=unipc&steps=3", "auto", "trailing"),
+                                 ("sampler=dpm%2B%2B&steps=10", "auto", "logsnr"),
+                                 ("sampler=unipc&steps=10&spacing=blend", "blend", "blend"),
+                                 ("sampler=ddim&steps=3&spacing=trailing", "trailing",
+                                  "trailing")):
+        status, _, body = get(f"{digits}/api/sample?{query}&n=2&class=1")
+        assert status == 200, body
+        settings = json.loads(body)["settings"]
+        assert (settings["spacing"], settings["grid"]) == (spacing, grid), query
 
 
 def test_a_consistency_run_takes_levels(runs):

@@ -93,6 +93,7 @@ def test_the_page_samples_in_a_browser(tmp_path):
         assert page.is_visible("#download")
         assert page.get_attribute("#download", "download").endswith("-seed5.png")
         assert page.inner_text("#error") == ""
+        assert "ddim (linspace)" in page.inner_text("#status")  # the grid sampled
         # a bad value: the server's one line, shown on the page
         page.fill("#class", "12")  # (the form's own checks keep steps and n in range)
         page.click("#go")

@@ -5,7 +5,9 @@ Routes (all GET):
 - ``/``: the page (``difflab/assets/serve.html``: a form, the grid, the animation, a download);
 - ``/api/run``: the run's settings as JSON (dataset, conditioning, samplers, defaults, limits);
 - ``/api/sample?…``: samples as JSON: ``grid`` (a PNG) and ``animation`` (the reverse process
-  x_T → x_0 as a GIF), both as ``data:`` URLs, and the settings used;
+  x_T → x_0 as a GIF), both as ``data:`` URLs, and the settings used (``spacing`` and ``grid``
+  as ``difflab eval`` records them: the spacing sampled with, the run's when the query names
+  none, and the grid a solver's "auto" stands for at those steps);
 - ``/sample.png?…`` and ``/reverse.gif?…``: the same pictures as files.
 
 The query takes ``class`` (K or K,K,… cycled over the samples), ``prompt``, ``guidance``,
@@ -144,7 +146,7 @@ class RunSampler:
     def sample(self, query: dict[str, list[str]]) -> Pictures:
         """Sample as the query asks; BadRequestError for anything ``difflab sample`` refuses."""
         from ..build.data import model_shape
-        from ..runs.draw import Frames, draw
+        from ..runs.draw import Frames, draw, grid_used, spacing_used
         from ..training.backend import torch_threads
         from .common import sampling_args
         from .guidance_flags import guided_from_args
@@ -176,7 +178,10 @@ class RunSampler:
             write_samples(x0, png, None, self.image, title)
             write_samples(x0, gif, frames, self.image, title)
             pictures = png.read_bytes(), gif.read_bytes()
-        settings = {"sampler": sampler, "steps": steps, "spacing": args.spacing, "eta": eta,
+        # the grid sampled, as eval records it: the spacing used (the run's when the query
+        # names none) and, for the solvers' "auto", the grid it stands for at these steps
+        settings = {"sampler": sampler, "steps": steps, "spacing": spacing_used(sampler, spacing),
+                    "grid": grid_used(sampler, steps, spacing), "eta": eta,
                     "levels": levels, "n": n, "seed": args.seed,
                     "class": args.labels, "prompt": args.prompt, "guidance": args.guidance}
         return Pictures(*pictures, settings)
