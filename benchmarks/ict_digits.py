@@ -73,8 +73,6 @@ from difflab.training.consistency import ConsistencyTraining, ImprovedConsistenc
 from difflab.training.loop import fit
 
 ROOT = Path(__file__).resolve().parent
-N_FD = [180]  # samples per FD draw: the size of the test split behind the floor (set by --preset)
-SHAPE = [(1, 8, 8)]  # one image's shape (set by --preset)
 FD_PART = {"digits": "digits", "mnist-base16": "mnist16"}  # preset → ict_noise_input.fd_evaluator
 
 
@@ -110,16 +108,32 @@ def fit_for(obj, seconds: float, steps: int, clock: Clock, backend, seed: int, h
     return done[0]
 
 
-def fd_of(fd: FDEvaluator, x: torch.Tensor) -> tuple[float, float]:
-    vals = [fd.fd(c.clamp(-1, 1)) for c in x.split(N_FD[0])]
-    se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
-    return statistics.fmean(vals), se
+@dataclasses.dataclass
+class Scorer:
+    """FD to the train split over ``draws`` draws of ``n`` images of ``shape`` each (``n``: the
+    size of the test split behind the floor, 180 digits or 500 MNIST)."""
+
+    fd: FDEvaluator
+    n: int
+    draws: int
+    shape: tuple[int, ...]
+
+    def noise(self, seed: int) -> torch.Tensor:
+        """x_T for every draw, (n · draws, *shape)."""
+        return torch.randn(self.n * self.draws, *self.shape,
+                           generator=torch.Generator().manual_seed(seed))
+
+    def __call__(self, x: torch.Tensor) -> tuple[float, float]:
+        """Mean FD over the draws of x and its standard error."""
+        vals = [self.fd.fd(c.clamp(-1, 1)) for c in x.split(self.n)]
+        se = statistics.stdev(vals) / len(vals) ** 0.5 if len(vals) > 1 else 0.0
+        return statistics.fmean(vals), se
 
 
 @torch.no_grad()
-def sample(model, schedule, sampler: str, steps: int, n: int, levels=None,
+def sample(model, schedule, sampler: str, steps: int, scorer: Scorer, levels=None,
            seed: int = 1234) -> torch.Tensor:
-    x_T = torch.randn(n, *SHAPE[0], generator=torch.Generator().manual_seed(seed))
+    x_T = scorer.noise(seed)
     if sampler == "consistency":
         return samplers.consistency(model, schedule, x_T, steps,
                                     torch.Generator().manual_seed(seed + 1), sigmas=levels)
@@ -129,13 +143,13 @@ def sample(model, schedule, sampler: str, steps: int, n: int, levels=None,
 SEARCH_SEED = 99  # the level search's x_T and noise: not the reported draws' (1234)
 
 
-def searched_levels(f, schedule, fd: FDEvaluator, n: int) -> tuple[list[float], float]:
+def searched_levels(f, schedule, scorer: Scorer) -> tuple[list[float], float]:
     """The 2-step re-noising level that minimises FD to the train split
     (:func:`difflab.samplers.consistency_levels.search_levels`, as ``difflab eval
     --search-levels``), on draws of its own; the reported FD is then measured on the usual
     ones."""
-    x_T = torch.randn(n, *SHAPE[0], generator=torch.Generator().manual_seed(SEARCH_SEED))
-    levels, value, _ = search_levels(f, schedule, x_T, lambda x: fd_of(fd, x)[0], 2,
+    levels, value, _ = search_levels(f, schedule, scorer.noise(SEARCH_SEED),
+                                     lambda x: scorer(x)[0], 2,
                                      seed=SEARCH_SEED + 1)
     return levels, value
 
@@ -174,8 +188,8 @@ def diffusion(cfg, schedule, data, backend, seconds: float):
     return obj.modules()["ema"].eval(), done, clock.seconds()
 
 
-def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, init=None,
-                s1: int = 1280, batch: int | None = None):
+def consistency(kind, cfg, schedule, data, backend, seconds: float, scorer: Scorer,
+                init=None, s1: int = 1280, batch: int | None = None):
     """iCT (or the original CT) for ``seconds``; FD (1 step) at each stage's end. ``s1``: iCT's
     final number of levels (the curriculum doubles N from 10 to s1 in equal stages)."""
     with torch.random.fork_rng(devices=[]):
@@ -214,7 +228,7 @@ def consistency(kind, cfg, schedule, data, backend, seconds: float, fd, draws, i
             t0 = time.perf_counter()
             ema = obj.modules()["ema"]
             f = wrap(ema).eval()
-            v, se = fd_of(fd, sample(f, schedule, "consistency", 1, N_FD[0] * draws))
+            v, se = scorer(sample(f, schedule, "consistency", 1, scorer))
             curve.append({"step": step, "seconds": round(clock.seconds(), 1), "fd_1step": v,
                           "fd_se": se})
             print(f"  [{kind}{' warm' if init is not None else ''}] step {step}/{steps} "
@@ -268,15 +282,15 @@ def main() -> None:
     data, cfg, _ = training_set(cfg)
     schedule = build_schedule(cfg)
     fd = fd_evaluator(FD_PART[args.preset])
-    SHAPE[0] = tuple(data.shape[1:])
-    N_FD[0] = 180 if args.preset == "digits" else 500
+    scorer = Scorer(fd, 180 if args.preset == "digits" else 500, args.draws,
+                    tuple(data.shape[1:]))
     W = 60 * args.minutes
     t_all = time.perf_counter()
     rows, curves = [], {}
 
     def row(label, model, sampler, steps, train_steps, seconds, levels=None):
         t0 = time.perf_counter()
-        v, se = fd_of(fd, sample(model, schedule, sampler, steps, N_FD[0] * args.draws, levels))
+        v, se = scorer(sample(model, schedule, sampler, steps, scorer, levels))
         rows.append({"label": label, "sampler": sampler, "steps": steps, "fd": v, "fd_se": se,
                      "train_steps": train_steps, "train_seconds": round(seconds, 1),
                      "sample_seconds": round(time.perf_counter() - t0, 1), "levels": levels})
@@ -286,7 +300,7 @@ def main() -> None:
         for s in (1, 2):
             row(label, f, "consistency", s, train_steps, seconds)
         if not args.no_search:
-            levels, _ = searched_levels(f, schedule, fd, N_FD[0] * args.draws)
+            levels, _ = searched_levels(f, schedule, scorer)
             row(f"{label}, searched τ = {levels[0]:.2f}", f, "consistency", 2, train_steps,
                 seconds, levels)
 
@@ -298,19 +312,19 @@ def main() -> None:
         name, label = ("ict", "iCT") if s1 == 1280 else (f"ict_s1_{s1}", f"iCT (s1 = {s1})")
         print(f"{label}, {W:.0f} s", flush=True)
         f, c_steps, c_sec, curves[name] = consistency("improved", cfg, schedule, data, backend,
-                                                      W, fd, args.draws, s1=s1,
+                                                      W, scorer, s1=s1,
                                                       batch=args.ict_batch)
         consistency_rows(label, f, c_steps, c_sec)
     if not args.no_original:
         f, o_steps, o_sec, curves["ct"] = consistency("original", cfg, schedule, data, backend,
-                                                      W, fd, args.draws)
+                                                      W, scorer)
         consistency_rows("CT (original)", f, o_steps, o_sec)
     if not args.no_warm:
         print(f"iCT warm: diffusion {W / 2:.0f} s + iCT {W / 2:.0f} s", flush=True)
         eps_half, h_steps, h_sec = diffusion(cfg, schedule, data, backend, W / 2)
         row("diffusion (W/2)", eps_half, "ddim", 50, h_steps, h_sec)
         f, w_steps, w_sec, curves["ict_warm"] = consistency("improved", cfg, schedule, data,
-                                                            backend, W / 2, fd, args.draws,
+                                                            backend, W / 2, scorer,
                                                             init=eps_half)
         consistency_rows("iCT warm (W/2 + W/2)", f, w_steps, h_sec + w_sec)
     prior = {}
@@ -330,7 +344,7 @@ def main() -> None:
     lines = [f"## Improved consistency training on {args.preset} (benchmarks/ict_digits.py)",
              "",
              f"Training wall time W = {W:.0f} s per model on {args.threads} thread(s) (shared "
-             f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {N_FD[0]} × {args.draws} "
+             f"machine), seed {cfg.seed}; FD floor {fd.floor():.1f}; n = {scorer.n} × {args.draws} "
              f"draws; iCT from scratch with c_noise = {cfg.ct_noise_scale:g} ln σ, batch "
              f"{out['ict_batch']}. Total "
              f"{out['seconds']:.0f} s.",
