@@ -58,7 +58,7 @@ import time
 from pathlib import Path
 
 import torch
-from ict_noise_input import fd_evaluator
+from ict_noise_input import IMAGE_PARTS, fd_evaluator
 
 from difflab import samplers
 from difflab.build.data import training_set
@@ -73,7 +73,7 @@ from difflab.training.consistency import ConsistencyTraining, ImprovedConsistenc
 from difflab.training.loop import fit
 
 ROOT = Path(__file__).resolve().parent
-FD_PART = {"digits": "digits", "mnist-base16": "mnist16"}  # preset → ict_noise_input.fd_evaluator
+PART = {preset: part for part, preset in IMAGE_PARTS.items()}  # preset → fd_evaluator's part
 
 
 class Clock:
@@ -249,27 +249,27 @@ def main() -> None:
     p.add_argument("--no-original", action="store_true", help="skip the original CT at W")
     p.add_argument("--no-warm", action="store_true", help="skip iCT warm-started at W/2")
     p.add_argument("--ict-batch", type=int, default=None,
-                   help="iCT's batch (default: the preset's, 128, as the diffusion model's)")
+                   help="iCT's batch (default: the preset's, as the diffusion model's: 128 on "
+                        "digits, 64 on mnist-base16)")
     p.add_argument("--no-search", action="store_true",
                    help="skip the 2-step rows at the searched re-noising level")
     p.add_argument("--s1", default="1280",
                    help="iCT's final numbers of levels, comma-separated: one iCT run at W each")
     p.add_argument("--ct-noise-scale", type=float, default=None,
-                   help="iCT's c_noise(σ) = s · ln σ (default: the digits preset's, 250; the "
+                   help="iCT's c_noise(σ) = s · ln σ (default: the preset's, 250; the "
                         "results before ct_noise_scale existed used 10)")
     p.add_argument("--seed", type=int, default=None,
                    help="seed of every model's initialisation and draws (default: the preset's, 0)")
-    p.add_argument("--preset", choices=sorted(FD_PART), default="digits",
+    p.add_argument("--preset", choices=sorted(PART), default="digits",
                    help="the data and U-Net: digits (8×8, the issue's), or mnist-base16 "
                         "(MNIST-5k at 16×16, held out: 4,500 training images, harder to "
                         "memorise)")
     p.add_argument("--out", type=Path, default=None,
-                   help="results stem (default: results/ict_digits, or results/ict_PRESET)")
+                   help="results stem (default: results/ict_digits, or results/ict_mnist16)")
     p.add_argument("--quick", action="store_true", help="smoke test: W = 6 s, 1 draw")
     args = p.parse_args()
     if args.out is None:
-        args.out = ROOT / "results" / ("ict_digits" if args.preset == "digits"
-                                       else f"ict_{args.preset}")
+        args.out = ROOT / "results" / f"ict_{PART[args.preset]}"
     if args.quick:
         args.minutes, args.draws = 0.1, 1
         args.out = args.out.with_name(args.out.name + "_quick")
@@ -281,7 +281,7 @@ def main() -> None:
     backend = Backend(torch.device("cpu"))
     data, cfg, _ = training_set(cfg)
     schedule = build_schedule(cfg)
-    fd = fd_evaluator(FD_PART[args.preset])
+    fd = fd_evaluator(PART[args.preset])
     scorer = Scorer(fd, 180 if args.preset == "digits" else 500, args.draws,
                     tuple(data.shape[1:]))
     W = 60 * args.minutes
@@ -334,6 +334,7 @@ def main() -> None:
             if r.get("label", "").startswith(("cd", "ct", "CD", "CT", "consistency")):
                 prior[f"{r['label']} {r['sampler']} {r['steps']}"] = r.get("fd")
     out = {"minutes": args.minutes, "seed": cfg.seed, "ct_noise_scale": cfg.ct_noise_scale,
+           "preset": args.preset, "n_per_draw": scorer.n,
            "draws": args.draws, "threads": args.threads, "s1": args.s1,
            "ict_batch": args.ict_batch or cfg.batch,
            "floor": fd.floor(), "rows": rows, "curves": curves, "distill_digits": prior,

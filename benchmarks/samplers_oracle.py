@@ -78,7 +78,7 @@ def _cov2(theta: float, s_thin: float, s_wide: float) -> torch.Tensor:
     return R @ torch.diag(torch.tensor([s_wide**2, s_thin**2], dtype=torch.float64)) @ R.T
 
 
-def _random_covs(K: int, D: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
+def random_covs(K: int, D: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     """K covariances with eigenvalues log-uniform in [lo, hi] and random eigenvectors."""
     out = []
     for _ in range(K):
@@ -99,7 +99,7 @@ def targets() -> dict[str, oracle.FullCovMixture]:
         torch.stack([_cov2(0.3, 0.03, 0.8), _cov2(2.0, 0.03, 0.6), _cov2(0.0, 0.2, 0.3),
                      _cov2(1.2, 0.05, 0.05)]), torch.tensor([4.0, 3.0, 2.0, 1.0]))
     m16 = 2.5 * torch.randn(4, 16, generator=g, dtype=torch.float64)
-    out["aniso-16d"] = oracle.FullCovMixture(m16, _random_covs(4, 16, 0.003, 0.6, g),
+    out["aniso-16d"] = oracle.FullCovMixture(m16, random_covs(4, 16, 0.003, 0.6, g),
                                              torch.tensor([5.0, 3.0, 1.5, 0.5]))
     means3 = torch.tensor([[0.0, 0.0, 0.0], [2.0, 0.5, -1.0], [-1.5, 1.5, 0.5],
                            [0.5, -2.0, 1.5], [-1.0, -1.0, -2.0]], dtype=torch.float64)
@@ -114,7 +114,7 @@ def targets() -> dict[str, oracle.FullCovMixture]:
     m32 = 2.0 * torch.randn(5, 32, generator=g, dtype=torch.float64)
     m32[4] = m32[:4].mean(0) + 10.0 * torch.nn.functional.normalize(
         torch.randn(32, generator=g, dtype=torch.float64), dim=0)
-    out["aniso-32d"] = oracle.FullCovMixture(m32, _random_covs(5, 32, 0.002, 1.0, g),
+    out["aniso-32d"] = oracle.FullCovMixture(m32, random_covs(5, 32, 0.002, 1.0, g),
                                              torch.tensor([0.35, 0.3, 0.2, 0.12, 0.03]))
     return out
 

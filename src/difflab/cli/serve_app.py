@@ -5,9 +5,10 @@ Routes (all GET):
 - ``/``: the page (``difflab/assets/serve.html``: a form, the grid, the animation, a download);
 - ``/api/run``: the run's settings as JSON (dataset, conditioning, samplers, defaults, limits);
 - ``/api/sample?…``: samples as JSON: ``grid`` (a PNG) and ``animation`` (the reverse process
-  x_T → x_0 as a GIF), both as ``data:`` URLs, and the settings used (``spacing`` and ``grid``
-  as ``difflab eval`` records them: the spacing sampled with, the run's when the query names
-  none, and the grid a solver's "auto" stands for at those steps);
+  x_T → x_0 as a GIF), both as ``data:`` URLs, and the ``settings`` used; their ``spacing`` and
+  ``grid`` are the time grid as ``difflab eval`` records it: the spacing sampled with (when the
+  query names none, the run's ``eval_spacing``, else the sampler's own default) and the grid a
+  solver's "auto" stands for at those steps;
 - ``/sample.png?…`` and ``/reverse.gif?…``: the same pictures as files.
 
 The query takes ``class`` (K or K,K,… cycled over the samples), ``prompt``, ``guidance``,
@@ -178,8 +179,8 @@ class RunSampler:
             write_samples(x0, png, None, self.image, title)
             write_samples(x0, gif, frames, self.image, title)
             pictures = png.read_bytes(), gif.read_bytes()
-        # the grid sampled, as eval records it: the spacing used (the run's when the query
-        # names none) and, for the solvers' "auto", the grid it stands for at these steps
+        # the time grid, as eval records it: the spacing used (the run's eval_spacing or the
+        # sampler's default when the query names none) and what a solver's "auto" stands for
         settings = {"sampler": sampler, "steps": steps, "spacing": spacing_used(sampler, spacing),
                     "grid": grid_used(sampler, steps, spacing), "eta": eta,
                     "levels": levels, "n": n, "seed": args.seed,

@@ -50,15 +50,14 @@ against "logsnr" it is better on the far-light-mode and 32-D targets and worse o
 steps (0.28 and 0.30× DDIM's against 0.17 and 0.21×). At that size a true sample's own error is
 a large part of DDIM's at 20 steps and the ratios move with the x_T; at n = 100,000 and three
 x_T's (benchmarks/samplers_heldout.py, results/samplers_heldout.md; per-seed ranges within
-±0.04) "auto" is ≤ 0.4× DDIM at 10 steps in 6 of the 6 held-out cells (3 targets × 2 schedules)
+±0.05) "auto" is ≤ 0.4× DDIM at 10 steps in 6 of the 6 held-out cells (3 targets × 2 schedules)
 in sliced W1 and 4 of 6 in the mode error, and ≤ 0.3× at 20 steps in 6 and 5 of 6. The misses:
-five-3d at 10 steps (0.42 and 0.49×; more than half of it is the covariance of its thinnest mode,
-std 0.05, which the grid's few low-noise steps mis-size; order 3 on "logsnr" gets 0.19× on
-the linear schedule, 0.50× on the cosine, and is worse on the tuning targets at 5-10 steps) and
-the far-light mode on the cosine schedule at 20 steps (0.33×). No deterministic sampler can go
-below the probability-flow ODE's own limit on the T = 1000 grid (DDIM and UniPC at 999 steps
-agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's sliced W1 over four x_T
-seeds (results/ode_limit_oracle.md): there only the SDE samplers reach DDPM-1000.
+five-3d at 10 steps (0.42 and 0.49×; order 3 on "logsnr" scores 0.21× on the linear schedule
+and 0.52× on the cosine in results/samplers_oracle.json, and is worse on the tuning targets at
+5-10 steps) and the far-light mode on the cosine schedule at 20 steps (0.33×). No deterministic
+sampler can go below the probability-flow ODE's own limit on the T = 1000 grid (DDIM and UniPC
+at 999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's sliced W1 over
+four x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach DDPM-1000.
 """
 
 from __future__ import annotations

@@ -168,8 +168,9 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     finds (results/ict_digits_search_seed*.md). On MNIST-5k at 16×16, held out (720 s of one
     core, two seeds, results/ict_mnist16_seed*.md), where the diffusion model stays 4-5× above
     the FD floor and so does not memorise: 92 and 86 in 1 step against DDIM-50's 26 and 23
-    (3.6 and 3.8×), with the 1-step FD level from the fifth stage on (93-99), and 2 steps at the
-    default re-noising level no better (88 and 87).
+    (3.6 and 3.8×), with the 1-step FD falling slowly from the fifth stage on (93-99 there, 86-92
+    at the end), and 2 steps at the default re-noising level little better (88 ± 0.5 and 87 ±
+    1.4 against 92 ± 2.0 and 86 ± 3.9).
 
     The curriculum doubles N every K/8 updates, which doubles the weight 1/(σ_{n+1} − σ_n): on
     digits the gradient norm before clipping doubles with it at every stage (median 2.2 in the
