@@ -33,13 +33,15 @@ POINTS = dict(steps=20, hidden=16, depth=1, t_dim=8, batch=64, n_train=1000, eva
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A class-conditional digits run, a 2-D run and a 2-D consistency-training run (trained,
-    not evaluated)."""
+    """A class-conditional digits run, a 2-D run, a 2-D consistency-training run and a 2-D run
+    on the cosine schedule evaluated with DDIM (trained, not evaluated)."""
     root = tmp_path_factory.mktemp("serve")
-    out = {"digits": root / "digits", "points": root / "points", "ct": root / "ct"}
+    out = {name: root / name for name in ("digits", "points", "ct", "cosine")}
     ct = {**POINTS, "method": "consistency-training", "eval_sampler": "consistency",
           "eval_steps": 1}
-    for name, values in (("digits", DIGITS), ("points", POINTS), ("ct", ct)):
+    cosine = {**POINTS, "schedule": "cosine", "eval_sampler": "ddim"}
+    for name, values in (("digits", DIGITS), ("points", POINTS), ("ct", ct),
+                         ("cosine", cosine)):
         train(load_config(None, values), out[name], progress=False, evaluate_after=False)
     return out
 
@@ -210,6 +212,16 @@ def test_settings_name_the_grid_sampled_as_eval_records_it(digits):
         assert status == 200, body
         settings = json.loads(body)["settings"]
         assert (settings["spacing"], settings["grid"]) == (spacing, grid), query
+
+
+def test_settings_name_the_runs_own_spacing(runs):
+    """Without a spacing in the query a run samples with its eval_spacing: "auto" on the
+    cosine schedule is "leading" for DDIM (config.spacing_for), and the settings say so."""
+    with serving(runs["cosine"]) as url:
+        status, _, body = get(f"{url}/api/sample?sampler=ddim&steps=4&n=8")
+        assert status == 200, body
+        settings = json.loads(body)["settings"]
+        assert (settings["spacing"], settings["grid"]) == ("leading", "leading")
 
 
 def test_a_consistency_run_takes_levels(runs):
