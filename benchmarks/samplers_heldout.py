@@ -25,6 +25,8 @@ and the floor (the mean error of independent true samples of the same size, one 
 
     python benchmarks/samplers_heldout.py --jobs 2   # n = 100000, seeds 0-2; ~30 min on 2 cores
     python benchmarks/samplers_heldout.py --set fresh --jobs 2
+    python benchmarks/samplers_heldout.py --jobs 2 --reuse benchmarks/results/samplers_heldout.json
+                                    # recompute only the SDE's cells (~10 min)
     python benchmarks/samplers_heldout.py --quick    # smoke test: n = 4000, one seed
 
 Writes benchmarks/results/samplers_heldout{,_fresh}{,_quick}.{md,json}.
@@ -85,9 +87,19 @@ def cell_names() -> list[str]:
     return ["ddim", *DEFAULT.values()]
 
 
-def run_item(tname: str, sname: str, n: int, seeds: list[int], ddpm_seeds: list[int]) -> dict:
-    """One target and schedule: per seed, the floor and every cell's scores."""
+def run_item(tname: str, sname: str, n: int, seeds: list[int], ddpm_seeds: list[int],
+             old: dict | None = None) -> dict:
+    """One target and schedule: per seed, the floor and every cell's scores. Deterministic
+    cells (every one but the SDE's: the same x_T, exact model and seeded DDPM noise) found in
+    ``old`` (an earlier run's cells at the same n) are copied instead of recomputed."""
     torch.set_num_threads(1)
+    old = old or {}
+
+    def reused(cell: str, s: int) -> dict | None:
+        if cell.startswith("dpm++sde"):  # recomputed: its noise stream is part of the code
+            return None
+        return old.get(cell, {}).get(str(s), old.get(cell, {}).get(s))
+
     mix = {**targets(), **fresh_targets()}[tname]
     truth = mix.sample(n, torch.Generator().manual_seed(1))
     sched = SCHEDULES[sname](1000)
@@ -96,7 +108,7 @@ def run_item(tname: str, sname: str, n: int, seeds: list[int], ddpm_seeds: list[
     t0 = time.perf_counter()
     out: dict[str, dict[str, dict]] = {}  # cell → seed → scores
     for s in seeds:
-        out.setdefault("floor", {})[s] = score_cell(
+        out.setdefault("floor", {})[s] = reused("floor", s) or score_cell(
             mix, mix.sample(n, torch.Generator().manual_seed(1000 + s)), truth)
         # seed 0 is samplers_oracle's x_T
         x_T = torch.randn(n, mix.dim, generator=torch.Generator().manual_seed(s))
@@ -105,19 +117,23 @@ def run_item(tname: str, sname: str, n: int, seeds: list[int], ddpm_seeds: list[
             if "seed" in kw:  # the SDE's noise: seeded afresh per cell, a stream per x_T seed
                 kw = {**kw, "seed": kw["seed"] + 7919 * s}  # (seed 0: samplers_oracle's)
             for nfe in NFES:
-                out.setdefault(f"{cname} @{nfe}", {})[s] = score_cell(
-                    mix, sample_cell(fn, model, sched, x_T, nfe, kw), truth)
+                out.setdefault(f"{cname} @{nfe}", {})[s] = reused(f"{cname} @{nfe}", s) or \
+                    score_cell(mix, sample_cell(fn, model, sched, x_T, nfe, kw), truth)
         if s in ddpm_seeds:
-            ref = samplers.ddpm(model, sched, x_T, None, torch.Generator().manual_seed(3 + s))
-            out.setdefault("ddpm-1000", {})[s] = score_cell(mix, ref, truth)
+            out.setdefault("ddpm-1000", {})[s] = reused("ddpm-1000", s) or score_cell(
+                mix, samplers.ddpm(model, sched, x_T, None, torch.Generator().manual_seed(3 + s)),
+                truth)
     print(f"{tname:12s} {sname:6s} {time.perf_counter() - t0:7.1f}s", flush=True)
     return out
 
 
-def run(n: int, seeds: list[int], ddpm_seeds: list[int], jobs: int, names) -> dict:
+def run(n: int, seeds: list[int], ddpm_seeds: list[int], jobs: int, names,
+        reuse: dict | None = None) -> dict:
+    """Every target and schedule (a process each); ``reuse``: an earlier results dict."""
+    olds = reuse["targets"] if reuse is not None and reuse.get("n") == n else {}
     # the 32-D target is the slow one (its oracle is O(K D²) per point): start it first
-    work = sorted(((t, s, n, seeds, ddpm_seeds) for t in names for s in SCHEDULES),
-                  key=lambda w: w[0] != "aniso-32d")
+    work = sorted(((t, s, n, seeds, ddpm_seeds, olds.get(t, {}).get(s))
+                   for t in names for s in SCHEDULES), key=lambda w: w[0] != "aniso-32d")
     if jobs > 1:
         with multiprocessing.get_context("spawn").Pool(jobs) as pool:
             done = pool.starmap(run_item, work, chunksize=1)
@@ -165,7 +181,9 @@ def report(res: dict, seconds: float, jobs: int, which: str = "held-out") -> str
     lines = [f"## {title}, large n and several x_T seeds (benchmarks/samplers_heldout.py"
              f"{' --set fresh' if which == 'fresh' else ''})", "",
              f"n = {res['n']} samples per cell; x_T seeds {res['seeds']} (DDPM-1000 on seeds "
-             f"{res['ddpm_seeds']} only); {seconds:.0f} s on {jobs} process(es) of 1 thread, "
+             f"{res['ddpm_seeds']} only); {seconds:.0f} s "
+             f"{'(the cells not copied from --reuse) ' if res.get('reused') else ''}on {jobs} "
+             f"process(es) of 1 thread, "
              f"{platform.processor() or platform.machine()}. Each ratio divides the seed-mean "
              "errors (the per-seed range in brackets); ✓ marks issue #17's goals (≤ 0.4× DDIM "
              "at 10 NFE, ≤ 0.3× at 20; ≤ 1.5× DDPM-1000 at 20 is the stated aim). The floor is "
@@ -215,6 +233,8 @@ def main() -> None:
     p.add_argument("--seeds", type=str, default=None, help="x_T seeds, e.g. 0,1,2")
     p.add_argument("--ddpm-seeds", type=str, default="0", help="seeds DDPM-1000 also runs on")
     p.add_argument("--jobs", type=int, default=1, help="processes, a target and schedule each")
+    p.add_argument("--reuse", type=Path, help="an earlier results JSON: its deterministic "
+                   "cells (all but dpm++sde's) are copied")
     p.add_argument("--set", dest="which", choices=sorted(SETS), default="held-out",
                    help="held-out: samplers_oracle's three; fresh: three defined after the "
                         "defaults were fixed")
@@ -224,7 +244,9 @@ def main() -> None:
     ddpm_seeds = [int(s) for s in args.ddpm_seeds.split(",") if s]
     names = SETS[args.which][:1] if args.quick else SETS[args.which]
     t0 = time.perf_counter()
-    res = run(n, seeds, ddpm_seeds, args.jobs, names)
+    reuse = json.loads(args.reuse.read_text())["results"] if args.reuse else None
+    res = run(n, seeds, ddpm_seeds, args.jobs, names, reuse)
+    res["reused"] = reuse is not None
     seconds = time.perf_counter() - t0
     md = report(res, seconds, args.jobs, args.which)
     stem = "".join(("samplers_heldout", "_fresh" if args.which == "fresh" else "",
