@@ -24,9 +24,9 @@ errors (sampler ÷ DDIM at the same NFE, and ÷ DDPM-1000), the range of the per
 and the floor (the mean error of independent true samples of the same size, one per seed).
 
     python benchmarks/samplers_heldout.py --jobs 2   # n = 100000, seeds 0-2; ~30 min on 2 cores
-    python benchmarks/samplers_heldout.py --set fresh --jobs 2
+    python benchmarks/samplers_heldout.py --set fresh --jobs 2   # ~30 min
     python benchmarks/samplers_heldout.py --jobs 2 --reuse benchmarks/results/samplers_heldout.json
-                                    # recompute only the SDE's cells (~10 min)
+                                    # recompute only the SDE's cells (~3 min)
     python benchmarks/samplers_heldout.py --quick    # smoke test: n = 4000, one seed
 
 Writes benchmarks/results/samplers_heldout{,_fresh}{,_quick}.{md,json}.
