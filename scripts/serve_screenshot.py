@@ -2,7 +2,8 @@
 (the system's, driven by Playwright), after one click on Sample.
 
     difflab train --preset digits-cond --out runs/digits-cond
-    python scripts/serve_screenshot.py runs/digits-cond --class 0,1,2,3,4,5,6,7,8,9 -n 40
+    python scripts/serve_screenshot.py runs/digits-cond --class 0,1,2,3,4,5,6,7,8,9 -n 40 \
+        --guidance 2
 
 It needs ``pip install playwright`` and a Chromium (Debian: ``apt-get install chromium``); no
 browser is downloaded.
