@@ -147,7 +147,7 @@ class RunSampler:
     def sample(self, query: dict[str, list[str]]) -> Pictures:
         """Sample as the query asks; BadRequestError for anything ``difflab sample`` refuses."""
         from ..build.data import model_shape
-        from ..runs.draw import Frames, draw, grid_used, spacing_used
+        from ..runs.draw import Frames, draw, time_grid
         from ..training.backend import torch_threads
         from .common import sampling_args
         from .guidance_flags import guided_from_args
@@ -181,8 +181,8 @@ class RunSampler:
             pictures = png.read_bytes(), gif.read_bytes()
         # the time grid, as eval records it: the spacing used (the run's eval_spacing or the
         # sampler's default when the query names none) and what a solver's "auto" stands for
-        settings = {"sampler": sampler, "steps": steps, "spacing": spacing_used(sampler, spacing),
-                    "grid": grid_used(sampler, steps, spacing), "eta": eta,
+        settings = {"sampler": sampler, "steps": steps, **time_grid(sampler, steps, spacing),
+                    "eta": eta,
                     "levels": levels, "n": n, "seed": args.seed,
                     "class": args.labels, "prompt": args.prompt, "guidance": args.guidance}
         return Pictures(*pictures, settings)

@@ -178,6 +178,12 @@ def grid_used(sampler: str, steps: int, spacing: str | None = None) -> str | Non
     return used
 
 
+def time_grid(sampler: str, steps: int, spacing: str | None = None) -> dict[str, str | None]:
+    """``{"spacing": …, "grid": …}``: :func:`spacing_used` and :func:`grid_used`, the two fields
+    with which eval's metrics and serve's settings record the time grid sampled on."""
+    return {"spacing": spacing_used(sampler, spacing), "grid": grid_used(sampler, steps, spacing)}
+
+
 def levels_used(model, schedule: Schedule, sampler: str, steps: int,
                 levels: Sequence[float] | None = None) -> list[float] | None:
     """The re-noising levels σ a ``consistency`` sample of ``steps`` visits (``levels``, or

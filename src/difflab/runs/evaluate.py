@@ -23,7 +23,7 @@ from ..data.shapes_eval import prompt_accuracy
 from ..metrics import swd, swd_floor
 from ..schedules import Schedule
 from . import checkpoint as ckpt
-from .draw import Frames, draw, grid_used, levels_used, spacing_used
+from .draw import Frames, draw, levels_used, time_grid
 
 # --- evaluation ---
 # The SWD of two independent 10,000-point swiss rolls ranges over 0.010-0.025 between seeds
@@ -60,8 +60,7 @@ def evaluate(model: Callable, schedule: Schedule, dataset: str, *, sampler: str 
     value = swd(x0, held_out)
     floor = swd_floor(lambda m, s: toy2d.sample(dataset, m, s), n, repeats=FLOOR_REPEATS)
     metrics = {"swd": value, "swd_floor": floor, "swd_ratio": value / floor, "sampler": sampler,
-               "steps": steps, "eta": eta, "spacing": spacing_used(sampler, spacing),
-               "grid": grid_used(sampler, steps, spacing), "n_eval": n,
+               "steps": steps, "eta": eta, **time_grid(sampler, steps, spacing), "n_eval": n,
                "sample_seed": seed, "sample_seconds": seconds}
     if sampler == "consistency":
         metrics["levels"] = levels_used(model, schedule, sampler, steps, levels)
@@ -99,8 +98,7 @@ def evaluate_images(model: Callable, schedule: Schedule, cfg: TrainConfig, *,
     x0 = x0.clamp(-1.0, 1.0)  # (n, C, H, W), as an 8-bit image would be
     snapshots[-1] = ("x_0", x0[:n_strip])
     metrics = {"sampler": sampler, "steps": steps, "eta": eta,
-               "spacing": spacing_used(sampler, spacing),
-               "grid": grid_used(sampler, steps, spacing), "n_eval": n, "sample_seed": seed,
+               **time_grid(sampler, steps, spacing), "n_eval": n, "sample_seed": seed,
                "sample_seconds": seconds}
     if sampler == "consistency":
         metrics["levels"] = levels_used(model, schedule, sampler, steps, levels)
