@@ -62,6 +62,8 @@ from accelerate import Accelerator
 acc = Accelerator(cpu=True)
 total = acc.reduce(torch.ones(1), reduction="sum")
 assert acc.num_processes == 2 and total.item() == 2.0, (acc.num_processes, total)
+acc.wait_for_everyone()
+acc.end_training()
 """
 
 
@@ -361,6 +363,34 @@ AE_ARGS = ["--method", "autoencoder", "--dataset", "digits", "--image-size", "16
            "--disc-weight", "0.5", "--disc-start", "5", "--steps", "20", "--batch", "32",
            "--warmup", "2", "--threads", "1", "--device", "cpu", "--checkpoint-every", "10",
            "--no-progress"]
+
+
+# Backend.close, as the end of every multi-process run calls it, in 2 launched processes
+CLOSE = """
+import torch
+import torch.distributed as dist
+from difflab.training.backend import Backend
+
+backend = Backend.create("cpu")
+assert backend.world_size == 2 and dist.is_initialized()
+assert backend.mean(torch.tensor([float(backend.rank)])).item() == 0.5
+backend.close()
+backend.close()  # idempotent
+backend.barrier()  # a no-op once closed
+assert not dist.is_initialized() and backend.accelerator is None
+print(f"closed {backend.rank}", flush=True)
+"""
+
+
+def test_close_ends_the_process_group(home):
+    """Every rank leaves its group ended (Accelerate's end_training), after a barrier: a rank
+    that exits with gloo live can abort ("terminate called without an active exception")."""
+    script = home / "close.py"
+    script.write_text(CLOSE)
+    proc = subprocess.run([*launch(2), str(script)], cwd=home, text=True, capture_output=True,
+                          env=environment(home), timeout=120)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert sorted(re.findall(r"closed (\d)", proc.stdout)) == ["0", "1"]
 
 
 def test_an_autoencoder_on_two_processes_matches_one(home):

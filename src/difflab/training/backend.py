@@ -180,6 +180,17 @@ class Backend:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
 
+    def close(self) -> None:
+        """End the processes' group once training is over: every rank waits for the others,
+        then destroys its group (Accelerate's ``end_training``), so that no rank exits with
+        gloo's connections and threads still live (rank 0 goes on to evaluate alone while the
+        others exit; a rank leaving a live group could abort with "terminate called without an
+        active exception"). One process: nothing. Idempotent; :meth:`barrier` is a no-op after."""
+        if self.accelerator is not None:
+            accelerator, self.accelerator = self.accelerator, None
+            accelerator.wait_for_everyone()
+            accelerator.end_training()
+
 
 # seconds a collective waits for the other processes before it fails (torch's default: 30 min
 # for gloo); a process that died closes its connections at once, this bounds a hung one. Above
