@@ -82,7 +82,6 @@ def train_classifier_run(cfg: TrainConfig, run_dir: str | Path, *, overwrite: bo
                      backend=backend, log=log, checkpoint_every=cfg.checkpoint_every,
                      save=saver(run_dir, KIND, log), progress=progress,
                      desc="train-classifier", on_update=lambda _, v: losses.append(v))
-        backend.close()
         net.eval()
         test = image_split(cfg, "test")
         ts = sorted({max(1, t * cfg.T // 1000) for t in ACCURACY_TS})

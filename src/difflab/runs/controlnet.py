@@ -282,7 +282,6 @@ def _run(out: Path, job: dict[str, Any], *, resume: bool, progress: bool,
                      resume=state, max_steps=max_steps, checkpoint_every=cfg.checkpoint_every,
                      save=saver(out, KIND, log), grad_accum=cfg.grad_accum, progress=progress,
                      desc="controlnet")
-        backend.close()  # rank 0 evaluates alone; the others exit with their group ended
         if not backend.is_main:
             return out
         from .plots import plot_loss

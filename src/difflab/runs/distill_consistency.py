@@ -145,7 +145,6 @@ def run_consistency(out: Path, job: dict[str, Any], *, resume: bool, progress: b
                              checkpoint_every=job["checkpoint_every"],
                              save=saver(out, "consistency-distillation", log),
                              progress=progress, desc="consistency distillation")
-    backend.close()  # rank 0 evaluates alone; the others exit with their group ended
     if result.step < job["iters"] or not backend.is_main:
         return out, {}
     extra = {"method": cfg.method, "teacher": job["teacher"], "solver": job["solver"],

@@ -205,7 +205,6 @@ def run_progressive(out: Path, job: dict[str, Any], *, resume: bool, progress: b
                              checkpoint_every=job["checkpoint_every"],
                              save=saver(out, "progressive-distillation", log),
                              progress=progress, desc="distill")
-    backend.close()  # the others exit with their group ended
     return [d for d, r in zip(dirs, range(len(dirs)), strict=True)
             if (r + 1) * spr <= result.step]
 

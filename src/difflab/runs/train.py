@@ -198,7 +198,6 @@ def session(cfg: TrainConfig, run_dir: Path, backend: Backend, x_train, conds, c
             if logger is not None:
                 logger.close()
             raise
-        backend.close()  # rank 0 evaluates alone; the others exit with their group ended
         if not backend.is_main:
             return run_dir
         from .plots import plot_loss
