@@ -207,7 +207,9 @@ def probe(home) -> None:
     script = home / "probe.py"
     script.write_text(PROBE)
     # up to three tries: the free port may be taken before the launcher binds it, and a worker
-    # once failed to start in a fresh-clone run whose next run passed (a transient, not difflab)
+    # once failed to start in a fresh-clone run whose next run passed. (A probe that exited with
+    # its group live aborted in 5 of 50 launches here; it ends the group, as difflab's
+    # processes do at exit)
     for _ in range(3):
         try:
             proc = subprocess.run([*launch(2), str(script)], cwd=home, text=True,
