@@ -43,6 +43,7 @@ its floor.
     .venv/bin/python benchmarks/ict_digits.py --quick    # smoke test (~2 min: the timings)
     taskset -c 0 .venv/bin/python benchmarks/ict_digits.py --preset mnist-base16 --minutes 12 \
         --no-original --no-warm --no-search --seed 0 --out benchmarks/results/ict_mnist16_seed0
+        # (--minutes 45 … --out …/ict_mnist16_45min_seedK: ~95 min a seed)
 
 Writes benchmarks/results/ict_digits.{json,md} (or ``--out``).
 """

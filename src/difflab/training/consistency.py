@@ -170,7 +170,9 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     the FD floor and so does not memorise: 92 and 86 in 1 step against DDIM-50's 26 and 23
     (3.6 and 3.8×), with the 1-step FD falling slowly from the fifth stage on (93-99 there, 86-92
     at the end), and 2 steps at the default re-noising level little better (88 ± 0.5 and 87 ±
-    1.4 against 92 ± 2.0 and 86 ± 3.9).
+    1.4 against 92 ± 2.0 and 86 ± 3.9). At 2700 s (results/ict_mnist16_45min_seed*.md) the gap
+    widens: 45 and 47 in 1 step against DDIM-50's 10.0 and 9.6 (4.5 and 4.9×), still falling
+    by 3-4 per stage at the end.
 
     The curriculum doubles N every K/8 updates, which doubles the weight 1/(σ_{n+1} − σ_n): on
     digits the gradient norm before clipping doubles with it at every stage (median 2.2 in the
