@@ -233,9 +233,9 @@ def end_process_group() -> None:
     started one. Every rank has then left its last collective (rank 0 may still be evaluating
     when the others exit; the group stays usable until the process ends, so one process may
     train several runs). Why: a rank that exits with its gloo group live can abort in the
-    interpreter's teardown ("terminate called without an active exception", SIGABRT); a
-    2-process launch that all-reduced and exited did so in 5 of 50 tries here, 0 of 50 with the
-    group destroyed first."""
+    interpreter's teardown ("terminate called without an active exception", SIGABRT). On a
+    2-core CPU, 2-process launches of a Backend that all-reduces once and exits aborted in 6 of
+    80 without this, 0 of 81 with it."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
