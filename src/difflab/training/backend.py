@@ -12,7 +12,8 @@ processes (HF Accelerate, torch.distributed underneath).
   Accelerate, every rank draws the same global batch from the same generator and keeps its own
   slice of it (:meth:`Backend.shard`), so ranks see disjoint examples and noise, the gradient
   after the all-reduce is the gradient of the global batch, and a checkpoint does not depend on
-  the world size. Rank 0 alone writes files.
+  the world size. Rank 0 alone writes files. Each process ends the group at exit
+  (:func:`end_process_group`).
 """
 
 from __future__ import annotations
@@ -180,17 +181,6 @@ class Backend:
     def barrier(self) -> None:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
-
-    def close(self) -> None:
-        """End the processes' group once training is over: every rank waits for the others,
-        then destroys its group (Accelerate's ``end_training``), so that no rank exits with
-        gloo's connections and threads still live (rank 0 goes on to evaluate alone while the
-        others exit; a rank leaving a live group could abort with "terminate called without an
-        active exception"). One process: nothing. Idempotent; :meth:`barrier` is a no-op after."""
-        if self.accelerator is not None:
-            accelerator, self.accelerator = self.accelerator, None
-            accelerator.wait_for_everyone()
-            accelerator.end_training()
 
 
 # seconds a collective waits for the other processes before it fails (torch's default: 30 min
