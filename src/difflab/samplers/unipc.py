@@ -61,10 +61,12 @@ steps and 3 of 6 at 20: on the two targets with thin modes (std 0.03-0.1) its ra
 grows from 10 to 20 steps (0.05 → 0.16 and 0.31 → 0.66 on the linear schedule), where
 DPM-Solver++ on "logsnr" scores 0.04 and 0.38 at 20. "capped-blend" spends few steps at low
 noise, which thin modes need; on the trained networks above it was still the better grid at 20
-steps. No deterministic sampler can go below the probability-flow ODE's own limit on the
-T = 1000 grid (DDIM and UniPC at 999 steps agree), which on the far-light-mode target is
-1.5-1.8× DDPM-1000's sliced W1 over four x_T seeds (results/ode_limit_oracle.md): there only
-the SDE samplers reach DDPM-1000.
+steps. Against DDPM-1000 (ancestral, every step, the same three x_T's) its error at 20 steps
+is 1.20-2.24× in the mode error and 0.93-1.76× in sliced W1 on the held-out cells (≤ 1.5× in 3
+and 4 of 6), and 1.65-3.19× and 1.29-1.72× on the fresh ones (0 and 2 of 6). No deterministic
+sampler can go below the probability-flow ODE's own limit on the T = 1000 grid (DDIM and UniPC at
+999 steps agree), which on the far-light-mode target is 1.5-1.8× DDPM-1000's sliced W1 over four
+x_T seeds (results/ode_limit_oracle.md): there only the SDE samplers reach DDPM-1000.
 """
 
 from __future__ import annotations
