@@ -172,7 +172,10 @@ class ImprovedConsistencyTraining(_ConsistencyObjective):
     at the end), and 2 steps at the default re-noising level little better (88 ± 0.5 and 87 ±
     1.4 against 92 ± 2.0 and 86 ± 3.9). At 2700 s (results/ict_mnist16_45min_seed*.md) the gap
     widens: 45 and 47 in 1 step against DDIM-50's 10.0 and 9.6 (4.5 and 4.9×), still falling
-    by 3-4 per stage at the end.
+    by 3-4 per stage at the end. An exact warm start (a v-prediction diffusion run for W/2, then
+    W/2 of iCT) gave 99 on MNIST 16×16 and 134 on digits (seed 0), and ECT's curriculum (Geng
+    et al. 2024) from the same start 96 and 147: no better than the cold start
+    (benchmarks/ict_warm_probe.py, results/ict_warm_probe_*_seed0.md).
 
     The curriculum doubles N every K/8 updates, which doubles the weight 1/(σ_{n+1} − σ_n): on
     digits the gradient norm before clipping doubles with it at every stage (median 2.2 in the
