@@ -16,9 +16,9 @@ This probe asks whether an exact start closes iCT's gap to a diffusion model at 
   - **ect**: continuous σ_t ~ lognormal(−1.1, 2.0) in [σ_min, σ_max], and the second point
     σ_r = σ_t (1 − n(σ_t)/q^{s+1}), n(σ) = 1 + k·sigmoid(−b σ), q = 2, k = 8, b = 1, in stage
     s of 8 equal stages, clamped to σ_min (where f_θ is the identity, so the target is x0 +
-    σ_min z); weight 1/(σ_t − σ_r), pseudo-Huber, dropout shared, no EMA target. Stage 0 is
-    close to the diffusion model's own loss at low noise (σ_r = σ_min there), which the start
-    already minimises; later stages shrink the gap towards iCT's fine levels.
+    σ_min z); weight 1/(σ_t − σ_r), pseudo-Huber, dropout shared, no EMA target. At low noise
+    stage 0 has σ_r = σ_min: a denoising loss towards x0 + σ_min z, which the diffusion start
+    was trained on (there in squared error); later stages shrink the gap σ_t − σ_r.
 
 Each arm's EMA is sampled in 1 and 2 steps (default and searched re-noising level), FD as in
 ict_digits (n = 180 digits or 500 MNIST per draw, 3 draws), with its 1-step FD at the start and

@@ -29,7 +29,7 @@ and the floor (the mean error of independent true samples of the same size, one 
                                     # recompute only the SDE's cells (~3 min)
     python benchmarks/samplers_heldout.py --jobs 2 --ddpm-seeds 0,1,2 --reuse …json
                                     # DDPM-1000 on seeds 1 and 2 too, as the committed results
-                                    # (held out ~65 min on 2 cores, --set fresh ~35 min)
+                                    # (held out about an hour on 2 cores, fresh ~35 min)
     python benchmarks/samplers_heldout.py --quick    # smoke test: n = 4000, one seed
 
 Writes benchmarks/results/samplers_heldout{,_fresh}{,_quick}.{md,json}.

@@ -395,10 +395,13 @@ def test_process_group_ends_at_exit(home):
     called without an active exception")."""
     script = home / "end_at_exit.py"
     script.write_text(END_AT_EXIT)
+    answers = [home / f"live-at-exit-{r}.txt" for r in range(2)]
+    for f in answers:
+        f.unlink(missing_ok=True)
     proc = subprocess.run([*launch(2), str(script)], cwd=home, text=True, capture_output=True,
                           env=environment(home), timeout=120)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert [(home / f"live-at-exit-{r}.txt").read_text() for r in range(2)] == ["False", "False"]
+    assert [f.read_text() for f in answers] == ["False", "False"]
 
 
 def test_an_autoencoder_on_two_processes_matches_one(home):
