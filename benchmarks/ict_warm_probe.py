@@ -49,6 +49,7 @@ from difflab.build.model import build_model, build_schedule
 from difflab.config import load_config
 from difflab.distill.consistency_training import seeded
 from difflab.parameterization import EpsFromV
+from difflab.schedules import Schedule
 from difflab.training import consistency_model
 from difflab.training.backend import Backend
 from difflab.training.consistency import ImprovedConsistencyTraining
@@ -81,14 +82,10 @@ class ECTProbe(ImprovedConsistencyTraining):
         stage = min(self._step * self.stages // self.iters, self.stages - 1)
         n_t = 1 + self.k * torch.sigmoid(-self.b * t)
         r = (t * (1 - n_t / self.q ** (stage + 1))).clamp(min=self.net.sigma_min)  # (B,)
-
-        def bc(s):  # (B,) → (B, 1, …)
-            return s.view(-1, *[1] * (x0.dim() - 1)).to(x0.dtype)
-
         with torch.no_grad(), seeded(seed, x0.device):
-            y = model(x0 + bc(r) * z, r, **cond)
+            y = model(x0 + Schedule.broadcast(r, x0) * z, r, **cond)
         with seeded(seed, x0.device):
-            d = self.distance(model(x0 + bc(t) * z, t, **cond), y)  # (B,)
+            d = self.distance(model(x0 + Schedule.broadcast(t, x0) * z, t, **cond), y)  # (B,)
         return ((1.0 / (t - r)).to(d.dtype) * d).mean()
 
 
